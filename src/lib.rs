@@ -1,0 +1,3 @@
+//! tramway facade
+pub use tramway_jit as jit;
+pub use tramway_runtime as runtime;
