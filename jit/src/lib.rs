@@ -1,1 +1,56 @@
-//! placeholder
+//! W^X code memory, dynasm-emitted trampolines and hot-swappable patch sites.
+//!
+//! A [`Jit`] reserves one address range (<= 2 GiB) and maps code into it in chunks backed by a
+//! memfd that is mapped twice: an RX view where code runs and an RW view where it is written, so no
+//! page is ever writable and executable at once (`code_memory.rs`). Code is emitted with dynasm at
+//! its final address and copied in complete before anything can jump to it.
+//!
+//! - A [`Trampoline`] is a handle to emitted code: a forwarding trampoline (count, optional
+//!   [`Hook`], tail-jump to a [`Target`]), custom code ([`Jit::custom`]) or
+//!   [`Jit::constant_return`].
+//! - A [`Site`] is a stable entry callers call; [`Site::swap`] re-points it with one atomic store
+//!   (the patch protocol is described in `site.rs`) and returns the old trampoline as [`Retired`].
+//! - Retired code is freed only through a [`Reclaim`] implementation (the runtime's grace periods;
+//!   [`LeakUntilDrop`] by default here), never while a caller may still be inside it.
+//!
+//! Trampoline code never yields: hooks and custom code must not contain yield points, because the
+//! runtime's grace periods treat every yield point as a quiescent state.
+//!
+//! ```
+//! # fn main() -> Result<(), tramway_jit::JitError> {
+//! use tramway_jit::{Jit, SiteKind};
+//! let jit = Jit::new()?;
+//! let one = jit.constant_return(1)?;
+//! let site = jit.site(SiteKind::Indirect, &one)?;
+//! // SAFETY: constant_return code implements `extern "C" fn() -> u64`.
+//! let f: extern "C" fn() -> u64 = unsafe { site.as_fn() };
+//! assert_eq!(f(), 1);
+//! let retired = site.swap(&jit.constant_return(2)?)?;
+//! assert_eq!(f(), 2);
+//! drop(retired); // freed after a grace period (here: at the Jit's barrier)
+//! # Ok(()) }
+//! ```
+//!
+//! Only x86-64 Linux is supported; elsewhere [`JitBuilder::build`] returns [`JitError::Unsupported`].
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod arch;
+mod code_memory;
+mod error;
+mod jit;
+mod reclaim;
+mod site;
+mod trampoline;
+
+pub use crate::arch::Assembler;
+pub use crate::code_memory::{JitStats, JitStatsHandle};
+pub use crate::error::JitError;
+pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
+pub use crate::reclaim::{Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim};
+pub use crate::site::{Site, SiteKind};
+pub use crate::trampoline::{ForwardingSpec, Hook, HookArgs, Retired, Target, Trampoline};
+
+/// Re-export of `dynasmrt`, so that [`Jit::custom`] users can name its traits and macros.
+pub use dynasmrt;

@@ -1,0 +1,219 @@
+//! The [`Jit`]: owner of one code reservation, factory of trampolines and sites.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::arch::{self, Assembler};
+use crate::code_memory::{CodeMemory, Config, JitStats, JitStatsHandle};
+use crate::error::JitError;
+use crate::reclaim::{LeakUntilDrop, Reclaim};
+use crate::site::{Site, SiteKind};
+use crate::trampoline::{ForwardingSpec, Target, Trampoline};
+
+/// Default size of the address reservation: 1 GiB.
+pub const DEFAULT_RESERVATION: usize = 1 << 30;
+/// Default chunk size: 64 KiB.
+pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
+
+static NEXT_JIT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// State shared by a `Jit` and all its trampolines and sites.
+pub(crate) struct Shared {
+    pub(crate) mem: Arc<CodeMemory>,
+    pub(crate) reclaimer: Arc<dyn Reclaim>,
+}
+
+/// Configures and builds a [`Jit`].
+#[must_use]
+pub struct JitBuilder {
+    cfg: Config,
+    reclaimer: Option<Arc<dyn Reclaim>>,
+}
+
+impl JitBuilder {
+    /// Size of the reserved code range in bytes (default 1 GiB). Must be a multiple of the chunk
+    /// size and at most 2 GiB, so that a `rel32` between any two pieces of code reaches.
+    pub fn reservation_size(mut self, bytes: usize) -> Self {
+        self.cfg.reservation = bytes;
+        self
+    }
+
+    /// Size of a chunk in bytes (default 64 KiB): a multiple of the page size, at least two pages.
+    /// It is also the largest code object.
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.cfg.chunk_size = bytes;
+        self
+    }
+
+    /// How retired code is reclaimed (default: a fresh [`LeakUntilDrop`]).
+    pub fn reclaimer(mut self, reclaimer: Arc<dyn Reclaim>) -> Self {
+        self.reclaimer = Some(reclaimer);
+        self
+    }
+
+    /// Use the `mprotect` fallback even if memfds are available (for tests). See `code_memory.rs`.
+    pub fn force_fallback(mut self, yes: bool) -> Self {
+        self.cfg.force_fallback = yes;
+        self
+    }
+
+    /// Fill freed slots with traps (`ud2`, `int3`). Always on by default in debug builds.
+    pub fn trap_fill(mut self, yes: bool) -> Self {
+        self.cfg.trap_fill = yes;
+        self
+    }
+
+    /// Reserves the code range and creates the `Jit`.
+    ///
+    /// Fails with [`JitError::Unsupported`] on targets other than x86-64 Linux,
+    /// [`JitError::InvalidConfig`] for bad sizes, and [`JitError::Os`] if a system call fails.
+    pub fn build(self) -> Result<Jit, JitError> {
+        if !arch::SUPPORTED {
+            return Err(JitError::Unsupported("tramway-jit emits x86-64 code for Linux only"));
+        }
+        let id = NEXT_JIT_ID.fetch_add(1, Ordering::Relaxed);
+        let mem = Arc::new(CodeMemory::new(id, &self.cfg)?);
+        let reclaimer = self.reclaimer.unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
+        Ok(Jit {
+            shared: Arc::new(Shared { mem, reclaimer }),
+        })
+    }
+}
+
+/// A code reservation with its allocator, counters and reclaimer.
+///
+/// Trampolines and sites keep the shared state alive, so their memory stays valid while handles
+/// exist. Dropping the `Jit` runs [`barrier`](Jit::barrier); once every trampoline and site is gone
+/// and reclaimed, all chunks are unmapped, the memfd is closed and the reservation released.
+pub struct Jit {
+    shared: Arc<Shared>,
+}
+
+impl Jit {
+    /// A builder with the defaults (1 GiB reservation, 64 KiB chunks, [`LeakUntilDrop`]).
+    pub fn builder() -> JitBuilder {
+        JitBuilder {
+            cfg: Config {
+                reservation: DEFAULT_RESERVATION,
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                force_fallback: false,
+                trap_fill: cfg!(debug_assertions),
+            },
+            reclaimer: None,
+        }
+    }
+
+    /// A `Jit` with the default configuration.
+    pub fn new() -> Result<Jit, JitError> {
+        Jit::builder().build()
+    }
+
+    /// Emits a forwarding trampoline: count the call, call the hook (if any), tail-jump to the target.
+    ///
+    /// All C-ABI argument registers (6 integer, 8 vector `xmm0-7`, `al` for varargs) and stack
+    /// arguments reach the target unchanged, so it forwards any System V signature (vector
+    /// arguments wider than 128 bits are only preserved without a hook). Only `r11` is clobbered.
+    pub fn forwarding(&self, spec: ForwardingSpec) -> Result<Trampoline, JitError> {
+        let (target, keepalive) = match spec.target {
+            Target::Address(p) if p.is_null() => return Err(JitError::NullTarget),
+            Target::Address(p) => (p as u64, None),
+            Target::Trampoline(t) => {
+                t.check_owner(self.shared.mem.id())?;
+                t.mark_reachable()?;
+                (t.addr() as u64, Some(t))
+            }
+        };
+        let counter = Box::new(AtomicU64::new(0));
+        // The counter lives in heap memory (never in code pages); the code embeds its address and
+        // the deferred free keeps the box alive as long as the code.
+        let counter_addr = &*counter as *const AtomicU64 as u64;
+        let hook = spec.hook.map(|h| (h.func as usize as u64, h.user as u64));
+        Trampoline::emit(
+            &self.shared,
+            &|ops| arch::emit_forwarding(ops, counter_addr, hook, target),
+            Some(counter),
+            keepalive,
+        )
+    }
+
+    /// Emits custom code.
+    ///
+    /// `emit` is called twice, with assemblers based at a provisional and at the final address;
+    /// both passes must produce the same length ([`JitError::EmitLengthChanged`] otherwise).
+    ///
+    /// # Safety
+    /// The code must implement the signature its callers use and:
+    /// - never yield or block on the runtime (grace periods rely on trampolines having no yield point);
+    /// - never write to code memory, and reference only memory that outlives the trampoline's reclamation;
+    /// - be position-dependent only through dynasm relocations (they are resolved at the final address).
+    pub unsafe fn custom<F: Fn(&mut Assembler)>(&self, emit: F) -> Result<Trampoline, JitError> {
+        Trampoline::emit(&self.shared, &emit, None, None)
+    }
+
+    /// Emits `mov rax, value; ret`: a function `extern "C" fn(..) -> u64` returning `value`.
+    pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
+        Trampoline::emit(&self.shared, &|ops| arch::emit_constant_return(ops, value), None, None)
+    }
+
+    /// Creates a patch site pointing at `initial` (see [`Site`]).
+    pub fn site(&self, kind: SiteKind, initial: &Trampoline) -> Result<Site, JitError> {
+        Site::new(&self.shared, kind, initial)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> JitStats {
+        self.stats_handle().get()
+    }
+
+    /// A handle on the counters that stays valid after the `Jit` drops.
+    pub fn stats_handle(&self) -> JitStatsHandle {
+        self.shared.mem.stats_handle()
+    }
+
+    /// Waits until every free deferred so far has run (the reclaimer's `barrier`).
+    pub fn barrier(&self) {
+        self.shared.reclaimer.barrier();
+    }
+
+    /// Whether code memory uses the `mprotect` fallback instead of the memfd double mapping.
+    pub fn is_fallback(&self) -> bool {
+        self.shared.mem.is_fallback()
+    }
+
+    /// `(base address, length)` of the reserved code range.
+    pub fn code_range(&self) -> (usize, usize) {
+        self.shared.mem.range()
+    }
+
+    /// The chunk size (largest code object).
+    pub fn chunk_size(&self) -> usize {
+        self.shared.mem.chunk_size()
+    }
+
+    /// A process-unique id of this `Jit`.
+    pub fn id(&self) -> u64 {
+        self.shared.mem.id()
+    }
+
+    /// The name of the backing memfd as it appears in `/proc/self/maps` (`/memfd:<name> (deleted)`),
+    /// or `None` in fallback mode.
+    pub fn memfd_name(&self) -> Option<String> {
+        (!self.is_fallback()).then(|| format!("tramway-code-{}", self.id()))
+    }
+}
+
+impl std::fmt::Debug for Jit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jit")
+            .field("id", &self.id())
+            .field("fallback", &self.is_fallback())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        self.barrier();
+    }
+}

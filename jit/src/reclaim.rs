@@ -1,0 +1,113 @@
+//! How retired code is reclaimed: the [`Reclaim`] trait and two implementations.
+//!
+//! The jit crate never decides when code is unreachable by itself. Freeing retired code goes
+//! through a [`Reclaim`] implementation, which the runtime provides with its grace periods (RCU
+//! Tasks semantics). This crate ships:
+//! - [`LeakUntilDrop`] (the default): deferred frees are queued and run only at
+//!   [`barrier`](Reclaim::barrier), i.e. at [`Jit::barrier`](crate::Jit::barrier) or when the `Jit`
+//!   drops. Retired code therefore stays mapped for the life of the `Jit`, which is always safe for
+//!   callers of live sites; it is also the "leak" baseline of the benchmarks.
+//! - [`ImmediateReclaim`]: runs every callback at once. It is unsound as soon as a thread may still
+//!   be executing retired code, so its constructor is `unsafe`; it exists for the control test that
+//!   must crash.
+
+use std::sync::Mutex;
+
+use crate::code_memory::lock;
+
+/// A deferred callback.
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Defers frees of retired code until no task can be executing it.
+///
+/// Implementations must run each deferred callback exactly once (or leak it), never before the
+/// grace period described on [`defer`](Reclaim::defer) has ended.
+pub trait Reclaim: Send + Sync + 'static {
+    /// Run `f` once every task that might be executing code retired before this call has passed a
+    /// quiescent state.
+    fn defer(&self, f: Box<dyn FnOnce() + Send>);
+    /// Block until every callback deferred before this call has run.
+    fn barrier(&self);
+}
+
+/// Queues deferred callbacks and runs them only at [`barrier`](Reclaim::barrier) or drop.
+///
+/// Safe as long as nobody calls code of a `Jit` across its `barrier()`/drop, which a `Jit` user
+/// must not do anyway for retired code.
+#[derive(Default)]
+pub struct LeakUntilDrop {
+    queue: Mutex<Vec<Deferred>>,
+}
+
+impl LeakUntilDrop {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of callbacks waiting for the next barrier.
+    pub fn pending(&self) -> usize {
+        lock(&self.queue).len()
+    }
+}
+
+impl std::fmt::Debug for LeakUntilDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeakUntilDrop").field("pending", &self.pending()).finish()
+    }
+}
+
+impl Reclaim for LeakUntilDrop {
+    fn defer(&self, f: Deferred) {
+        lock(&self.queue).push(f);
+    }
+
+    fn barrier(&self) {
+        // Callbacks may defer more work; run until the queue stays empty. The lock is not held
+        // while a callback runs, so a callback may call `defer`.
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.queue));
+            if batch.is_empty() {
+                return;
+            }
+            for f in batch {
+                f();
+            }
+        }
+    }
+}
+
+impl Drop for LeakUntilDrop {
+    fn drop(&mut self) {
+        // The last handle is gone: every `Jit`, trampoline and site that used this reclaimer has
+        // dropped, so no handle remains through which code could be called.
+        self.barrier();
+    }
+}
+
+/// Runs deferred callbacks at once, without any grace period.
+#[derive(Debug)]
+pub struct ImmediateReclaim {
+    _private: (),
+}
+
+impl ImmediateReclaim {
+    /// Creates the immediate reclaimer.
+    ///
+    /// # Safety
+    /// Retired code is freed (trap-filled, possibly unmapped) as soon as its last handle drops.
+    /// The caller must guarantee that no thread can be executing or about to execute retired code
+    /// at that point (for example, because all callers are joined before swapping). Violating
+    /// this makes callers execute freed memory; the control test uses exactly that to crash.
+    pub unsafe fn new_unchecked() -> Self {
+        ImmediateReclaim { _private: () }
+    }
+}
+
+impl Reclaim for ImmediateReclaim {
+    fn defer(&self, f: Deferred) {
+        f();
+    }
+
+    fn barrier(&self) {}
+}

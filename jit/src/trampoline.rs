@@ -1,0 +1,329 @@
+//! Trampolines: handles to emitted code, their lifecycle, and the forwarding kind's types.
+//!
+//! # Lifecycle
+//! A [`Trampoline`] is a cheap clonable handle (`Arc` inside). Its code is freed when the last
+//! handle drops, and *how* depends on whether code could ever have reached it:
+//! - never installed in a site and never the target of a forwarding trampoline: nobody can be
+//!   executing it (calling [`Trampoline::addr`] directly requires holding a handle), so the slot is
+//!   freed at once;
+//! - otherwise (it became *reachable*): the free is handed to the `Jit`'s [`Reclaim`](crate::Reclaim)
+//!   implementation with `defer`, and runs after a grace period. The deferred callback owns the
+//!   `Arc` of the code memory (not the `Jit`, to avoid cycles) and the call counter, which the code
+//!   references.
+//!
+//! A trampoline may be installed in several sites. It becomes *retired* when it is swapped out of
+//! (or its site drops from) the last site it was installed in; a retired trampoline can never be
+//! installed or targeted again ([`JitError::Retired`]). Counters move `live -> retired -> reclaimed`.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::arch::Assembler;
+use crate::code_memory::Slot;
+use crate::error::JitError;
+use crate::jit::Shared;
+
+/// Set once the trampoline is retired; never cleared.
+const RETIRED: u64 = 1 << 63;
+/// Set once code may have reached the trampoline (installed, or targeted by a forwarding one).
+const REACHABLE: u64 = 1 << 62;
+/// Number of sites the trampoline is installed in.
+const INSTALLS: u64 = REACHABLE - 1;
+
+const DISPOSE_NORMAL: u8 = 0;
+const DISPOSE_LEAK: u8 = 1;
+const DISPOSE_IMMEDIATE: u8 = 2;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Integer argument registers as a forwarding hook sees them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookArgs {
+    /// `rdi, rsi, rdx, rcx, r8, r9` at the call, in that order.
+    pub int_args: [u64; 6],
+}
+
+/// A function called by a forwarding trampoline before it jumps to its target.
+///
+/// The hook runs on the caller's stack and thread, with the caller's argument registers saved;
+/// it must not yield, block on the runtime, or unwind: the runtime's grace periods rely on
+/// trampoline code (hooks included) never containing a yield point. `user` must stay valid until
+/// the trampoline is reclaimed.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// Called as `func(user, args)`.
+    pub func: unsafe extern "C" fn(user: *mut c_void, args: *const HookArgs),
+    /// Passed unchanged as the first argument.
+    pub user: *mut c_void,
+}
+
+/// Where a forwarding trampoline jumps.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Any code address, e.g. an `extern "C" fn` cast to `*const u8`. Must not be null.
+    Address(*const u8),
+    /// Another trampoline of the same `Jit`; the new trampoline keeps it alive.
+    Trampoline(Trampoline),
+}
+
+/// Parameters of [`Jit::forwarding`](crate::Jit::forwarding).
+#[derive(Clone, Debug)]
+pub struct ForwardingSpec {
+    /// The tail-jump target.
+    pub target: Target,
+    /// An optional hook called before the jump.
+    pub hook: Option<Hook>,
+}
+
+/// A handle to emitted code.
+#[derive(Clone)]
+pub struct Trampoline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    id: u64,
+    slot: Slot,
+    len: usize,
+    counter: Option<Box<AtomicU64>>,
+    state: AtomicU64,
+    disposition: AtomicU8,
+    /// A forwarding target; dropped after this trampoline's own free has been deferred.
+    _keepalive: Option<Trampoline>,
+}
+
+impl Trampoline {
+    /// Emits code with `emit` (twice: once to size it, once at its final address), copies it into
+    /// code memory, and returns the handle. The code is complete before this returns.
+    pub(crate) fn emit(
+        shared: &Arc<Shared>,
+        emit: &dyn Fn(&mut Assembler),
+        counter: Option<Box<AtomicU64>>,
+        keepalive: Option<Trampoline>,
+    ) -> Result<Trampoline, JitError> {
+        let mem = &shared.mem;
+        let assemble = |base: usize| {
+            let mut ops = Assembler::new(base);
+            emit(&mut ops);
+            ops.finalize().map_err(|e| JitError::Assemble(e.to_string()))
+        };
+        let first = assemble(mem.range().0)?;
+        let slot = mem.alloc(first.len())?;
+        let written = assemble(slot.addr).and_then(|bytes| {
+            if bytes.len() != first.len() {
+                return Err(JitError::EmitLengthChanged {
+                    first: first.len(),
+                    second: bytes.len(),
+                });
+            }
+            // SAFETY: the slot was just allocated and is unreachable from any site.
+            unsafe { mem.write(&slot, &bytes, bytes.len()) }
+        });
+        if let Err(e) = written {
+            // SAFETY: allocated above, never reachable.
+            unsafe { mem.free(slot) };
+            return Err(e);
+        }
+        mem.update_stats(|s| {
+            s.emitted += 1;
+            s.live += 1;
+        });
+        Ok(Trampoline {
+            inner: Arc::new(Inner {
+                shared: shared.clone(),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                slot,
+                len: first.len(),
+                counter,
+                state: AtomicU64::new(0),
+                disposition: AtomicU8::new(DISPOSE_NORMAL),
+                _keepalive: keepalive,
+            }),
+        })
+    }
+
+    /// Entry address of the code (in the RX view).
+    ///
+    /// Calling it directly is only sound while a handle is held and the code's signature contract
+    /// holds; callers that can race with swaps should call a [`Site`](crate::Site) instead.
+    pub fn addr(&self) -> *const u8 {
+        self.inner.slot.addr as *const u8
+    }
+
+    /// Length of the emitted code in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Whether the emitted code is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// Calls counted by a forwarding trampoline; 0 for custom code.
+    pub fn calls(&self) -> u64 {
+        self.inner.counter.as_ref().map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Whether the trampoline has been retired (swapped out of the last site it was installed in).
+    pub fn is_retired(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & RETIRED != 0
+    }
+
+    /// A process-unique id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Whether both handles refer to the same trampoline.
+    pub fn ptr_eq(&self, other: &Trampoline) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Fails with `ForeignTrampoline` unless the trampoline belongs to the code memory `mem_id`.
+    pub(crate) fn check_owner(&self, mem_id: u64) -> Result<(), JitError> {
+        if self.inner.shared.mem.id() == mem_id {
+            Ok(())
+        } else {
+            Err(JitError::ForeignTrampoline { id: self.id() })
+        }
+    }
+
+    /// Atomically applies `f` to the state word unless the trampoline is retired.
+    fn update_unless_retired(&self, f: impl Fn(u64) -> u64) -> Result<(), JitError> {
+        self.inner
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (s & RETIRED == 0).then(|| f(s)))
+            .map(drop)
+            .map_err(|_| JitError::Retired { id: self.id() })
+    }
+
+    /// Records an installation in a site (fails if retired).
+    pub(crate) fn install(&self) -> Result<(), JitError> {
+        self.update_unless_retired(|s| (s + 1) | REACHABLE)
+    }
+
+    /// Records that another trampoline's code jumps here (fails if retired).
+    pub(crate) fn mark_reachable(&self) -> Result<(), JitError> {
+        self.update_unless_retired(|s| s | REACHABLE)
+    }
+
+    /// Records the removal from a site; retires the trampoline when it was the last one.
+    pub(crate) fn uninstall(&self) {
+        let prev = self
+            .inner
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                debug_assert!(s & INSTALLS > 0 && s & RETIRED == 0);
+                Some(if s & INSTALLS == 1 { (s - 1) | RETIRED } else { s - 1 })
+            })
+            .expect("the closure never fails");
+        if prev & INSTALLS == 1 {
+            self.inner.shared.mem.update_stats(|s| {
+                s.live -= 1;
+                s.retired += 1;
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Trampoline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trampoline")
+            .field("id", &self.id())
+            .field("addr", &self.addr())
+            .field("len", &self.len())
+            .field("retired", &self.is_retired())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = *self.state.get_mut();
+        let retired = state & RETIRED != 0;
+        debug_assert_eq!(state & INSTALLS, 0, "an installed trampoline is held by its site");
+        let mem = self.shared.mem.clone();
+        let slot = self.slot;
+        let counter = self.counter.take();
+        match *self.disposition.get_mut() {
+            DISPOSE_LEAK => {
+                // The code stays mapped for the life of the process: keep the code memory (and
+                // the counter the code increments) alive forever.
+                mem.update_stats(|s| {
+                    if !retired {
+                        s.live -= 1;
+                        s.retired += 1;
+                    }
+                    s.leaked += 1;
+                });
+                std::mem::forget(counter);
+                std::mem::forget(mem);
+            }
+            disposition => {
+                let free = move || {
+                    // SAFETY: this runs once, either because the code was never reachable, or after
+                    // the reclaimer's grace period (or the `reclaim_now` caller's promise).
+                    unsafe { mem.free(slot) };
+                    drop(counter);
+                    mem.update_stats(|s| {
+                        if retired {
+                            s.retired -= 1;
+                        } else {
+                            s.live -= 1;
+                        }
+                        s.reclaimed += 1;
+                    });
+                };
+                if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
+                    free();
+                } else {
+                    self.shared.reclaimer.defer(Box::new(free));
+                }
+            }
+        }
+        // `_keepalive` drops after this, so a forwarding target's free is deferred after ours.
+    }
+}
+
+/// The trampoline a [`Site::swap`](crate::Site::swap) replaced.
+///
+/// Dropping it (with every other handle of that trampoline) defers the free of the code through
+/// the `Jit`'s reclaimer. If the trampoline is still installed in another site it is not retired
+/// yet, and nothing is freed until it is.
+#[must_use = "dropping a Retired handle schedules reclamation; use leak() to keep the code forever"]
+#[derive(Debug)]
+pub struct Retired {
+    tramp: Trampoline,
+}
+
+impl Retired {
+    pub(crate) fn new(tramp: Trampoline) -> Self {
+        Retired { tramp }
+    }
+
+    /// The replaced trampoline.
+    pub fn trampoline(&self) -> &Trampoline {
+        &self.tramp
+    }
+
+    /// Never frees the code: it stays mapped (and counted in `retired` and `leaked`) for the life
+    /// of the process, even after the `Jit` drops.
+    pub fn leak(self) {
+        self.tramp.inner.disposition.store(DISPOSE_LEAK, Ordering::Relaxed);
+    }
+
+    /// Frees the code as soon as the last handle drops (now, if this is the last one), without a
+    /// grace period.
+    ///
+    /// # Safety
+    /// When the last handle of the trampoline drops, no thread may be executing it or be about to
+    /// (through a site that was swapped, or through a forwarding trampoline that targets it).
+    pub unsafe fn reclaim_now(self) {
+        self.tramp.inner.disposition.store(DISPOSE_IMMEDIATE, Ordering::Relaxed);
+    }
+}
