@@ -54,3 +54,6 @@ pub use crate::trampoline::{ForwardingSpec, Hook, HookArgs, Retired, Target, Tra
 
 /// Re-export of `dynasmrt`, so that [`Jit::custom`] users can name its traits and macros.
 pub use dynasmrt;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! Unit tests of the crate as a whole (integration tests live in the workspace's `tests/jit_*.rs`).
+
+use std::sync::Arc;
+
+use crate::*;
+
+fn call0(site: &Site) -> u64 {
+    // SAFETY: every trampoline these tests install implements `extern "C" fn() -> u64`.
+    let f: extern "C" fn() -> u64 = unsafe { site.as_fn() };
+    f()
+}
+
+extern "C" fn add2(a: u64, b: u64) -> u64 {
+    a * 10 + b
+}
+
+#[test]
+fn constant_return_through_both_site_kinds() {
+    let jit = Jit::new().unwrap();
+    for kind in [SiteKind::Indirect, SiteKind::Direct] {
+        let site = jit.site(kind, &jit.constant_return(7).unwrap()).unwrap();
+        assert_eq!(site.kind(), kind);
+        assert_eq!(call0(&site), 7);
+        let old = site.swap(&jit.constant_return(8).unwrap()).unwrap();
+        assert_eq!(call0(&site), 8);
+        assert!(old.trampoline().is_retired());
+        assert!(!site.current().is_retired());
+    }
+}
+
+#[test]
+fn site_entries_and_direct_words_are_aligned() {
+    let jit = Jit::new().unwrap();
+    let t = jit.constant_return(1).unwrap();
+    let sites: Vec<_> = (0..10).map(|_| jit.site(SiteKind::Direct, &t).unwrap()).collect();
+    for s in &sites {
+        assert_eq!(s.entry() as usize % 8, 0);
+        assert_eq!(call0(s), 1);
+    }
+}
+
+#[test]
+fn forwarding_counts_and_forwards_to_address_and_trampoline() {
+    let jit = Jit::new().unwrap();
+    let fwd = jit
+        .forwarding(ForwardingSpec {
+            target: Target::Address(add2 as *const u8),
+            hook: None,
+        })
+        .unwrap();
+    let fwd2 = jit
+        .forwarding(ForwardingSpec {
+            target: Target::Trampoline(fwd.clone()),
+            hook: None,
+        })
+        .unwrap();
+    let site = jit.site(SiteKind::Indirect, &fwd2).unwrap();
+    // SAFETY: fwd2 -> fwd -> add2, which has this signature.
+    let f: extern "C" fn(u64, u64) -> u64 = unsafe { site.as_fn() };
+    for i in 0..5 {
+        assert_eq!(f(i, 3), i * 10 + 3);
+    }
+    assert_eq!(fwd.calls(), 5);
+    assert_eq!(fwd2.calls(), 5);
+    assert_eq!(jit.constant_return(0).unwrap().calls(), 0);
+}
+
+#[test]
+fn typed_errors() {
+    let small = Jit::builder().reservation_size(256 << 10).chunk_size(64 << 10).build().unwrap();
+    // Oversized body.
+    // SAFETY: the code is never executed.
+    let too_big = unsafe { small.custom(|ops| ops.extend(std::iter::repeat(0xCC).take((64 << 10) + 1))) };
+    assert!(matches!(too_big, Err(JitError::CodeTooLarge { len, max }) if len == (64 << 10) + 1 && max == 64 << 10));
+    // Exhausted reservation: four chunk-sized objects fit, the fifth does not.
+    // SAFETY: never executed.
+    let big = |jit: &Jit| unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(64 << 10))) };
+    let held: Vec<_> = (0..4).map(|_| big(&small).unwrap()).collect();
+    assert!(matches!(big(&small), Err(JitError::CodeSpaceExhausted { .. })));
+    drop(held);
+    big(&small).expect("space is reusable after frees");
+
+    let jit = Jit::new().unwrap();
+    assert!(matches!(
+        jit.forwarding(ForwardingSpec {
+            target: Target::Address(std::ptr::null()),
+            hook: None
+        }),
+        Err(JitError::NullTarget)
+    ));
+    let a = jit.constant_return(1).unwrap();
+    let site = jit.site(SiteKind::Indirect, &a).unwrap();
+    let _old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
+    assert!(matches!(site.swap(&a), Err(JitError::Retired { .. })));
+    assert!(matches!(jit.site(SiteKind::Direct, &a), Err(JitError::Retired { .. })));
+    let fwd = jit.forwarding(ForwardingSpec {
+        target: Target::Trampoline(a.clone()),
+        hook: None,
+    });
+    assert!(matches!(fwd, Err(JitError::Retired { .. })));
+    let foreign = small.constant_return(3).unwrap();
+    assert!(matches!(site.swap(&foreign), Err(JitError::ForeignTrampoline { .. })));
+    assert!(matches!(jit.site(SiteKind::Indirect, &foreign), Err(JitError::ForeignTrampoline { .. })));
+    assert_eq!(call0(&site), 2, "failed swaps leave the site unchanged");
+
+    let bad = Jit::builder().reservation_size(3 << 30).build();
+    assert!(matches!(bad, Err(JitError::InvalidConfig(_))));
+    let bad = Jit::builder().chunk_size(1000).build();
+    assert!(matches!(bad, Err(JitError::InvalidConfig(_))));
+}
+
+#[test]
+fn counters_balance_through_the_lifecycle() {
+    let reclaimer = Arc::new(LeakUntilDrop::new());
+    let jit = Jit::builder().reclaimer(reclaimer.clone()).build().unwrap();
+    let check = |emitted, live, retired, reclaimed| {
+        let s = jit.stats();
+        assert!(s.balanced(), "{s:?}");
+        assert_eq!((s.emitted, s.live, s.retired, s.reclaimed), (emitted, live, retired, reclaimed), "{s:?}");
+    };
+    let a = jit.constant_return(1).unwrap();
+    let b = jit.constant_return(2).unwrap();
+    check(2, 2, 0, 0);
+    drop(b); // never installed: freed at once
+    check(2, 1, 0, 1);
+    let site = jit.site(SiteKind::Indirect, &a).unwrap();
+    assert_eq!(jit.stats().sites, 1);
+    let c = jit.constant_return(3).unwrap();
+    let old = site.swap(&c).unwrap();
+    check(3, 1, 1, 1);
+    drop((a, old));
+    assert_eq!(reclaimer.pending(), 1, "installed code is freed through the reclaimer");
+    check(3, 1, 1, 1);
+    jit.barrier();
+    check(3, 1, 0, 2);
+    drop(site);
+    check(3, 0, 1, 2);
+    jit.barrier();
+    drop(c);
+    jit.barrier();
+    check(3, 0, 0, 3);
+    assert_eq!(jit.stats().sites, 0);
+    let leaked = jit.constant_return(4).unwrap();
+    let site = jit.site(SiteKind::Indirect, &leaked).unwrap();
+    site.swap(&jit.constant_return(5).unwrap()).unwrap().leak();
+    drop(leaked);
+    jit.barrier();
+    let s = jit.stats();
+    assert_eq!((s.retired, s.leaked), (1, 1));
+    assert!(s.balanced());
+}
+
+#[test]
+fn trampoline_installed_in_two_sites_retires_with_the_last() {
+    let jit = Jit::new().unwrap();
+    let a = jit.constant_return(1).unwrap();
+    let s1 = jit.site(SiteKind::Indirect, &a).unwrap();
+    let s2 = jit.site(SiteKind::Direct, &a).unwrap();
+    let _r1 = s1.swap(&jit.constant_return(2).unwrap()).unwrap();
+    assert!(!a.is_retired());
+    assert_eq!(call0(&s2), 1);
+    let _r2 = s2.swap(&jit.constant_return(3).unwrap()).unwrap();
+    assert!(a.is_retired());
+    let s = jit.stats();
+    assert_eq!((s.live, s.retired), (2, 1));
+}
+
+#[test]
+fn empty_chunk_that_is_not_current_is_unmapped_and_its_index_reused() {
+    let page = 4096;
+    // SAFETY: never executed.
+    let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
+    let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(4 * page))) };
+    let a = big().unwrap();
+    let b = big().unwrap();
+    assert_eq!(jit.stats().chunks, 2);
+    assert_eq!(jit.stats().mapped_bytes, 8 * page);
+    let a_addr = a.addr();
+    drop(a);
+    assert_eq!(jit.stats().chunks, 1);
+    let c = big().unwrap();
+    assert_eq!(c.addr(), a_addr, "the free chunk index is reused");
+    drop((b, c));
+    assert_eq!(jit.stats().mapped_bytes, 0);
+}
+
+#[test]
+fn reclaim_now_fills_the_slot_with_traps() {
+    let jit = Jit::builder().trap_fill(true).build().unwrap();
+    let keep = jit.constant_return(0).unwrap(); // keeps the chunk mapped
+    let a = jit.constant_return(1).unwrap();
+    let site = jit.site(SiteKind::Indirect, &a).unwrap();
+    let addr = a.addr();
+    // SAFETY: reading our own RX view.
+    assert_eq!(unsafe { *addr }, 0x48, "mov rax, imm64 starts with REX.W");
+    let old = site.swap(&keep).unwrap();
+    drop(a);
+    // SAFETY: no thread calls the site concurrently.
+    unsafe { old.reclaim_now() };
+    // SAFETY: the chunk is still mapped (it holds `keep` and the stub); reading the RX view.
+    let bytes = unsafe { std::slice::from_raw_parts(addr, 4) };
+    assert_eq!(bytes, [0x0F, 0x0B, 0xCC, 0xCC]);
+    assert_eq!(jit.stats().reclaimed, 1);
+}
+
+#[test]
+fn fallback_mode_runs_indirect_sites_and_refuses_direct_ones() {
+    let jit = Jit::builder().force_fallback(true).build().unwrap();
+    assert!(jit.is_fallback());
+    assert_eq!(jit.memfd_name(), None);
+    let a = jit.constant_return(1).unwrap();
+    let site = jit.site(SiteKind::Indirect, &a).unwrap();
+    assert_eq!(call0(&site), 1);
+    let _old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
+    assert_eq!(call0(&site), 2);
+    assert!(matches!(jit.site(SiteKind::Direct, &site.current()), Err(JitError::Unsupported(_))));
+}
+
+#[test]
+fn dropping_everything_unmaps_everything() {
+    let jit = Jit::new().unwrap();
+    let stats = jit.stats_handle();
+    let site = jit.site(SiteKind::Direct, &jit.constant_return(1).unwrap()).unwrap();
+    let old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
+    assert!(stats.get().mapped_bytes > 0);
+    drop(jit);
+    assert!(stats.get().mapped_bytes > 0, "handles keep the code memory alive");
+    drop((site, old));
+    let s = stats.get();
+    assert_eq!((s.mapped_bytes, s.chunks, s.live, s.retired), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(s.reclaimed, 2);
+}
