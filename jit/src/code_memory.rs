@@ -201,16 +201,24 @@ impl CodeMemory {
             ..
         } = *cfg;
         if chunk_size == 0 || chunk_size % page_size != 0 {
-            return Err(JitError::InvalidConfig("chunk size must be a non-zero multiple of the page size"));
+            return Err(JitError::InvalidConfig(
+                "chunk size must be a non-zero multiple of the page size",
+            ));
         }
         if chunk_size < 2 * page_size {
-            return Err(JitError::InvalidConfig("chunk size must be at least two pages"));
+            return Err(JitError::InvalidConfig(
+                "chunk size must be at least two pages",
+            ));
         }
         if reservation == 0 || reservation % chunk_size != 0 {
-            return Err(JitError::InvalidConfig("reservation must be a non-zero multiple of the chunk size"));
+            return Err(JitError::InvalidConfig(
+                "reservation must be a non-zero multiple of the chunk size",
+            ));
         }
         if reservation > (2usize << 30) {
-            return Err(JitError::InvalidConfig("reservation must be at most 2 GiB (rel32 reach)"));
+            return Err(JitError::InvalidConfig(
+                "reservation must be at most 2 GiB (rel32 reach)",
+            ));
         }
         let memfd = if cfg.force_fallback {
             None
@@ -322,7 +330,9 @@ impl CodeMemory {
             Some(idx) => idx,
             None => self.map_chunk(&mut st, ci)?,
         };
-        let chunk = st.chunks[idx].as_mut().expect("available chunks are mapped");
+        let chunk = st.chunks[idx]
+            .as_mut()
+            .expect("available chunks are mapped");
         let offset = chunk.free.pop().unwrap_or_else(|| {
             let o = chunk.bump;
             chunk.bump += size;
@@ -330,7 +340,10 @@ impl CodeMemory {
         });
         chunk.used += 1;
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
-        let rw = chunk.rw.as_ref().map_or(0, |m| m.as_mut_ptr() as usize + offset);
+        let rw = chunk
+            .rw
+            .as_ref()
+            .map_or(0, |m| m.as_mut_ptr() as usize + offset);
         let class = &mut st.classes[ci];
         if full {
             class.available.remove(&idx);
@@ -379,7 +392,16 @@ impl CodeMemory {
         let off = if fd >= 0 { offset as libc::off_t } else { 0 };
         // SAFETY: `addr..addr + chunk_size` lies inside our reservation and holds no live chunk
         // (its index was free), so MAP_FIXED replaces only our own PROT_NONE placeholder.
-        let p = unsafe { libc::mmap(addr as *mut libc::c_void, self.chunk_size, prot, flags, fd, off) };
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                self.chunk_size,
+                prot,
+                flags,
+                fd,
+                off,
+            )
+        };
         if p == libc::MAP_FAILED {
             st.free_indices.push(idx);
             return Err(JitError::last_os("mmap (chunk RX view)"));
@@ -482,7 +504,12 @@ impl CodeMemory {
     /// # Safety
     /// `slot` must come from [`alloc`](Self::alloc) on `self`, not yet freed, and no thread may be
     /// executing it (it is not reachable from any site yet).
-    pub(crate) unsafe fn write(&self, slot: &Slot, bytes: &[u8], exec_len: usize) -> Result<(), JitError> {
+    pub(crate) unsafe fn write(
+        &self,
+        slot: &Slot,
+        bytes: &[u8],
+        exec_len: usize,
+    ) -> Result<(), JitError> {
         assert!(bytes.len() <= slot.size);
         if self.memfd.is_some() {
             // SAFETY: `slot.rw` is the RW alias of `slot.size` bytes we own (caller contract).
@@ -496,7 +523,11 @@ impl CodeMemory {
             dst[..bytes.len()].copy_from_slice(bytes);
             dst[bytes.len()..].fill(arch::INT3);
             let exec = exec_len.div_ceil(self.page_size).max(1) * self.page_size;
-            self.protect(slot.addr, exec.min(slot.size), libc::PROT_READ | libc::PROT_EXEC)?;
+            self.protect(
+                slot.addr,
+                exec.min(slot.size),
+                libc::PROT_READ | libc::PROT_EXEC,
+            )?;
         }
         arch::flush_icache(slot.addr, bytes.len());
         Ok(())
@@ -515,17 +546,25 @@ impl CodeMemory {
                 let dst = unsafe { std::slice::from_raw_parts_mut(slot.rw as *mut u8, slot.size) };
                 arch::fill_traps(dst);
             }
-        } else if self.protect(slot.addr, slot.size, libc::PROT_READ | libc::PROT_WRITE).is_ok() {
+        } else if self
+            .protect(slot.addr, slot.size, libc::PROT_READ | libc::PROT_WRITE)
+            .is_ok()
+        {
             if self.trap_fill {
                 // SAFETY: the slot's pages are RW now and nobody executes them (caller contract).
-                let dst = unsafe { std::slice::from_raw_parts_mut(slot.addr as *mut u8, slot.size) };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(slot.addr as *mut u8, slot.size) };
                 arch::fill_traps(dst);
             }
             let _ = self.protect(slot.addr, slot.size, libc::PROT_NONE);
         }
         let mut st = lock(&self.state);
-        let chunk = st.chunks[slot.chunk].as_mut().expect("freeing into a mapped chunk");
-        chunk.free.push(slot.addr - self.base - slot.chunk * self.chunk_size);
+        let chunk = st.chunks[slot.chunk]
+            .as_mut()
+            .expect("freeing into a mapped chunk");
+        chunk
+            .free
+            .push(slot.addr - self.base - slot.chunk * self.chunk_size);
         chunk.used -= 1;
         let (ci, empty) = (chunk.class, chunk.used == 0);
         let class = &mut st.classes[ci];

@@ -69,11 +69,15 @@ impl JitBuilder {
     /// [`JitError::InvalidConfig`] for bad sizes, and [`JitError::Os`] if a system call fails.
     pub fn build(self) -> Result<Jit, JitError> {
         if !arch::SUPPORTED {
-            return Err(JitError::Unsupported("tramway-jit emits x86-64 code for Linux only"));
+            return Err(JitError::Unsupported(
+                "tramway-jit emits x86-64 code for Linux only",
+            ));
         }
         let id = NEXT_JIT_ID.fetch_add(1, Ordering::Relaxed);
         let mem = Arc::new(CodeMemory::new(id, &self.cfg)?);
-        let reclaimer = self.reclaimer.unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
+        let reclaimer = self
+            .reclaimer
+            .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
         Ok(Jit {
             shared: Arc::new(Shared { mem, reclaimer }),
         })
@@ -152,7 +156,12 @@ impl Jit {
 
     /// Emits `mov rax, value; ret`: a function `extern "C" fn(..) -> u64` returning `value`.
     pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
-        Trampoline::emit(&self.shared, &|ops| arch::emit_constant_return(ops, value), None, None)
+        Trampoline::emit(
+            &self.shared,
+            &|ops| arch::emit_constant_return(ops, value),
+            None,
+            None,
+        )
     }
 
     /// Creates a patch site pointing at `initial` (see [`Site`]).

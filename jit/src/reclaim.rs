@@ -53,7 +53,9 @@ impl LeakUntilDrop {
 
 impl std::fmt::Debug for LeakUntilDrop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeakUntilDrop").field("pending", &self.pending()).finish()
+        f.debug_struct("LeakUntilDrop")
+            .field("pending", &self.pending())
+            .finish()
     }
 }
 

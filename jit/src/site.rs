@@ -68,7 +68,11 @@ pub struct Site {
 }
 
 impl Site {
-    pub(crate) fn new(shared: &Arc<Shared>, kind: SiteKind, initial: &Trampoline) -> Result<Site, JitError> {
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        kind: SiteKind,
+        initial: &Trampoline,
+    ) -> Result<Site, JitError> {
         let mem = &shared.mem;
         initial.check_owner(mem.id())?;
         if initial.is_retired() {
@@ -110,7 +114,11 @@ impl Site {
             return Err(e);
         }
         mem.update_stats(|s| s.sites += 1);
-        let patch = if mem.is_fallback() { stub.addr } else { stub.rw } + word_offset;
+        let patch = if mem.is_fallback() {
+            stub.addr
+        } else {
+            stub.rw
+        } + word_offset;
         Ok(Site {
             shared: shared.clone(),
             kind,

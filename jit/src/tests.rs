@@ -32,7 +32,9 @@ fn constant_return_through_both_site_kinds() {
 fn site_entries_and_direct_words_are_aligned() {
     let jit = Jit::new().unwrap();
     let t = jit.constant_return(1).unwrap();
-    let sites: Vec<_> = (0..10).map(|_| jit.site(SiteKind::Direct, &t).unwrap()).collect();
+    let sites: Vec<_> = (0..10)
+        .map(|_| jit.site(SiteKind::Direct, &t).unwrap())
+        .collect();
     for s in &sites {
         assert_eq!(s.entry() as usize % 8, 0);
         assert_eq!(call0(s), 1);
@@ -67,16 +69,27 @@ fn forwarding_counts_and_forwards_to_address_and_trampoline() {
 
 #[test]
 fn typed_errors() {
-    let small = Jit::builder().reservation_size(256 << 10).chunk_size(64 << 10).build().unwrap();
+    let small = Jit::builder()
+        .reservation_size(256 << 10)
+        .chunk_size(64 << 10)
+        .build()
+        .unwrap();
     // Oversized body.
     // SAFETY: the code is never executed.
-    let too_big = unsafe { small.custom(|ops| ops.extend(std::iter::repeat(0xCC).take((64 << 10) + 1))) };
-    assert!(matches!(too_big, Err(JitError::CodeTooLarge { len, max }) if len == (64 << 10) + 1 && max == 64 << 10));
+    let too_big =
+        unsafe { small.custom(|ops| ops.extend(std::iter::repeat(0xCC).take((64 << 10) + 1))) };
+    assert!(
+        matches!(too_big, Err(JitError::CodeTooLarge { len, max }) if len == (64 << 10) + 1 && max == 64 << 10)
+    );
     // Exhausted reservation: four chunk-sized objects fit, the fifth does not.
     // SAFETY: never executed.
-    let big = |jit: &Jit| unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(64 << 10))) };
+    let big =
+        |jit: &Jit| unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(64 << 10))) };
     let held: Vec<_> = (0..4).map(|_| big(&small).unwrap()).collect();
-    assert!(matches!(big(&small), Err(JitError::CodeSpaceExhausted { .. })));
+    assert!(matches!(
+        big(&small),
+        Err(JitError::CodeSpaceExhausted { .. })
+    ));
     drop(held);
     big(&small).expect("space is reusable after frees");
 
@@ -92,15 +105,24 @@ fn typed_errors() {
     let site = jit.site(SiteKind::Indirect, &a).unwrap();
     let _old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
     assert!(matches!(site.swap(&a), Err(JitError::Retired { .. })));
-    assert!(matches!(jit.site(SiteKind::Direct, &a), Err(JitError::Retired { .. })));
+    assert!(matches!(
+        jit.site(SiteKind::Direct, &a),
+        Err(JitError::Retired { .. })
+    ));
     let fwd = jit.forwarding(ForwardingSpec {
         target: Target::Trampoline(a.clone()),
         hook: None,
     });
     assert!(matches!(fwd, Err(JitError::Retired { .. })));
     let foreign = small.constant_return(3).unwrap();
-    assert!(matches!(site.swap(&foreign), Err(JitError::ForeignTrampoline { .. })));
-    assert!(matches!(jit.site(SiteKind::Indirect, &foreign), Err(JitError::ForeignTrampoline { .. })));
+    assert!(matches!(
+        site.swap(&foreign),
+        Err(JitError::ForeignTrampoline { .. })
+    ));
+    assert!(matches!(
+        jit.site(SiteKind::Indirect, &foreign),
+        Err(JitError::ForeignTrampoline { .. })
+    ));
     assert_eq!(call0(&site), 2, "failed swaps leave the site unchanged");
 
     let bad = Jit::builder().reservation_size(3 << 30).build();
@@ -116,7 +138,11 @@ fn counters_balance_through_the_lifecycle() {
     let check = |emitted, live, retired, reclaimed| {
         let s = jit.stats();
         assert!(s.balanced(), "{s:?}");
-        assert_eq!((s.emitted, s.live, s.retired, s.reclaimed), (emitted, live, retired, reclaimed), "{s:?}");
+        assert_eq!(
+            (s.emitted, s.live, s.retired, s.reclaimed),
+            (emitted, live, retired, reclaimed),
+            "{s:?}"
+        );
     };
     let a = jit.constant_return(1).unwrap();
     let b = jit.constant_return(2).unwrap();
@@ -129,7 +155,11 @@ fn counters_balance_through_the_lifecycle() {
     let old = site.swap(&c).unwrap();
     check(3, 1, 1, 1);
     drop((a, old));
-    assert_eq!(reclaimer.pending(), 1, "installed code is freed through the reclaimer");
+    assert_eq!(
+        reclaimer.pending(),
+        1,
+        "installed code is freed through the reclaimer"
+    );
     check(3, 1, 1, 1);
     jit.barrier();
     check(3, 1, 0, 2);
@@ -213,20 +243,32 @@ fn fallback_mode_runs_indirect_sites_and_refuses_direct_ones() {
     assert_eq!(call0(&site), 1);
     let _old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
     assert_eq!(call0(&site), 2);
-    assert!(matches!(jit.site(SiteKind::Direct, &site.current()), Err(JitError::Unsupported(_))));
+    assert!(matches!(
+        jit.site(SiteKind::Direct, &site.current()),
+        Err(JitError::Unsupported(_))
+    ));
 }
 
 #[test]
 fn dropping_everything_unmaps_everything() {
     let jit = Jit::new().unwrap();
     let stats = jit.stats_handle();
-    let site = jit.site(SiteKind::Direct, &jit.constant_return(1).unwrap()).unwrap();
+    let site = jit
+        .site(SiteKind::Direct, &jit.constant_return(1).unwrap())
+        .unwrap();
     let old = site.swap(&jit.constant_return(2).unwrap()).unwrap();
     assert!(stats.get().mapped_bytes > 0);
     drop(jit);
-    assert!(stats.get().mapped_bytes > 0, "handles keep the code memory alive");
+    assert!(
+        stats.get().mapped_bytes > 0,
+        "handles keep the code memory alive"
+    );
     drop((site, old));
     let s = stats.get();
-    assert_eq!((s.mapped_bytes, s.chunks, s.live, s.retired), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.mapped_bytes, s.chunks, s.live, s.retired),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
     assert_eq!(s.reclaimed, 2);
 }

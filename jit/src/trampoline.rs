@@ -109,7 +109,8 @@ impl Trampoline {
         let assemble = |base: usize| {
             let mut ops = Assembler::new(base);
             emit(&mut ops);
-            ops.finalize().map_err(|e| JitError::Assemble(e.to_string()))
+            ops.finalize()
+                .map_err(|e| JitError::Assemble(e.to_string()))
         };
         let first = assemble(mem.range().0)?;
         let slot = mem.alloc(first.len())?;
@@ -166,7 +167,10 @@ impl Trampoline {
 
     /// Calls counted by a forwarding trampoline; 0 for custom code.
     pub fn calls(&self) -> u64 {
-        self.inner.counter.as_ref().map_or(0, |c| c.load(Ordering::Relaxed))
+        self.inner
+            .counter
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Whether the trampoline has been retired (swapped out of the last site it was installed in).
@@ -197,7 +201,9 @@ impl Trampoline {
     fn update_unless_retired(&self, f: impl Fn(u64) -> u64) -> Result<(), JitError> {
         self.inner
             .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (s & RETIRED == 0).then(|| f(s)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & RETIRED == 0).then(|| f(s))
+            })
             .map(drop)
             .map_err(|_| JitError::Retired { id: self.id() })
     }
@@ -219,7 +225,11 @@ impl Trampoline {
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
                 debug_assert!(s & INSTALLS > 0 && s & RETIRED == 0);
-                Some(if s & INSTALLS == 1 { (s - 1) | RETIRED } else { s - 1 })
+                Some(if s & INSTALLS == 1 {
+                    (s - 1) | RETIRED
+                } else {
+                    s - 1
+                })
             })
             .expect("the closure never fails");
         if prev & INSTALLS == 1 {
@@ -246,7 +256,11 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let state = *self.state.get_mut();
         let retired = state & RETIRED != 0;
-        debug_assert_eq!(state & INSTALLS, 0, "an installed trampoline is held by its site");
+        debug_assert_eq!(
+            state & INSTALLS,
+            0,
+            "an installed trampoline is held by its site"
+        );
         let mem = self.shared.mem.clone();
         let slot = self.slot;
         let counter = self.counter.take();
@@ -314,7 +328,10 @@ impl Retired {
     /// Never frees the code: it stays mapped (and counted in `retired` and `leaked`) for the life
     /// of the process, even after the `Jit` drops.
     pub fn leak(self) {
-        self.tramp.inner.disposition.store(DISPOSE_LEAK, Ordering::Relaxed);
+        self.tramp
+            .inner
+            .disposition
+            .store(DISPOSE_LEAK, Ordering::Relaxed);
     }
 
     /// Frees the code as soon as the last handle drops (now, if this is the last one), without a
@@ -324,6 +341,9 @@ impl Retired {
     /// When the last handle of the trampoline drops, no thread may be executing it or be about to
     /// (through a site that was swapped, or through a forwarding trampoline that targets it).
     pub unsafe fn reclaim_now(self) {
-        self.tramp.inner.disposition.store(DISPOSE_IMMEDIATE, Ordering::Relaxed);
+        self.tramp
+            .inner
+            .disposition
+            .store(DISPOSE_IMMEDIATE, Ordering::Relaxed);
     }
 }

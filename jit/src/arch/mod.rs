@@ -9,8 +9,8 @@
 mod x86_64;
 
 pub(crate) use self::x86_64::{
-    direct_word, emit_constant_return, emit_forwarding, fill_traps, indirect_stub, INDIRECT_STUB_LEN, INT3,
-    SITE_STUB_LEN,
+    direct_word, emit_constant_return, emit_forwarding, fill_traps, indirect_stub,
+    INDIRECT_STUB_LEN, INT3, SITE_STUB_LEN,
 };
 
 /// Whether this target can execute the code the crate emits.

@@ -41,7 +41,9 @@ pub(crate) fn direct_word(entry: usize, target: usize) -> Option<u64> {
     let rel = (target as i64).wrapping_sub(entry as i64 + 5);
     let rel = i32::try_from(rel).ok()?;
     let r = rel.to_le_bytes();
-    Some(u64::from_le_bytes([0xE9, r[0], r[1], r[2], r[3], INT3, INT3, INT3]))
+    Some(u64::from_le_bytes([
+        0xE9, r[0], r[1], r[2], r[3], INT3, INT3, INT3,
+    ]))
 }
 
 /// `mov rax, imm64; ret`.
@@ -67,7 +69,12 @@ pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
 ///
 /// Only r11 (caller-saved, not an argument register) is clobbered, so every C-ABI argument register
 /// reaches the target unchanged, whatever the signature; stack arguments are untouched.
-pub(crate) fn emit_forwarding(ops: &mut Assembler, counter: u64, hook: Option<(u64, u64)>, target: u64) {
+pub(crate) fn emit_forwarding(
+    ops: &mut Assembler,
+    counter: u64,
+    hook: Option<(u64, u64)>,
+    target: u64,
+) {
     dynasm!(ops
         ; .arch x64
         ; mov r11, QWORD counter as i64
