@@ -115,9 +115,24 @@ fn integer_arguments_0_to_6_and_stack_arguments_are_forwarded() {
     check!(i1, fn(u64) -> u64, (5), [5]);
     check!(i2, fn(u64, u64) -> u64, (1, 2), [1, 2]);
     check!(i3, fn(u64, u64, u64) -> u64, (1, 2, 3), [1, 2, 3]);
-    check!(i4, fn(u64, u64, u64, u64) -> u64, (1, 2, 3, 4), [1, 2, 3, 4]);
-    check!(i5, fn(u64, u64, u64, u64, u64) -> u64, (1, 2, 3, 4, 5), [1, 2, 3, 4, 5]);
-    check!(i6, fn(u64, u64, u64, u64, u64, u64) -> u64, (1, 2, 3, 4, 5, 6), [1, 2, 3, 4, 5, 6]);
+    check!(
+        i4,
+        fn(u64, u64, u64, u64) -> u64,
+        (1, 2, 3, 4),
+        [1, 2, 3, 4]
+    );
+    check!(
+        i5,
+        fn(u64, u64, u64, u64, u64) -> u64,
+        (1, 2, 3, 4, 5),
+        [1, 2, 3, 4, 5]
+    );
+    check!(
+        i6,
+        fn(u64, u64, u64, u64, u64, u64) -> u64,
+        (1, 2, 3, 4, 5, 6),
+        [1, 2, 3, 4, 5, 6]
+    );
     check!(
         i8s,
         fn(u64, u64, u64, u64, u64, u64, u64, u64) -> u64,
@@ -140,7 +155,8 @@ fn float_and_mixed_arguments_are_forwarded() {
     }
     for (site, _, _) in configs(&jit, f8 as *const u8, &seen) {
         // SAFETY: forwards to `f8`.
-        let f: extern "C" fn(f64, f64, f64, f64, f64, f64, f64, f64) -> f64 = unsafe { site.as_fn() };
+        let f: extern "C" fn(f64, f64, f64, f64, f64, f64, f64, f64) -> f64 =
+            unsafe { site.as_fn() };
         assert_eq!(f(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.5), 319.0);
     }
     for (site, _, hooked) in configs(&jit, mixed as *const u8, &seen) {
@@ -175,7 +191,11 @@ fn forwarding_chains_count_every_hop_and_keep_their_target_alive() {
         assert_eq!(f(4, 5), 54);
     }
     assert_eq!(outer.calls(), 3);
-    assert_eq!(jit.stats().live, 2, "the target trampoline is alive while outer targets it");
+    assert_eq!(
+        jit.stats().live,
+        2,
+        "the target trampoline is alive while outer targets it"
+    );
     // SAFETY: reading our RX view: still the forwarding body (mov r11, imm64 = 49 BB ..).
     assert_eq!(unsafe { *inner_addr }, 0x49);
 }

@@ -45,12 +45,18 @@ fn assert_no_rwx() {
 }
 
 fn mapping_at(addr: usize) -> Mapping {
-    maps().into_iter().find(|m| m.start <= addr && addr < m.end).expect("address is mapped")
+    maps()
+        .into_iter()
+        .find(|m| m.start <= addr && addr < m.end)
+        .expect("address is mapped")
 }
 
 fn memfd_mappings(name: &str) -> usize {
     let needle = format!("/memfd:{name} ");
-    maps().iter().filter(|m| format!("{} ", m.path).starts_with(&needle)).count()
+    maps()
+        .iter()
+        .filter(|m| format!("{} ", m.path).starts_with(&needle))
+        .count()
 }
 
 extern "C" fn seven() -> u64 {
@@ -62,7 +68,9 @@ fn no_mapping_is_ever_writable_and_executable() {
     for fallback in [false, true] {
         let jit = Jit::builder().force_fallback(fallback).build().unwrap();
         assert_eq!(jit.is_fallback(), fallback);
-        let site = jit.site(SiteKind::Indirect, &jit.constant_return(0).unwrap()).unwrap();
+        let site = jit
+            .site(SiteKind::Indirect, &jit.constant_return(0).unwrap())
+            .unwrap();
         assert_no_rwx();
         for i in 0..300u64 {
             let t = if i % 2 == 0 {
@@ -83,7 +91,11 @@ fn no_mapping_is_ever_writable_and_executable() {
         let f: extern "C" fn() -> u64 = unsafe { site.as_fn() };
         assert_eq!(f(), 7);
         let rx = mapping_at(site.entry() as usize);
-        assert_eq!(&rx.perms[..3], "r-x", "code runs from a read-execute mapping");
+        assert_eq!(
+            &rx.perms[..3],
+            "r-x",
+            "code runs from a read-execute mapping"
+        );
         jit.barrier();
         assert_no_rwx();
     }
@@ -95,7 +107,12 @@ fn code_runs_from_a_shared_memfd_view() {
     let t = jit.constant_return(1).unwrap();
     let m = mapping_at(t.addr() as usize);
     assert_eq!(m.perms, "r-xs");
-    assert!(m.path.starts_with(&format!("/memfd:{}", jit.memfd_name().unwrap())), "{}", m.path);
+    assert!(
+        m.path
+            .starts_with(&format!("/memfd:{}", jit.memfd_name().unwrap())),
+        "{}",
+        m.path
+    );
     let (base, len) = jit.code_range();
     assert!(base <= t.addr() as usize && (t.addr() as usize) < base + len);
 }
@@ -105,7 +122,9 @@ fn dropping_the_jit_unmaps_the_memfd_and_returns_mapped_bytes_to_zero() {
     let jit = Jit::new().unwrap();
     let name = jit.memfd_name().unwrap();
     let stats = jit.stats_handle();
-    let site = jit.site(SiteKind::Direct, &jit.constant_return(1).unwrap()).unwrap();
+    let site = jit
+        .site(SiteKind::Direct, &jit.constant_return(1).unwrap())
+        .unwrap();
     let retired = site.swap(&jit.constant_return(2).unwrap()).unwrap();
     let unused = jit.constant_return(3).unwrap();
     assert!(memfd_mappings(&name) >= 2, "RX and RW views are mapped");
@@ -142,11 +161,17 @@ fn last_freed_slot_unmaps_its_chunk() {
     let chunks = jit.stats().chunks;
     let retired = site.swap(&small).unwrap();
     drop(big);
-    assert!(mapping_at(addr).path.contains(&name), "retired code stays mapped until reclaimed");
+    assert!(
+        mapping_at(addr).path.contains(&name),
+        "retired code stays mapped until reclaimed"
+    );
     // SAFETY: no other thread calls the site.
     unsafe { retired.reclaim_now() };
     let m = mapping_at(addr);
-    assert_eq!(m.perms, "---p", "the chunk is replaced by an inaccessible reservation");
+    assert_eq!(
+        m.perms, "---p",
+        "the chunk is replaced by an inaccessible reservation"
+    );
     assert!(!m.path.contains("memfd"), "{}", m.path);
     assert_eq!(jit.stats().chunks, chunks - 1);
     assert_eq!(f(), 6);
@@ -156,8 +181,14 @@ fn last_freed_slot_unmaps_its_chunk() {
 fn immediate_reclaim_frees_retired_code_at_once_as_traps() {
     // SAFETY: only this thread calls the site, and never while swapping.
     let reclaimer = Arc::new(unsafe { ImmediateReclaim::new_unchecked() });
-    let jit = Jit::builder().reclaimer(reclaimer).trap_fill(true).build().unwrap();
-    let site = jit.site(SiteKind::Indirect, &jit.constant_return(1).unwrap()).unwrap();
+    let jit = Jit::builder()
+        .reclaimer(reclaimer)
+        .trap_fill(true)
+        .build()
+        .unwrap();
+    let site = jit
+        .site(SiteKind::Indirect, &jit.constant_return(1).unwrap())
+        .unwrap();
     let old_addr = site.current().addr();
     drop(site.swap(&jit.constant_return(2).unwrap()).unwrap());
     let s = jit.stats();

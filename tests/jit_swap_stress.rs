@@ -50,12 +50,19 @@ fn race(jit: Jit, kind: SiteKind, swaps: u64) {
     assert!(s.balanced(), "{s:?}");
     assert_eq!(s.emitted, swaps + 1);
     assert_eq!(s.live, 1);
-    assert_eq!(s.retired, swaps, "retired code waits for the barrier: {s:?}");
+    assert_eq!(
+        s.retired, swaps,
+        "retired code waits for the barrier: {s:?}"
+    );
     let stats = jit.stats_handle();
     drop(site);
     drop(jit);
     let s = stats.get();
-    assert_eq!((s.mapped_bytes, s.retired, s.reclaimed), (0, 0, swaps + 1), "{s:?}");
+    assert_eq!(
+        (s.mapped_bytes, s.retired, s.reclaimed),
+        (0, 0, swaps + 1),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -71,5 +78,9 @@ fn direct_site_swapped_100k_times_under_concurrent_calls() {
 #[test]
 fn fallback_indirect_site_swapped_under_concurrent_calls() {
     // One page per trampoline in fallback mode: fewer swaps keep the test small.
-    race(Jit::builder().force_fallback(true).build().unwrap(), SiteKind::Indirect, 5_000);
+    race(
+        Jit::builder().force_fallback(true).build().unwrap(),
+        SiteKind::Indirect,
+        5_000,
+    );
 }
