@@ -128,7 +128,8 @@ fn membarrier_expedited() -> bool {
     const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     loop {
         // SAFETY: plain integer arguments; no memory is passed to the kernel.
-        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
         if r == 0 {
             return true;
         }

@@ -173,7 +173,12 @@ impl GpWaker {
     fn wake(&self) {
         // Only the first notifier after `arm` pays for the unpark.
         if self.waiting.swap(false, Ordering::AcqRel) {
-            if let Some(t) = self.driver.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if let Some(t) = self
+                .driver
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
                 t.unpark();
             }
         }
@@ -212,7 +217,9 @@ impl QsRegistry {
     /// A registry for `workers` workers, no threads, no holdouts.
     pub fn new(workers: usize) -> Self {
         QsRegistry {
-            workers: (0..workers).map(|_| CachePadded::new(WorkerQs::default())).collect(),
+            workers: (0..workers)
+                .map(|_| CachePadded::new(WorkerQs::default()))
+                .collect(),
             threads: Mutex::new(Vec::new()),
             holdouts: Mutex::new(HashMap::new()),
             waker: GpWaker::default(),
