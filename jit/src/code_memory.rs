@@ -108,6 +108,7 @@ pub(crate) struct Config {
     pub chunk_size: usize,
     pub force_fallback: bool,
     pub trap_fill: bool,
+    pub sync_core: bool,
 }
 
 /// One allocated object: where it executes, where it is written, and its slot size.
@@ -153,6 +154,7 @@ pub(crate) struct CodeMemory {
     page_size: usize,
     memfd: Option<File>,
     trap_fill: bool,
+    sync_core: bool,
     state: Mutex<State>,
     stats: Arc<Mutex<JitStats>>,
 }
@@ -220,6 +222,12 @@ impl CodeMemory {
                 "reservation must be at most 2 GiB (rel32 reach)",
             ));
         }
+        if cfg.sync_core {
+            arch::register_sync_core().map_err(|source| JitError::Os {
+                op: "membarrier (register sync-core)",
+                source,
+            })?;
+        }
         let memfd = if cfg.force_fallback {
             None
         } else {
@@ -263,6 +271,7 @@ impl CodeMemory {
             page_size,
             memfd,
             trap_fill: cfg.trap_fill,
+            sync_core: cfg.sync_core,
             state: Mutex::new(State {
                 chunks: (0..reservation / chunk_size).map(|_| None).collect(),
                 free_indices: Vec::new(),
@@ -530,6 +539,12 @@ impl CodeMemory {
             )?;
         }
         arch::flush_icache(slot.addr, bytes.len());
+        if self.sync_core {
+            arch::sync_all_cores().map_err(|source| JitError::Os {
+                op: "membarrier (sync-core)",
+                source,
+            })?;
+        }
         Ok(())
     }
 

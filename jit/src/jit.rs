@@ -63,6 +63,16 @@ impl JitBuilder {
         self
     }
 
+    /// After writing new code, make every thread of the process serialize its instruction stream
+    /// (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, registered at build). Off by
+    /// default on x86-64: it costs an IPI to every CPU running the process per emission, and the
+    /// patch protocol (`site.rs`) does not rely on it. `build` fails with [`JitError::Os`] if the
+    /// kernel does not support it.
+    pub fn sync_core(mut self, yes: bool) -> Self {
+        self.cfg.sync_core = yes;
+        self
+    }
+
     /// Reserves the code range and creates the `Jit`.
     ///
     /// Fails with [`JitError::Unsupported`] on targets other than x86-64 Linux,
@@ -102,6 +112,7 @@ impl Jit {
                 chunk_size: DEFAULT_CHUNK_SIZE,
                 force_fallback: false,
                 trap_fill: cfg!(debug_assertions),
+                sync_core: false,
             },
             reclaimer: None,
         }

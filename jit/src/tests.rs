@@ -198,8 +198,8 @@ fn trampoline_installed_in_two_sites_retires_with_the_last() {
 #[test]
 fn empty_chunk_that_is_not_current_is_unmapped_and_its_index_reused() {
     let page = 4096;
-    // SAFETY: never executed.
     let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
+    // SAFETY: never executed.
     let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(4 * page))) };
     let a = big().unwrap();
     let b = big().unwrap();
@@ -271,4 +271,31 @@ fn dropping_everything_unmaps_everything() {
         "{s:?}"
     );
     assert_eq!(s.reclaimed, 2);
+}
+
+#[test]
+fn sync_core_mode_emits_and_calls() {
+    // Kernels without membarrier sync-core report a typed OS error instead.
+    match Jit::builder().sync_core(true).build() {
+        Ok(jit) => {
+            let site = jit
+                .site(SiteKind::Indirect, &jit.constant_return(9).unwrap())
+                .unwrap();
+            assert_eq!(call0(&site), 9);
+        }
+        Err(e) => assert!(matches!(e, JitError::Os { .. }), "{e}"),
+    }
+}
+
+#[test]
+fn swapping_in_the_current_trampoline_keeps_it_live() {
+    let jit = Jit::new().unwrap();
+    let a = jit.constant_return(1).unwrap();
+    let site = jit.site(SiteKind::Direct, &a).unwrap();
+    let same = site.swap(&a).unwrap();
+    assert!(same.trampoline().ptr_eq(&a));
+    assert!(!a.is_retired());
+    drop(same);
+    assert_eq!(call0(&site), 1);
+    assert_eq!(jit.stats().live, 1);
 }

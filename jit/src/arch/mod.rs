@@ -31,3 +31,30 @@ pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
 pub(crate) fn flush_icache(addr: usize, len: usize) {
     let _ = (addr, len);
 }
+
+/// `membarrier` commands from `linux/membarrier.h`.
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
+
+fn membarrier(cmd: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: membarrier takes no pointers; an unknown command fails with EINVAL.
+    if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Registers the process for [`sync_all_cores`] (needed once, before the first use).
+pub(crate) fn register_sync_core() -> std::io::Result<()> {
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)
+}
+
+/// Makes every thread of the process execute a core-serializing instruction before it next runs
+/// user code: the executing side of the Intel SDM cross-modifying-code protocol (and what aarch64
+/// needs after the cache maintenance of [`flush_icache`]). Opt-in on x86-64 through
+/// `JitBuilder::sync_core`: the publishing protocol does not need it for code at addresses that no
+/// thread can have fetched since they were last written, which the grace period guarantees.
+pub(crate) fn sync_all_cores() -> std::io::Result<()> {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)
+}
