@@ -4,10 +4,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::arch::{self, Assembler};
-use crate::code_memory::{CodeMemory, Config, JitStats, JitStatsHandle};
+use crate::code_memory::{CodeMemory, Config};
 use crate::error::JitError;
 use crate::reclaim::{LeakUntilDrop, Reclaim};
 use crate::site::{Site, SiteKind};
+use crate::stats::{JitStats, JitStatsHandle};
 use crate::trampoline::{ForwardingSpec, Target, Trampoline};
 
 /// Default size of the address reservation: 1 GiB.

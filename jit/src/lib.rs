@@ -43,14 +43,15 @@ mod error;
 mod jit;
 mod reclaim;
 mod site;
+mod stats;
 mod trampoline;
 
 pub use crate::arch::Assembler;
-pub use crate::code_memory::{JitStats, JitStatsHandle};
 pub use crate::error::JitError;
 pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
 pub use crate::reclaim::{Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim};
 pub use crate::site::{Site, SiteKind};
+pub use crate::stats::{JitStats, JitStatsHandle};
 pub use crate::trampoline::{ForwardingSpec, Hook, HookArgs, Retired, Target, Trampoline};
 
 /// Re-export of `dynasmrt`, so that [`Jit::custom`] users can name its traits and macros.
