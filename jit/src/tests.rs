@@ -299,3 +299,13 @@ fn swapping_in_the_current_trampoline_keeps_it_live() {
     assert_eq!(call0(&site), 1);
     assert_eq!(jit.stats().live, 1);
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Jit>();
+    check::<Trampoline>();
+    check::<Site>();
+    check::<Retired>();
+    check::<JitStatsHandle>();
+}
