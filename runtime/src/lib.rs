@@ -18,6 +18,7 @@ mod builder;
 mod context;
 pub mod error;
 pub mod fence;
+pub mod grace;
 mod join;
 mod overflow;
 pub mod qs;

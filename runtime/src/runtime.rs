@@ -272,6 +272,11 @@ impl Runtime {
         }
     }
 
+    /// The name of live task `id`, if it was spawned with one.
+    pub(crate) fn task_name(&self, id: u64) -> Option<Arc<str>> {
+        self.shared().task_name(id)
+    }
+
     /// Registers the calling OS thread as a reader context (see [`ThreadRegistration`]).
     /// Fails on a worker thread or inside a task, and if the thread is already registered.
     pub fn register_thread(&self) -> Result<ThreadRegistration, RegisterError> {

@@ -22,6 +22,9 @@ const TASK_SHARDS: usize = 16;
 /// Finished tasks' stacks kept for reuse (saves an mmap/mprotect/munmap per spawn).
 const STACK_POOL_MAX: usize = 256;
 
+/// One shard of the live-task table.
+type TaskShard = Mutex<HashMap<u64, Arc<Task>>>;
+
 /// Per-runtime shared state.
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -33,7 +36,7 @@ pub(crate) struct Shared {
     /// Per-worker queues of pinned tasks; only their worker pops them.
     pub(crate) pinned: Box<[Injector<Arc<Task>>]>,
     /// Every task that has not finished yet (cancelled at shutdown).
-    tasks: Box<[Mutex<HashMap<u64, Arc<Task>>>]>,
+    tasks: Box<[TaskShard]>,
     /// `sleeping[i]`: worker `i` is parked (or about to) and wants an unpark on new work.
     pub(crate) sleeping: Box<[CachePadded<AtomicBool>]>,
     pub(crate) num_sleeping: AtomicUsize,
@@ -80,7 +83,7 @@ impl Shared {
         }
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Task>>> {
+    fn shard(&self, id: u64) -> &TaskShard {
         &self.tasks[(id as usize) % TASK_SHARDS]
     }
 
@@ -118,6 +121,12 @@ impl Shared {
         Ok(())
     }
 
+    /// The name of a live task, if it has one (for grace-period stall reports).
+    pub(crate) fn task_name(&self, id: u64) -> Option<Arc<str>> {
+        let shard = self.shard(id).lock().unwrap_or_else(|e| e.into_inner());
+        shard.get(&id).and_then(|t| t.name().cloned())
+    }
+
     /// Forgets a finished task.
     pub(crate) fn unregister_task(&self, id: u64) {
         let t = self
@@ -138,11 +147,7 @@ impl Shared {
             self.wake_worker(w);
             return;
         }
-        let task = match worker::push_local(self, task) {
-            Ok(()) => None,
-            Err(t) => Some(t),
-        };
-        if let Some(t) = task {
+        if let Err(t) = worker::push_local(self, task) {
             self.injector.push(t);
         }
         if wake {

@@ -33,7 +33,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 
-use corosensei::stack::DefaultStack;
+use corosensei::stack::{DefaultStack, Stack};
 use corosensei::{Coroutine, Yielder};
 
 use crate::builder::YieldInNonYielding;
@@ -92,6 +92,8 @@ pub(crate) struct Task {
     pub(crate) shared: Weak<Shared>,
     pub(crate) coro: UnsafeCell<Option<Coro>>,
     pub(crate) local: TaskLocal,
+    /// Lowest address of the stack mapping (its guard page); for overflow reports.
+    pub(crate) guard: usize,
     completion: Arc<dyn Completion>,
 }
 
@@ -167,6 +169,7 @@ impl Task {
         T: Send + 'static,
     {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let guard = stack.limit().get();
         let slot = Arc::new(JoinSlot::<T>::new());
         let body_slot = slot.clone();
         let coro = Coroutine::with_stack(stack, move |yielder: &TaskYielder, ()| {
@@ -197,6 +200,7 @@ impl Task {
                 depth: Cell::new(0),
                 holdout: Cell::new(false),
             },
+            guard,
             completion: slot.clone(),
         });
         (task, slot)

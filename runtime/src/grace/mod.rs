@@ -327,7 +327,7 @@ impl GraceDomain {
             let event = Arc::new(crate::Event::new());
             {
                 let mut state = shared.lock();
-                state.task_waiters.push_back((target, Arc::clone(&event)));
+                state.task_waiters.push((target, Arc::clone(&event)));
                 state.blocked_callers += 1;
             }
             shared.work.notify_one();

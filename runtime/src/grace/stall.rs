@@ -32,18 +32,34 @@ pub enum Holdout {
 
 impl fmt::Display for Holdout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = |n: &Option<Arc<str>>| n.as_deref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        let name = |n: &Option<Arc<str>>| {
+            n.as_deref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default()
+        };
         match self {
             Holdout::Worker {
                 worker,
                 task_id,
                 task_name,
-            } => write!(f, "worker {worker} running task {task_id}{}", name(task_name)),
+            } => write!(
+                f,
+                "worker {worker} running task {task_id}{}",
+                name(task_name)
+            ),
             Holdout::Task { task_id, task_name } => {
-                write!(f, "task {task_id}{} (switched out involuntarily)", name(task_name))
+                write!(
+                    f,
+                    "task {task_id}{} (switched out involuntarily)",
+                    name(task_name)
+                )
             }
             Holdout::Thread { name } => {
-                write!(f, "registered thread {}", name.as_deref().unwrap_or("<unnamed>"))
+                write!(
+                    f,
+                    "registered thread {}",
+                    name.as_deref().unwrap_or("<unnamed>")
+                )
             }
         }
     }

@@ -150,10 +150,13 @@ pub(super) fn wait_tasks(backoff: &mut Backoff<'_>, registry: &QsRegistry, names
         if holdouts.is_empty() {
             return None;
         }
-        let late = holdouts.iter().filter(|_| describe).map(|(t, _)| Holdout::Task {
-            task_id: t.id,
-            task_name: t.name.clone(),
-        });
+        let late = holdouts
+            .iter()
+            .filter(|_| describe)
+            .map(|(t, _)| Holdout::Task {
+                task_id: t.id,
+                task_name: t.name.clone(),
+            });
         Some(late.collect())
     });
     // Order the QS observations before the callbacks' frees.
@@ -169,7 +172,11 @@ pub(super) fn wait_threads(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
         if threads.is_empty() {
             return None;
         }
-        Some(if describe { describe_threads(&threads) } else { Vec::new() })
+        Some(if describe {
+            describe_threads(&threads)
+        } else {
+            Vec::new()
+        })
     });
     fence(Ordering::SeqCst);
 }
