@@ -248,7 +248,7 @@ fn errors_carry_line_and_column() {
         ),
         (
             "def f(x) = if x then 1",
-            "error at 1:23: expected `else` after the `then` branch (every `if` needs an `else`)",
+            "error at 1:23: expected `else` after the `then` branch (every `if` needs an `else`), found end of input",
         ),
         (
             "def f(x) = x < 1 < 2",

@@ -4,12 +4,13 @@
 //! program := item*
 //! item    := "def" IDENT "(" [IDENT ("," IDENT)*] ")" "=" expr
 //!          | "run" expr
-//! expr    := "if" expr "then" expr "else" expr | cmp
+//! expr    := cmp
 //! cmp     := sum [("<" | "<=" | ">" | ">=" | "==" | "!=") sum]      (not associative)
 //! sum     := term (("+" | "-") term)*
 //! term    := unary (("*" | "/" | "%") unary)*
 //! unary   := "-" unary | atom
-//! atom    := INT | IDENT | IDENT "(" [expr ("," expr)*] ")" | "(" expr ")"
+//! atom    := "if" expr "then" expr "else" expr
+//!          | INT | IDENT | IDENT "(" [expr ("," expr)*] ")" | "(" expr ")"
 //! ```
 //!
 //! Items need no separator: an expression ends where the next token cannot continue it, and every
@@ -150,21 +151,20 @@ impl Parser {
     }
 
     fn expr(&mut self) -> Result<Expr, Error> {
-        self.nested(|p| {
-            if p.peek().tok != Tok::If {
-                return p.cmp();
-            }
-            p.next();
-            let c = p.expr()?;
-            p.expect(Tok::Then, "after the condition of `if`")?;
-            let a = p.expr()?;
-            p.expect(
-                Tok::Else,
-                "after the `then` branch (every `if` needs an `else`)",
-            )?;
-            let b = p.expr()?;
-            Ok(Expr::If(Box::new(c), Box::new(a), Box::new(b)))
-        })
+        self.nested(Self::cmp)
+    }
+
+    /// `if c then a else b` after the `if`; the `else` branch extends as far right as possible.
+    fn if_rest(&mut self) -> Result<Expr, Error> {
+        let c = self.expr()?;
+        self.expect(Tok::Then, "after the condition of `if`")?;
+        let a = self.expr()?;
+        self.expect(
+            Tok::Else,
+            "after the `then` branch (every `if` needs an `else`)",
+        )?;
+        let b = self.expr()?;
+        Ok(Expr::If(Box::new(c), Box::new(a), Box::new(b)))
     }
 
     fn cmp(&mut self) -> Result<Expr, Error> {
@@ -250,6 +250,7 @@ impl Parser {
         let t = self.next();
         match t.tok {
             Tok::Int(v) => Ok(Expr::Int(v)),
+            Tok::If => self.nested(Self::if_rest),
             Tok::Ident(name) if self.peek().tok == Tok::LParen => {
                 self.next();
                 let mut args = Vec::new();
