@@ -311,3 +311,65 @@ fn shutdown(shared: &Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{thread_reg, worker, yield_now};
+
+    fn worker_index() -> Option<usize> {
+        worker::with_worker(|w| w.index)
+    }
+
+    #[test]
+    fn pinned_task_only_ever_runs_on_its_worker() {
+        let rt = Runtime::builder().workers(2).build().unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                rt.spawn_pinned(1, || {
+                    (0..200).all(|_| {
+                        yield_now();
+                        worker_index() == Some(1)
+                    })
+                })
+                .unwrap()
+            })
+            .collect();
+        // Unpinned load that would otherwise be balanced across both workers.
+        let others: Vec<_> = (0..8)
+            .map(|_| rt.spawn(|| (0..200).for_each(|_| yield_now())).unwrap())
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap(), "a pinned task ran on another worker");
+        }
+        for h in others {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn pinned_to_a_missing_worker_is_an_error() {
+        let rt = Runtime::builder().workers(1).build().unwrap();
+        assert!(matches!(
+            rt.spawn_pinned(1, || ()),
+            Err(SpawnError::NoSuchWorker {
+                index: 1,
+                workers: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn hooks_for_the_grace_engine_see_tasks_and_registered_threads() {
+        let rt = Runtime::builder().workers(1).build().unwrap();
+        assert_eq!(rt.qs_registry().workers.len(), 1);
+        assert!(!crate::in_task());
+        assert!(rt.block_on(crate::in_task).unwrap());
+        assert!(thread_reg::current_thread_qs().is_none());
+        let reg = rt.register_thread().unwrap();
+        let qs = thread_reg::current_thread_qs().unwrap();
+        assert!(Arc::ptr_eq(&qs, reg.qs()));
+        drop(reg);
+        assert!(thread_reg::current_thread_qs().is_none());
+    }
+}
