@@ -28,6 +28,7 @@
 //! `idiv` (which would trap on the last two and on zero).
 
 use crate::ast::{BinOp, Func, FuncId, Ir};
+use tramway::jit::dynasmrt::x64::Rq;
 use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::Assembler;
 
@@ -35,8 +36,8 @@ use tramway::jit::Assembler;
 const DEPTH_SLOT: i32 = -40;
 /// Bytes reserved below `rbp` for the parameters and the depth (a multiple of 16).
 const FRAME: i32 = 48;
-/// Register numbers of the argument registers `rdi, rsi, rdx, rcx`.
-const ARG_REGS: [u8; 4] = [7, 6, 2, 1];
+/// The argument registers of the first four parameters.
+const ARG_REGS: [Rq; 4] = [Rq::RDI, Rq::RSI, Rq::RDX, Rq::RCX];
 
 /// Addresses the generated code needs.
 #[derive(Clone, Copy, Debug)]
@@ -120,7 +121,7 @@ impl Gen<'_, '_> {
         self.pushes += 1;
     }
 
-    fn pop(&mut self, reg: u8) {
+    fn pop(&mut self, reg: Rq) {
         dynasm!(self.ops ; .arch x64 ; pop Rq(reg));
         self.pushes -= 1;
     }
@@ -156,7 +157,7 @@ impl Gen<'_, '_> {
                     self.push_rax();
                     self.expr(b);
                     dynasm!(self.ops ; .arch x64 ; mov rcx, rax);
-                    self.pop(0);
+                    self.pop(Rq::RAX);
                 }
                 self.binop(*op);
             }
