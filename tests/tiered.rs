@@ -451,6 +451,35 @@ fn compiled_code_agrees_with_the_interpreter_on_random_expressions() {
 }
 
 #[test]
+fn sample_programs_load_and_both_tiers_agree_on_their_run_lines() {
+    with_big_stack(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/programs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/programs") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("tw") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).expect("read program");
+            let m = module(&src);
+            let engine = compiled(&m);
+            for (pos, ir) in &m.runs {
+                interp::take_depth_exceeded();
+                let want = interp::eval(ir, &[0; 4], MAX_DEPTH + 1, &Direct { funcs: &m.funcs });
+                assert!(!interp::take_depth_exceeded(), "{}:{pos}", path.display());
+                assert_eq!(engine.eval(ir), Ok(want), "{}:{pos}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(
+            seen >= 2,
+            "expected the sample programs in {}",
+            dir.display()
+        );
+    });
+}
+
+#[test]
 fn tier_up_happens_after_the_threshold() {
     let m = module("def sq(x) = x * x\ndef f(n) = if n == 0 then 0 else sq(n) + f(n - 1)");
     let engine = Engine::new(Jit::new().expect("jit"), m, 50).expect("engine");

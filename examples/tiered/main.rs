@@ -42,8 +42,8 @@ usage: tiered [--script FILE] [--seconds N] [--workers N] [--tasks N] [--thresho
 
   --script FILE    program to run instead of the built-in one (defs and `run EXPR` lines)
   --seconds N      duration of the redefinition-under-load phase (default 2, 0 to skip)
-  --workers N      runtime worker threads (default 2)
-  --tasks N        green threads calling compiled code during the load phase (default 8)
+  --workers N      runtime worker threads, 1..=256 (default 2)
+  --tasks N        green threads calling compiled code during the load phase, 1..=10000 (default 8)
   --threshold N    interpreted calls before a function is compiled (default 1000)
   -h, --help       this message";
 
@@ -75,7 +75,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--script" => o.script = Some(value()?.clone()),
             "--seconds" => o.seconds = number(flag, value()?, 0.0, 3600.0)?,
             "--workers" => o.workers = number(flag, value()?, 1.0, 256.0)? as usize,
-            "--tasks" => o.tasks = number(flag, value()?, 1.0, 100_000.0)? as usize,
+            "--tasks" => o.tasks = number(flag, value()?, 1.0, 10_000.0)? as usize,
             "--threshold" => o.threshold = number(flag, value()?, 1.0, 1e12)? as u64,
             other => return Err(format!("unknown argument `{other}`")),
         }
