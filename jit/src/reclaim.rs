@@ -113,3 +113,14 @@ impl Reclaim for ImmediateReclaim {
 
     fn barrier(&self) {}
 }
+
+/// Frees retired code after a grace period of the domain's flavor.
+impl Reclaim for tramway_runtime::grace::GraceDomain {
+    fn defer(&self, f: Deferred) {
+        self.call_boxed(f);
+    }
+
+    fn barrier(&self) {
+        tramway_runtime::grace::GraceDomain::barrier(self);
+    }
+}

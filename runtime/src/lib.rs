@@ -14,6 +14,8 @@
 //! a guard-page fault is not sound in general, so it is not attempted.
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod builder;
 mod context;
 pub mod error;

@@ -404,7 +404,8 @@ impl Shared {
     }
 
     fn run_grace_period(&self, gp: u64, expedited: bool) {
-        let mut backoff = wait::Backoff::new(&self.registry, &self.config, gp, expedited);
+        let mut backoff =
+            wait::Backoff::new(&self.registry, &self.config, gp, expedited, &self.stalls);
         match self.config.flavor {
             Flavor::Tasks => {
                 let runtime = &self.runtime;
@@ -416,8 +417,6 @@ impl Shared {
                 wait::wait_threads(&mut backoff, &self.registry);
             }
         }
-        self.stalls
-            .fetch_add(backoff.stalls_reported, Ordering::Relaxed);
     }
 
     fn force_every_worker_through_scheduler(&self) {

@@ -1,6 +1,6 @@
 //! Waiting for one grace period: the per-flavor "has everyone passed a QS?" loops.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ pub(super) struct Backoff<'a> {
     start: Instant,
     sleep: Duration,
     next_report: Duration,
-    pub(super) stalls_reported: u64,
+    stalls: &'a AtomicU64,
 }
 
 impl<'a> Backoff<'a> {
@@ -35,6 +35,7 @@ impl<'a> Backoff<'a> {
         config: &'a GraceConfig,
         grace_period: u64,
         expedited: bool,
+        stalls: &'a AtomicU64,
     ) -> Self {
         Backoff {
             registry,
@@ -47,7 +48,7 @@ impl<'a> Backoff<'a> {
                 LAZY_FIRST_SLEEP
             },
             next_report: config.stall_timeout,
-            stalls_reported: 0,
+            stalls,
         }
     }
 
@@ -81,7 +82,7 @@ impl<'a> Backoff<'a> {
         if holdouts.is_empty() {
             return;
         }
-        self.stalls_reported += 1;
+        self.stalls.fetch_add(1, Ordering::Relaxed);
         let report = StallReport {
             grace_period: self.grace_period,
             waited,
