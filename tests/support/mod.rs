@@ -1,0 +1,2 @@
+//! Harnesses shared by integration tests and examples.
+pub mod torture;

@@ -1,0 +1,105 @@
+//! The torture test and its control. See `tests/support/torture.rs` for the scenario.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::torture::{run, Reclaim, TortureConfig};
+use tramway::jit::SiteKind;
+use tramway::runtime::grace::Flavor;
+
+/// Set in the environment of the child process that runs the control scenario.
+const CONTROL_ENV: &str = "TRAMWAY_TORTURE_CONTROL_CHILD";
+
+#[test]
+fn torture_tasks_grace_period_never_frees_code_in_use() {
+    let cfg = TortureConfig::default();
+    let report = run(&cfg);
+    eprintln!("{report:#?}");
+    assert_eq!(report.stale(), 0, "a reader saw a generation freed under it");
+    assert_eq!(report.invalid_results, 0, "a call returned a value from no valid target");
+    assert!(report.calls >= cfg.min_calls, "only {} calls", report.calls);
+    assert!(report.swaps >= cfg.min_swaps, "only {} swaps", report.swaps);
+    assert!(report.ages[1] > 0, "no reader ever ran a retired-but-unreclaimed generation");
+    assert!(report.tasks_spawned > cfg.reader_tasks as u64, "no reader task exited during the run");
+    let s = report.final_stats;
+    assert!(s.balanced(), "{s:?}");
+    assert_eq!(s.retired, 0, "retired code left unreclaimed: {s:?}");
+    assert_eq!(report.mapped_bytes_after_drop, 0);
+}
+
+#[test]
+fn torture_direct_sites() {
+    let cfg = TortureConfig {
+        site_kind: SiteKind::Direct,
+        min_calls: 500_000,
+        min_swaps: 50_000,
+        ..TortureConfig::default()
+    };
+    let report = run(&cfg);
+    assert_eq!(report.stale(), 0);
+    assert_eq!(report.invalid_results, 0);
+    assert_eq!(report.final_stats.retired, 0);
+    assert_eq!(report.mapped_bytes_after_drop, 0);
+}
+
+#[test]
+fn control_freeing_without_a_grace_period_is_caught() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "control_child", "--nocapture", "--test-threads=1"])
+        .env(CONTROL_ENV, "1")
+        .output()
+        .expect("run control child");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let detected = stderr.contains("STALE EXECUTION DETECTED");
+    #[cfg(unix)]
+    let crashed = {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(
+            out.status.signal(),
+            Some(libc::SIGSEGV | libc::SIGILL | libc::SIGTRAP | libc::SIGBUS)
+        )
+    };
+    #[cfg(not(unix))]
+    let crashed = false;
+    assert!(
+        !out.status.success() && (crashed || detected),
+        "the control run (no grace period) was not caught: status {:?}\n{stderr}",
+        out.status
+    );
+}
+
+/// The child half of the control: a no-op unless started by the test above.
+#[test]
+fn control_child() {
+    if std::env::var_os(CONTROL_ENV).is_none() {
+        return;
+    }
+    let report = run(&TortureConfig {
+        reclaim: Reclaim::Immediate,
+        min_calls: u64::MAX,
+        min_swaps: u64::MAX,
+        max_duration: Duration::from_secs(20),
+        ..TortureConfig::default()
+    });
+    if report.stale() > 0 || report.invalid_results > 0 {
+        eprintln!("STALE EXECUTION DETECTED: {report:?}");
+        std::process::exit(3);
+    }
+    eprintln!("control run finished without detecting anything: {report:?}");
+}
+
+#[test]
+fn torture_rude_flavor_is_safe_while_every_switch_is_voluntary() {
+    let report = run(&TortureConfig {
+        reclaim: Reclaim::Grace(Flavor::Rude),
+        min_calls: 300_000,
+        min_swaps: 20_000,
+        ..TortureConfig::default()
+    });
+    assert_eq!(report.stale(), 0);
+    assert_eq!(report.invalid_results, 0);
+    assert_eq!(report.mapped_bytes_after_drop, 0);
+}
