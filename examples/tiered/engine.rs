@@ -82,8 +82,9 @@ struct Slot {
     /// The current body, read by the interpreter on every interpreted call.
     def: RwLock<Arc<Func>>,
     interpreted_calls: AtomicU64,
-    /// Set once compiled, so the tier-up check is one relaxed load afterwards.
-    compiled: AtomicBool,
+    /// Set once tier-up has been done (or has failed and will not be retried), so the tier-up
+    /// check is one relaxed load afterwards.
+    tier_up_done: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -132,7 +133,7 @@ extern "C" fn interp_entry(a0: i64, a1: i64, a2: i64, a3: i64, depth: i64, ctx: 
     let n = slot.interpreted_calls.fetch_add(1, Ordering::Relaxed) + 1;
     if n >= table.threshold.load(Ordering::Relaxed)
         && table.tiering.load(Ordering::Relaxed)
-        && !slot.compiled.load(Ordering::Relaxed)
+        && !slot.tier_up_done.load(Ordering::Relaxed)
     {
         table.tier_up(slot);
     }
@@ -207,12 +208,12 @@ impl Table {
             Ok(()) => {
                 state.tier = Tier::Compiled;
                 state.compilations += 1;
-                slot.compiled.store(true, Ordering::Relaxed);
+                slot.tier_up_done.store(true, Ordering::Relaxed);
             }
             Err(_) => {
                 self.compile_errors.fetch_add(1, Ordering::Relaxed);
                 // Stay interpreted; stop trying.
-                slot.compiled.store(true, Ordering::Relaxed);
+                slot.tier_up_done.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -233,7 +234,7 @@ impl Engine {
                     site: OnceLock::new(),
                     def: RwLock::new(Arc::new(f.clone())),
                     interpreted_calls: AtomicU64::new(0),
-                    compiled: AtomicBool::new(false),
+                    tier_up_done: AtomicBool::new(false),
                     state: Mutex::new(State {
                         tier: Tier::Interpreted,
                         code: None,

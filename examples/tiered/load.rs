@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tramway::jit::{Deferred, Jit, JitStats, Reclaim};
+use tramway::jit::{Jit, JitStats};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Runtime};
 
@@ -130,19 +130,6 @@ impl fmt::Display for LoadReport {
     }
 }
 
-/// The jit's reclaimer: frees retired code after a tasks-flavor grace period of the runtime.
-struct GraceReclaim(GraceDomain);
-
-impl Reclaim for GraceReclaim {
-    fn defer(&self, f: Deferred) {
-        self.0.call_boxed(f);
-    }
-
-    fn barrier(&self) {
-        self.0.barrier();
-    }
-}
-
 /// The source of version `i` of `scale` (two spellings of `x * K`).
 fn scale_source(i: u64) -> (i64, String) {
     let ks: Vec<i64> = KS.collect();
@@ -195,7 +182,8 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
     let domain = GraceDomain::new(&rt, GraceConfig::default())
         .map_err(|e| format!("tiered: cannot start the grace-period driver: {e}"))?;
     let jit = Jit::builder()
-        .reclaimer(Arc::new(GraceReclaim(domain.clone())))
+        // Retired code is freed after a grace period of the domain (tasks flavor).
+        .reclaimer(Arc::new(domain.clone()))
         .build()
         .map_err(|e| format!("tiered: cannot create the jit: {e}"))?;
     let stats = jit.stats_handle();
@@ -208,6 +196,7 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let invalid = Arc::new(AtomicU64::new(0));
+    let stop_all = stop.clone();
     let mut handles = Vec::new();
     for t in 0..cfg.tasks {
         let (engine, stop, calls, invalid, valid) = (
@@ -217,30 +206,38 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
             invalid.clone(),
             valid.clone(),
         );
-        let h = rt
-            .spawn(move || {
-                let mut i = t as u64;
-                let mut mine = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..CALLS_PER_YIELD {
-                        let n = (i.wrapping_mul(7919) % N_MAX as u64) as i64 + 1;
-                        i += 1;
-                        let ok = match engine.call(work, [n, 0, 0, 0]) {
-                            Ok(r) => valid[(n - 1) as usize].contains(&r),
-                            Err(_) => false,
-                        };
-                        if !ok {
-                            invalid.fetch_add(1, Ordering::Relaxed);
-                        }
-                        mine += 1;
+        let h = rt.spawn(move || {
+            let mut i = t as u64;
+            let mut mine = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..CALLS_PER_YIELD {
+                    let n = (i.wrapping_mul(7919) % N_MAX as u64) as i64 + 1;
+                    i += 1;
+                    let ok = match engine.call(work, [n, 0, 0, 0]) {
+                        Ok(r) => valid[(n - 1) as usize].contains(&r),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        invalid.fetch_add(1, Ordering::Relaxed);
                     }
-                    // A voluntary yield point: a quiescent state for the grace periods.
-                    yield_now();
+                    mine += 1;
                 }
-                calls.fetch_add(mine, Ordering::Relaxed);
-            })
-            .map_err(|e| format!("tiered: cannot spawn a task: {e}"))?;
-        handles.push(h);
+                // A voluntary yield point: a quiescent state for the grace periods.
+                yield_now();
+            }
+            calls.fetch_add(mine, Ordering::Relaxed);
+        });
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Stop and join the tasks already running before giving up.
+                stop_all.store(true, Ordering::Relaxed);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(format!("tiered: cannot spawn task {t}: {e}"));
+            }
+        }
     }
 
     // The patcher: this (unregistered) thread only swaps sites, it never calls them.
