@@ -22,6 +22,33 @@ static NEXT_JIT_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Shared {
     pub(crate) mem: Arc<CodeMemory>,
     pub(crate) reclaimer: Arc<dyn Reclaim>,
+    /// Backlog bound; see [`JitBuilder::max_retired_bytes`].
+    pub(crate) max_retired_bytes: usize,
+}
+
+/// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
+pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
+
+/// How many barriers one throttled `swap` waits for at most. Freeing a forwarding trampoline
+/// defers its target's free by one more grace period, so two rounds drain a backlog of
+/// forwarding chains; the cap keeps a patcher that holds its own `Retired` handles (which no
+/// barrier can free) from waiting forever.
+const MAX_THROTTLE_ROUNDS: usize = 2;
+
+impl Shared {
+    /// Blocks the patcher while retired code exceeds the bound (only with a grace-period
+    /// reclaimer, whose barrier is safe while callers run).
+    pub(crate) fn throttle_backlog(&self) {
+        if !self.reclaimer.barrier_waits_for_grace_period() {
+            return;
+        }
+        for _ in 0..MAX_THROTTLE_ROUNDS {
+            if self.mem.stats_handle().get().retired_bytes <= self.max_retired_bytes {
+                return;
+            }
+            self.reclaimer.barrier();
+        }
+    }
 }
 
 /// Configures and builds a [`Jit`].
@@ -29,6 +56,7 @@ pub(crate) struct Shared {
 pub struct JitBuilder {
     cfg: Config,
     reclaimer: Option<Arc<dyn Reclaim>>,
+    max_retired_bytes: usize,
 }
 
 impl JitBuilder {
@@ -49,6 +77,20 @@ impl JitBuilder {
     /// How retired code is reclaimed (default: a fresh [`LeakUntilDrop`]).
     pub fn reclaimer(mut self, reclaimer: Arc<dyn Reclaim>) -> Self {
         self.reclaimer = Some(reclaimer);
+        self
+    }
+
+    /// Bound on retired-but-unreclaimed code (default [`DEFAULT_MAX_RETIRED_BYTES`]).
+    ///
+    /// When a [`Site::swap`](crate::Site::swap) leaves more retired bytes than this, it waits
+    /// for the reclaimer's barrier (at most twice) before returning, so a patch storm is slowed
+    /// to the pace of grace periods instead of growing the backlog without limit. The backlog
+    /// then stays below `max_retired_bytes` plus what other threads retire during one barrier
+    /// plus the forwarding targets freed one grace period later — unless the caller keeps
+    /// `Retired` handles alive, which nothing can free. Only applies to reclaimers whose
+    /// barrier waits for a grace period (not to [`LeakUntilDrop`]).
+    pub fn max_retired_bytes(mut self, bytes: usize) -> Self {
+        self.max_retired_bytes = bytes;
         self
     }
 
@@ -90,7 +132,11 @@ impl JitBuilder {
             .reclaimer
             .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
         Ok(Jit {
-            shared: Arc::new(Shared { mem, reclaimer }),
+            shared: Arc::new(Shared {
+                mem,
+                reclaimer,
+                max_retired_bytes: self.max_retired_bytes,
+            }),
         })
     }
 }
@@ -116,6 +162,7 @@ impl Jit {
                 sync_core: false,
             },
             reclaimer: None,
+            max_retired_bytes: DEFAULT_MAX_RETIRED_BYTES,
         }
     }
 

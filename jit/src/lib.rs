@@ -48,7 +48,9 @@ mod trampoline;
 
 pub use crate::arch::Assembler;
 pub use crate::error::JitError;
-pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
+pub use crate::jit::{
+    Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_RETIRED_BYTES, DEFAULT_RESERVATION,
+};
 pub use crate::reclaim::{Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim};
 pub use crate::site::{Site, SiteKind};
 pub use crate::stats::{JitStats, JitStatsHandle};

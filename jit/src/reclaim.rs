@@ -28,6 +28,15 @@ pub trait Reclaim: Send + Sync + 'static {
     fn defer(&self, f: Box<dyn FnOnce() + Send>);
     /// Block until every callback deferred before this call has run.
     fn barrier(&self);
+
+    /// Whether [`barrier`](Reclaim::barrier) may be called while other threads still run code
+    /// of the `Jit`, i.e. whether it only runs callbacks whose grace period has ended. True for
+    /// grace-period reclaimers; false (the default) for [`LeakUntilDrop`], whose barrier frees
+    /// everything at once. A `Jit` only throttles patchers (see
+    /// [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes)) when it is true.
+    fn barrier_waits_for_grace_period(&self) -> bool {
+        false
+    }
 }
 
 /// Queues deferred callbacks and runs them only at [`barrier`](Reclaim::barrier) or drop.
@@ -122,5 +131,9 @@ impl Reclaim for tramway_runtime::grace::GraceDomain {
 
     fn barrier(&self) {
         tramway_runtime::grace::GraceDomain::barrier(self);
+    }
+
+    fn barrier_waits_for_grace_period(&self) -> bool {
+        true
     }
 }

@@ -184,6 +184,8 @@ impl Site {
         slot.store(word, Ordering::Release);
         let old = std::mem::replace(&mut *current, new.clone());
         old.uninstall();
+        drop(current);
+        self.shared.throttle_backlog();
         Ok(Retired::new(old))
     }
 }

@@ -23,6 +23,9 @@ pub struct JitStats {
     pub live: u64,
     /// Trampolines retired and not yet reclaimed (includes leaked ones).
     pub retired: u64,
+    /// Bytes of code slots held by retired trampolines awaiting reclamation (leaked ones
+    /// excluded). [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes) bounds it.
+    pub retired_bytes: usize,
     /// Trampolines whose memory was freed.
     pub reclaimed: u64,
     /// Retired trampolines leaked with [`Retired::leak`](crate::Retired::leak) (never reclaimed).

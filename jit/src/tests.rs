@@ -77,14 +77,14 @@ fn typed_errors() {
     // Oversized body.
     // SAFETY: the code is never executed.
     let too_big =
-        unsafe { small.custom(|ops| ops.extend(std::iter::repeat(0xCC).take((64 << 10) + 1))) };
+        unsafe { small.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, (64 << 10) + 1))) };
     assert!(
         matches!(too_big, Err(JitError::CodeTooLarge { len, max }) if len == (64 << 10) + 1 && max == 64 << 10)
     );
     // Exhausted reservation: four chunk-sized objects fit, the fifth does not.
     // SAFETY: never executed.
     let big =
-        |jit: &Jit| unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(64 << 10))) };
+        |jit: &Jit| unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, 64 << 10))) };
     let held: Vec<_> = (0..4).map(|_| big(&small).unwrap()).collect();
     assert!(matches!(
         big(&small),
@@ -200,7 +200,7 @@ fn empty_chunk_that_is_not_current_is_unmapped_and_its_index_reused() {
     let page = 4096;
     let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
     // SAFETY: never executed.
-    let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat(0xCC).take(4 * page))) };
+    let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, 4 * page))) };
     let a = big().unwrap();
     let b = big().unwrap();
     assert_eq!(jit.stats().chunks, 2);

@@ -233,9 +233,11 @@ impl Trampoline {
             })
             .expect("the closure never fails");
         if prev & INSTALLS == 1 {
+            let bytes = self.inner.slot.size;
             self.inner.shared.mem.update_stats(|s| {
                 s.live -= 1;
                 s.retired += 1;
+                s.retired_bytes += bytes;
             });
         }
     }
@@ -269,7 +271,9 @@ impl Drop for Inner {
                 // The code stays mapped for the life of the process: keep the code memory (and
                 // the counter the code increments) alive forever.
                 mem.update_stats(|s| {
-                    if !retired {
+                    if retired {
+                        s.retired_bytes -= slot.size;
+                    } else {
                         s.live -= 1;
                         s.retired += 1;
                     }
@@ -287,6 +291,7 @@ impl Drop for Inner {
                     mem.update_stats(|s| {
                         if retired {
                             s.retired -= 1;
+                            s.retired_bytes -= slot.size;
                         } else {
                             s.live -= 1;
                         }

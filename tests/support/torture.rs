@@ -79,6 +79,9 @@ impl Default for TortureConfig {
     }
 }
 
+/// The backlog bound the harness configures (`JitBuilder::max_retired_bytes`).
+pub const RETIRED_BYTES_BOUND: usize = 1 << 20;
+
 /// What happened.
 #[derive(Clone, Debug, Default)]
 pub struct TortureReport {
@@ -94,6 +97,8 @@ pub struct TortureReport {
     pub tasks_spawned: u64,
     /// Largest number of retired, unreclaimed trampolines seen by the patcher.
     pub peak_retired: u64,
+    /// Largest number of retired, unreclaimed code bytes seen by the patcher.
+    pub peak_retired_bytes: usize,
     /// Largest mapped code size seen by the patcher.
     pub peak_mapped_bytes: usize,
     /// Jit counters after the final barrier (before the Jit drops).
@@ -267,7 +272,10 @@ fn registered_reader(readers: &Readers, reg: ThreadRegistration) {
 /// Runs the torture test and reports; the caller asserts.
 pub fn run(cfg: &TortureConfig) -> TortureReport {
     let start = Instant::now();
-    let rt = Runtime::builder().workers(cfg.workers).build().expect("runtime");
+    let rt = Runtime::builder()
+        .workers(cfg.workers)
+        .build()
+        .expect("runtime");
     let flavor = match cfg.reclaim {
         Reclaim::Grace(f) => f,
         Reclaim::Immediate => Flavor::Tasks,
@@ -286,7 +294,11 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
         // observe stale generations.
         Reclaim::Immediate => Arc::new(unsafe { ImmediateReclaim::new_unchecked() }),
     };
-    let jit = Jit::builder().reclaimer(reclaimer).build().expect("jit");
+    let jit = Jit::builder()
+        .reclaimer(reclaimer)
+        .max_retired_bytes(RETIRED_BYTES_BOUND)
+        .build()
+        .expect("jit");
     let stats = jit.stats_handle();
 
     let obs = Arc::new(Observations::default());
@@ -318,7 +330,10 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
         .collect();
     let readers = Arc::new(Readers {
         // SAFETY: every generation implements `extern "C" fn(u64, u64) -> u64`.
-        fns: sites.iter().map(|s| unsafe { s.as_fn::<SiteFn>() }).collect(),
+        fns: sites
+            .iter()
+            .map(|s| unsafe { s.as_fn::<SiteFn>() })
+            .collect(),
         stop: AtomicBool::new(false),
         calls: AtomicU64::new(0),
         invalid: AtomicU64::new(0),
@@ -327,7 +342,12 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
     // Readers: a supervisor task keeps `reader_tasks` short-lived tasks running.
     let tasks_spawned = Arc::new(AtomicU64::new(0));
     let supervisor = {
-        let (rt2, readers, spawned, n) = (rt.clone(), readers.clone(), tasks_spawned.clone(), cfg.reader_tasks);
+        let (rt2, readers, spawned, n) = (
+            rt.clone(),
+            readers.clone(),
+            tasks_spawned.clone(),
+            cfg.reader_tasks,
+        );
         rt.spawn(move || {
             let mut live = Vec::new();
             let mut seed = 1u64;
@@ -337,7 +357,10 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
                     seed += 1;
                     let r = readers.clone();
                     let rounds = 200 + seed % 400;
-                    live.push(rt2.spawn(move || reader_task(&r, seed, rounds)).expect("spawn reader"));
+                    live.push(
+                        rt2.spawn(move || reader_task(&r, seed, rounds))
+                            .expect("spawn reader"),
+                    );
                     spawned.fetch_add(1, Ordering::Relaxed);
                 }
                 tramway::runtime::sleep(Duration::from_millis(1));
@@ -359,8 +382,7 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
 
     // The patcher (this thread; it never calls a site, so it need not be registered).
     let mut swaps = 0u64;
-    let (mut peak_retired, mut peak_mapped) = (0u64, 0usize);
-    const BACKLOG_LIMIT: u64 = 4096;
+    let (mut peak_retired, mut peak_retired_bytes, mut peak_mapped) = (0u64, 0usize, 0usize);
     loop {
         let site = (swaps as usize) % sites.len();
         let g = new_generation(next_gen);
@@ -392,10 +414,8 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
         if swaps % 256 == 0 {
             let s = stats.get();
             peak_retired = peak_retired.max(s.retired);
+            peak_retired_bytes = peak_retired_bytes.max(s.retired_bytes);
             peak_mapped = peak_mapped.max(s.mapped_bytes);
-            if s.retired > BACKLOG_LIMIT {
-                gp.barrier();
-            }
             let calls = readers.calls.load(Ordering::Relaxed);
             let enough = calls >= cfg.min_calls && swaps >= cfg.min_swaps;
             if enough || start.elapsed() >= cfg.max_duration {
@@ -436,6 +456,7 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
         invalid_results,
         tasks_spawned: tasks_spawned.load(Ordering::Relaxed),
         peak_retired,
+        peak_retired_bytes,
         peak_mapped_bytes: peak_mapped,
         final_stats,
         mapped_bytes_after_drop: stats.get().mapped_bytes,
