@@ -9,7 +9,10 @@ use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain, Holdout, StallRe
 use tramway::runtime::{non_yielding, yield_now, Runtime, YieldInNonYielding};
 
 fn runtime(workers: usize) -> Runtime {
-    Runtime::builder().workers(workers).build().expect("runtime")
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
 }
 
 fn domain(rt: &Runtime, flavor: Flavor) -> GraceDomain {
@@ -115,7 +118,10 @@ fn a_grace_period_waits_for_an_online_registered_thread_until_it_reports_a_qs() 
     let r = ran.clone();
     gp.call(move || r.store(true, Ordering::SeqCst));
     std::thread::sleep(Duration::from_millis(100));
-    assert!(!ran.load(Ordering::SeqCst), "GP ended while a registered thread was online without a QS");
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "GP ended while a registered thread was online without a QS"
+    );
     to_reader.send(()).unwrap();
     gp.barrier();
     assert!(ran.load(Ordering::SeqCst));
@@ -145,7 +151,9 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
         GraceConfig {
             flavor: Flavor::Tasks,
             stall_timeout: Duration::from_millis(50),
-            on_stall: Some(Arc::new(move |r: &StallReport| sink.lock().unwrap().push(r.clone()))),
+            on_stall: Some(Arc::new(move |r: &StallReport| {
+                sink.lock().unwrap().push(r.clone())
+            })),
         },
     )
     .unwrap();
@@ -165,7 +173,10 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
     let f = freed.clone();
     gp.call(move || f.store(true, Ordering::SeqCst));
     eventually("a stall report", || !reports.lock().unwrap().is_empty());
-    assert!(!freed.load(Ordering::SeqCst), "callback ran while the spinner had not yielded");
+    assert!(
+        !freed.load(Ordering::SeqCst),
+        "callback ran while the spinner had not yielded"
+    );
     let report = reports.lock().unwrap()[0].clone();
     assert!(
         report.holdouts.iter().any(|h| matches!(h,
@@ -198,7 +209,10 @@ fn polled_cookie_turns_true_only_after_a_full_grace_period() {
     eventually("spinner running", || started.load(Ordering::Acquire));
     let cookie = gp.start_poll();
     std::thread::sleep(Duration::from_millis(30));
-    assert!(!gp.poll(&cookie), "cookie completed while the only worker never switched");
+    assert!(
+        !gp.poll(&cookie),
+        "cookie completed while the only worker never switched"
+    );
     release.store(true, Ordering::Release);
     spinner.join().unwrap();
     gp.wait(&cookie);
@@ -302,7 +316,9 @@ fn holdout_scenario(flavor: Flavor) -> bool {
             yield_now(); // the first voluntary yield point after the section
         })
         .unwrap();
-    eventually("task inside its non-yielding section", || inside.load(Ordering::Acquire));
+    eventually("task inside its non-yielding section", || {
+        inside.load(Ordering::Acquire)
+    });
     let freed = Arc::new(AtomicBool::new(false));
     let f = freed.clone();
     gp.call(move || f.store(true, Ordering::SeqCst));
@@ -317,14 +333,20 @@ fn holdout_scenario(flavor: Flavor) -> bool {
 
 #[test]
 fn tasks_flavor_waits_for_a_holdout_to_pass_a_voluntary_yield_point() {
-    assert!(!holdout_scenario(Flavor::Tasks), "the GP ended while a holdout was inside");
+    assert!(
+        !holdout_scenario(Flavor::Tasks),
+        "the GP ended while a holdout was inside"
+    );
 }
 
 #[test]
 fn control_rude_flavor_ignores_holdouts_as_documented() {
     // The rude flavor only forces workers through their schedulers, so the same scenario
     // ends its GP early. This shows the holdout test above can fail.
-    assert!(holdout_scenario(Flavor::Rude), "rude flavor unexpectedly waited for the holdout");
+    assert!(
+        holdout_scenario(Flavor::Rude),
+        "rude flavor unexpectedly waited for the holdout"
+    );
 }
 
 #[test]
