@@ -148,25 +148,40 @@ impl WorkerCtx {
 
     fn find_task(&self) -> Option<Arc<Task>> {
         let sh = &*self.shared;
-        if let Some(t) = steal(|| sh.pinned[self.index].steal()) {
-            return Some(t);
-        }
-        let tick = self.tick.get().wrapping_add(1);
-        self.tick.set(tick);
-        if tick % INJECTOR_EVERY == 0 {
-            if let Some(t) = steal(|| sh.injector.steal_batch_and_pop(&self.local)) {
+        // `is_empty` first: `Injector::steal` issues a SeqCst fence even when empty.
+        let pinned = &sh.pinned[self.index];
+        if !pinned.is_empty() {
+            if let Some(t) = steal(|| pinned.steal()) {
                 return Some(t);
             }
+        }
+        let tick = self.tick.get();
+        if tick == 0 {
+            self.tick.set(INJECTOR_EVERY);
+            if !sh.injector.is_empty() {
+                if let Some(t) = steal(|| sh.injector.steal_batch_and_pop(&self.local)) {
+                    return Some(t);
+                }
+            }
+        } else {
+            self.tick.set(tick - 1);
         }
         if let Some(t) = self.local.pop() {
             return Some(t);
         }
-        if let Some(t) = steal(|| sh.injector.steal_batch_and_pop(&self.local)) {
-            return Some(t);
+        if !sh.injector.is_empty() {
+            if let Some(t) = steal(|| sh.injector.steal_batch_and_pop(&self.local)) {
+                return Some(t);
+            }
         }
         let n = sh.stealers.len();
         (1..n).find_map(|k| {
-            steal(|| sh.stealers[(self.index + k) % n].steal_batch_and_pop(&self.local))
+            let s = &sh.stealers[(self.index + k) % n];
+            if s.is_empty() {
+                None
+            } else {
+                steal(|| s.steal_batch_and_pop(&self.local))
+            }
         })
     }
 
@@ -217,46 +232,67 @@ impl WorkerCtx {
             return; // cancelled meanwhile
         }
         let qs_on = self.shared.config.qs_reporting;
-        if qs_on {
-            let wq = self.qs();
-            wq.current_task.store(task.id, Ordering::Relaxed);
-            wq.cell.enter();
-        }
         // SAFETY: winning SCHEDULED -> RUNNING makes this worker the task's unique owner
         // (task.rs module docs); the coroutine is `Some` until the task is done or cancelled.
         let coro = unsafe { &mut *task.coro.get() };
-        let Some(c) = coro.as_mut() else { return };
-        let prev = task::set_current_task(Arc::as_ptr(&task));
-        let result = c.resume(());
-        task::set_current_task(prev);
-        match result {
-            CoroutineResult::Yield(sw) => {
-                if qs_on {
-                    self.switched_out(&task, sw.involuntary);
-                }
-                match sw.kind {
-                    SwitchKind::Yield => {
-                        task.state.store(SCHEDULED, Ordering::Release);
-                        self.requeue(task);
+        loop {
+            let Some(c) = coro.as_mut() else { return };
+            if qs_on {
+                let wq = self.qs();
+                wq.current_task.store(task.id, Ordering::Relaxed);
+                wq.cell.enter();
+            }
+            let prev = task::set_current_task(Arc::as_ptr(&task));
+            let result = c.resume(());
+            task::set_current_task(prev);
+            match result {
+                CoroutineResult::Yield(sw) => {
+                    if qs_on {
+                        self.switched_out(&task, sw.involuntary);
                     }
-                    SwitchKind::Park => {
-                        if task.finish_park() {
+                    match sw.kind {
+                        SwitchKind::Yield if self.nothing_else_to_run(&task) => {
+                            // Fast path: the task would be the next one popped anyway; resume
+                            // it without the queue round trip (the QS exit/enter still happen).
+                            continue;
+                        }
+                        SwitchKind::Yield => {
+                            task.state.store(SCHEDULED, Ordering::Release);
                             self.requeue(task);
+                        }
+                        SwitchKind::Park => {
+                            if task.finish_park() {
+                                self.requeue(task);
+                            }
                         }
                     }
                 }
-            }
-            CoroutineResult::Return(()) => {
-                if qs_on {
-                    self.switched_out(&task, false);
+                CoroutineResult::Return(()) => {
+                    if qs_on {
+                        self.switched_out(&task, false);
+                    }
+                    task.state.store(DONE, Ordering::Release);
+                    if let Some(c) = coro.take() {
+                        self.shared.recycle_stack(c.into_stack());
+                    }
+                    self.shared.unregister_task(task.id);
                 }
-                task.state.store(DONE, Ordering::Release);
-                if let Some(c) = coro.take() {
-                    self.shared.recycle_stack(c.into_stack());
-                }
-                self.shared.unregister_task(task.id);
             }
+            return;
         }
+    }
+
+    /// Whether a task that just yielded would be the next task this worker runs anyway: no
+    /// other work queued here or globally, no timer due, no shutdown pending.
+    #[inline]
+    fn nothing_else_to_run(&self, task: &Task) -> bool {
+        let sh = &*self.shared;
+        self.local.is_empty()
+            && sh.pinned[self.index].is_empty()
+            && sh.injector.is_empty()
+            && task.pinned.is_none_or(|w| w == self.index)
+            && !sh.timers.any_due()
+            && !sh.shutdown.load(Ordering::Relaxed)
     }
 
     fn requeue(&self, task: Arc<Task>) {
