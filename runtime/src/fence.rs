@@ -23,7 +23,9 @@
 //! never changes: a reader that skipped the fence always pairs with a GP side that issued
 //! the membarrier.
 
-use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::primitive::fence;
 
 const UNDECIDED: u8 = 0;
 const MEMBARRIER: u8 = 1;
@@ -97,10 +99,22 @@ fn register_membarrier() -> bool {
 /// The reader half: issued after a QS report and before the reader may load a patch site.
 #[inline]
 pub fn light_barrier() {
+    #[cfg(loom)]
+    {
+        // Loom models the fenced pairing only (it cannot model membarrier).
+        fence(Ordering::SeqCst);
+    }
+    #[cfg(not(loom))]
+    light_barrier_for_mode();
+}
+
+#[cfg(not(loom))]
+#[inline]
+fn light_barrier_for_mode() {
     if MODE.load(Ordering::Relaxed) == MEMBARRIER {
         // The GP side's membarrier supplies the hardware barrier; only keep the compiler
         // from moving the site loads above the QS store.
-        compiler_fence(Ordering::SeqCst);
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
     } else {
         // Fenced fallback (or mode not yet decided, which is treated as fenced).
         fence(Ordering::SeqCst);
@@ -109,6 +123,16 @@ pub fn light_barrier() {
 
 /// The GP half: issued after sites were re-pointed and before QS cells are read.
 pub fn heavy_barrier() {
+    #[cfg(loom)]
+    {
+        fence(Ordering::SeqCst);
+    }
+    #[cfg(not(loom))]
+    heavy_barrier_for_mode();
+}
+
+#[cfg(not(loom))]
+fn heavy_barrier_for_mode() {
     match mode() {
         BarrierMode::Membarrier => {
             fence(Ordering::SeqCst);
@@ -123,7 +147,7 @@ pub fn heavy_barrier() {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(loom)))]
 fn membarrier_expedited() -> bool {
     const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     loop {
@@ -139,7 +163,7 @@ fn membarrier_expedited() -> bool {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(not(target_os = "linux"), not(loom)))]
 fn membarrier_expedited() -> bool {
     false
 }

@@ -23,6 +23,7 @@ pub mod fence;
 pub mod grace;
 mod join;
 mod overflow;
+mod primitive;
 pub mod qs;
 mod runtime;
 mod scheduler;

@@ -46,9 +46,15 @@ use crossbeam_utils::CachePadded;
 use crate::fence;
 
 /// A reader context's QS state; see the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QsCell {
-    state: AtomicU64,
+    state: crate::primitive::AtomicU64,
+}
+
+impl Default for QsCell {
+    fn default() -> Self {
+        QsCell::new()
+    }
 }
 
 /// A GP's view of one cell, taken by [`QsCell::snapshot`].
@@ -64,9 +70,9 @@ impl QsSnapshot {
 
 impl QsCell {
     /// A cell whose owner is inactive (offline).
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
         QsCell {
-            state: AtomicU64::new(0),
+            state: crate::primitive::AtomicU64::new(0),
         }
     }
 
