@@ -20,7 +20,11 @@ fn small_torture() {
         max_duration: Duration::from_secs(60),
         ..TortureConfig::default()
     });
-    assert_eq!(report.stale(), 0, "a reader saw a generation freed under it");
+    assert_eq!(
+        report.stale(),
+        0,
+        "a reader saw a generation freed under it"
+    );
     assert_eq!(report.invalid_results, 0);
     assert_eq!(report.final_stats.retired, 0);
 }
@@ -58,7 +62,10 @@ fn fenced_fallback_keeps_readers_safe() {
         .expect("run child");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fenced child failed: {stderr}");
-    assert!(stderr.contains("barrier mode: Fenced"), "child did not run fenced: {stderr}");
+    assert!(
+        stderr.contains("barrier mode: Fenced"),
+        "child did not run fenced: {stderr}"
+    );
 }
 
 /// The child half of the test above: a no-op unless started by it.
