@@ -147,7 +147,15 @@ pub(super) fn wait_tasks(backoff: &mut Backoff<'_>, registry: &QsRegistry, names
         .map(|t| (Arc::clone(t), t.voluntary_yields.load(Ordering::Acquire)))
         .collect();
     backoff.wait_until(|describe| {
-        holdouts.retain(|(t, v)| t.voluntary_yields.load(Ordering::Acquire) == *v);
+        // A holdout has passed a voluntary yield point once its count moved on, or once the
+        // scheduler removed it from the set (it does so only at a voluntary yield point; the
+        // count may have moved before our snapshot read it, and a task that then ends never
+        // bumps it again).
+        let set = registry.holdouts.lock().unwrap_or_else(|e| e.into_inner());
+        holdouts.retain(|(t, v)| {
+            t.voluntary_yields.load(Ordering::Acquire) == *v && set.contains_key(&t.id)
+        });
+        drop(set);
         if holdouts.is_empty() {
             return None;
         }
