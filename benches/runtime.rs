@@ -90,5 +90,44 @@ fn spawn_join(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, switch, spawn_join);
+/// Noise-robust QS overhead: alternate blocks of yields with and without QS reporting and
+/// keep the fastest block of each (the machine may be shared). Printed, not asserted.
+fn qs_overhead_interleaved(_c: &mut Criterion) {
+    const BLOCK: u64 = 200_000;
+    let on = Runtime::builder().workers(1).build().unwrap();
+    let off = Runtime::builder()
+        .workers(1)
+        .qs_reporting(false)
+        .build()
+        .unwrap();
+    let bare = {
+        let mut co = BareSwitch::new();
+        move || {
+            let t = Instant::now();
+            for _ in 0..BLOCK {
+                black_box(co.round_trip());
+            }
+            t.elapsed()
+        }
+    };
+    let mut bare = bare;
+    let (mut best_on, mut best_off, mut best_bare) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..30 {
+        best_on = best_on.min(yield_loop(&on, BLOCK));
+        best_off = best_off.min(yield_loop(&off, BLOCK));
+        best_bare = best_bare.min(bare());
+    }
+    let ns = |d: Duration| d.as_nanos() as f64 / BLOCK as f64;
+    eprintln!(
+        "interleaved best-of-30: bare switch {:.2} ns, yield_now qs_on {:.2} ns, qs_off {:.2} ns; \
+         QS overhead {:+.1}%, scheduler/bare {:.1}x",
+        ns(best_bare),
+        ns(best_on),
+        ns(best_off),
+        (ns(best_on) / ns(best_off) - 1.0) * 100.0,
+        ns(best_on) / ns(best_bare)
+    );
+}
+
+criterion_group!(benches, switch, spawn_join, qs_overhead_interleaved);
 criterion_main!(benches);

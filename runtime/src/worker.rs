@@ -62,6 +62,8 @@ const SPIN_ROUNDS: u32 = 32;
 pub(crate) struct WorkerCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) index: usize,
+    /// `&shared.registry.workers[index]`, cached for the switch path.
+    wq: *const WorkerQs,
     local: LocalQueue<Arc<Task>>,
     tick: Cell<u32>,
 }
@@ -108,9 +110,11 @@ pub(crate) fn push_local(shared: &Shared, task: Arc<Task>) -> Result<(), Arc<Tas
 
 /// Body of worker thread `index`.
 pub(crate) fn run(shared: Arc<Shared>, index: usize, local: LocalQueue<Arc<Task>>) {
+    let wq: *const WorkerQs = &*shared.registry.workers[index];
     let ctx = WorkerCtx {
         shared,
         index,
+        wq,
         local,
         tick: Cell::new(0),
     };
@@ -126,8 +130,11 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, local: LocalQueue<Arc<Task>
 }
 
 impl WorkerCtx {
+    #[inline]
     fn qs(&self) -> &WorkerQs {
-        &self.shared.registry.workers[self.index]
+        // SAFETY: `wq` points into the registry owned (through `Arc`s) by `self.shared`, which
+        // lives as long as `self`; the registry's worker slice is never reallocated.
+        unsafe { &*self.wq }
     }
 
     fn main_loop(&self) {
@@ -308,13 +315,12 @@ impl WorkerCtx {
         let reg = &*self.shared.registry;
         let wq = self.qs();
         if involuntary {
-            if !task.local.holdout.get() {
-                reg.holdouts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(task.id, task.qs.clone());
-                task.local.holdout.set(true);
-            }
+            // Unconditional (idempotent) insert: correct even if someone else removed the entry.
+            reg.holdouts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(task.id, task.qs.clone());
+            task.local.holdout.set(true);
             wq.cell.exit();
             bump(&wq.involuntary_switches);
         } else {
