@@ -12,6 +12,16 @@
 //! runtime's handler (see `overflow.rs`) prints `task <id> ('<name>') has overflowed its
 //! stack` and the process dies with `SIGSEGV`, as with an OS-thread overflow: unwinding from
 //! a guard-page fault is not sound in general, so it is not attempted.
+//!
+//! Migration: a task may resume on a different worker after any yield point. Do not keep
+//! values bound to an OS thread across yield points (references into thread-locals, held
+//! `std::sync::MutexGuard`s, `Rc`s shared with thread-locals). The runtime itself reads its
+//! thread-locals through `#[inline(never)]` accessors so that no TLS address is cached across
+//! a switch.
+//!
+//! Reader contexts: only green threads and registered OS threads
+//! ([`Runtime::register_thread`]) may call JIT patch sites. An unregistered thread is
+//! invisible to grace periods. A thread holds at most one registration at a time.
 #![warn(missing_docs)]
 
 #[doc(hidden)]

@@ -55,7 +55,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         // reading plain fields is async-signal-safe.
         let t = unsafe { &*t };
         let page = page_size();
-        if addr < t.guard + page && addr + GUARD_SLACK >= t.guard {
+        if addr < t.guard.saturating_add(page) && addr.saturating_add(GUARD_SLACK) >= t.guard {
             report(t.id, t.name().map(|n| n.as_bytes()));
             // SAFETY: resetting to SIG_DFL is async-signal-safe; on return the faulting
             // instruction re-executes and the default action terminates the process.
