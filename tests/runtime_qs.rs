@@ -217,3 +217,24 @@ fn offline_scope_makes_the_worker_and_registered_thread_quiescent() {
     assert!(!offline(|| guard.is_online()));
     assert!(guard.is_online());
 }
+
+#[test]
+fn offline_blocking_call_lets_other_workers_run_this_workers_tasks() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let rt2 = rt.clone();
+    let got = rt
+        .block_on(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Spawned from this worker: queued on its local queue.
+            let helper = rt2.spawn(move || tx.send(tramway::runtime::current().unwrap().id));
+            // Block this worker; the helper must run elsewhere for the call to return.
+            let r = offline(|| rx.recv_timeout(std::time::Duration::from_secs(10)));
+            helper.unwrap().join().unwrap().unwrap();
+            r.is_ok()
+        })
+        .unwrap();
+    assert!(
+        got,
+        "the queued task was not run by the other worker during offline()"
+    );
+}

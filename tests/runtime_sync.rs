@@ -144,3 +144,39 @@ fn event_wait_blocks_an_os_thread_until_a_task_notifies() {
     rt.block_on(move || ev3.notify_one()).unwrap();
     h.join().unwrap();
 }
+
+/// Sum of user+system CPU ticks of this process's threads whose name starts with `prefix`.
+fn cpu_ticks_of_threads(prefix: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; utime/stime are 14/15.
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 {
+            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn idle_workers_park_instead_of_spinning() {
+    let rt = Runtime::builder()
+        .workers(2)
+        .thread_name("idlechk")
+        .build()
+        .unwrap();
+    rt.block_on(|| ()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let before = cpu_ticks_of_threads("idlechk");
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_ticks_of_threads("idlechk") - before;
+    // Clock ticks are 10 ms; two spinning workers would use ~100 ticks in 500 ms.
+    assert!(used <= 5, "idle workers used {used} ticks of CPU in 500 ms");
+}
