@@ -263,6 +263,11 @@ impl Jit {
         self.shared.mem.id()
     }
 
+    /// The state shared with trampolines and sites (for `probe.rs`).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The name of the backing memfd as it appears in `/proc/self/maps` (`/memfd:<name> (deleted)`),
     /// or `None` in fallback mode.
     pub fn memfd_name(&self) -> Option<String> {

@@ -41,6 +41,7 @@ mod arch;
 mod code_memory;
 mod error;
 mod jit;
+mod probe;
 mod reclaim;
 mod site;
 mod stats;
@@ -51,6 +52,7 @@ pub use crate::error::JitError;
 pub use crate::jit::{
     Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_RETIRED_BYTES, DEFAULT_RESERVATION,
 };
+pub use crate::probe::{Batch, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite, Probes};
 pub use crate::reclaim::{Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim};
 pub use crate::site::{Site, SiteKind};
 pub use crate::stats::{JitStats, JitStatsHandle};
