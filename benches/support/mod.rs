@@ -1,0 +1,14 @@
+//! Workload code shared by the criterion benches (`benches/strategies.rs`) and the
+//! `bench-report` example, so that both measure exactly the same thing.
+//!
+//! * [`workload`]: the comparison itself. W caller tasks per worker call a hot target in
+//!   bursts (yielding between bursts) while a patcher thread swaps the target's code at a
+//!   fixed rate and retires the old code through one of several reclamation strategies.
+//! * [`refcount`]: the per-trampoline reference-count strategy (a correct, non-strawman
+//!   design; its safety argument is in the module docs).
+//! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
+#![allow(dead_code)] // each includer uses a different part
+
+pub mod histogram;
+pub mod refcount;
+pub mod workload;

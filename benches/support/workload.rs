@@ -1,0 +1,660 @@
+//! The strategy comparison: the same call workload under different ways of retiring code.
+//!
+//! # Workload
+//! An [`Env`] is a tramway [`Runtime`] with `workers` workers, a hot *target* (a small JIT'd
+//! body `x * 3 + gen`, emitted with `jit.custom`), and, when `swap_rate > 0`, a patcher OS
+//! thread that emits a fresh body and swaps it in `swap_rate` times per second, retiring
+//! the old one. Callers are green-thread tasks that call the target in bursts of `burst`
+//! calls and `yield_now()` between bursts; every strategy uses the same tasks, bursts and
+//! yields, and differs only in how a call is protected and how retired code is reclaimed:
+//!
+//! | strategy    | a call                                   | retired code is freed            |
+//! |-------------|------------------------------------------|----------------------------------|
+//! | `leak`      | through an indirect site                 | never (`LeakUntilDrop`)          |
+//! | `epoch-pin` | `crossbeam_epoch::pin()` + site call     | `defer_unchecked` after 2 epochs |
+//! | `refcount`  | inc/re-check/call/dec on a record        | when its count reads zero        |
+//! | `rude`      | through an indirect site                 | after a `Flavor::Rude` GP        |
+//! | `tasks`     | through an indirect site                 | after a `Flavor::Tasks` GP       |
+//! | `fn-ptr`    | a plain `extern "C" fn` pointer (floor)  | (no swaps)                       |
+//! | `direct`    | a direct `#[inline(never)]` Rust call    | (no swaps)                       |
+//!
+//! GP latency is measured from the moment the patcher drops the retired handle to the moment
+//! the code is freed: for tramway a callback queued right behind the free (callbacks of one
+//! GP run in order), for epoch inside the deferred closure after the free, for refcount when
+//! the patcher frees.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tramway::jit::dynasmrt::{dynasm, DynasmApi};
+use tramway::jit::{ImmediateReclaim, Jit, JitError, Reclaim, Site, SiteKind, Trampoline};
+use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain};
+use tramway::runtime::{yield_now, BlockOnError, BuildError, JoinError, Runtime, SpawnError};
+
+use super::histogram::{Counts, Histogram};
+use super::refcount::{BodyFn, RcPatcher, RcShared};
+
+/// How calls are protected and retired code reclaimed (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Never free retired code: the speed ceiling.
+    Leak,
+    /// `crossbeam_epoch::pin()` around every call.
+    EpochPin,
+    /// Per-record atomic reference count around every call.
+    Refcount,
+    /// tramway, `Flavor::Rude` grace periods.
+    Rude,
+    /// tramway, `Flavor::Tasks` grace periods (the default).
+    Tasks,
+    /// Floor: a plain function-pointer call to the same JIT'd body (no swaps).
+    FnPtr,
+    /// Floor: a direct call to an `#[inline(never)]` Rust function (no swaps).
+    Direct,
+}
+
+impl Strategy {
+    /// Every strategy, in report order.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::Leak,
+        Strategy::EpochPin,
+        Strategy::Refcount,
+        Strategy::Rude,
+        Strategy::Tasks,
+        Strategy::FnPtr,
+        Strategy::Direct,
+    ];
+
+    /// The name used in tables and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Leak => "leak",
+            Strategy::EpochPin => "epoch-pin",
+            Strategy::Refcount => "refcount",
+            Strategy::Rude => "rude",
+            Strategy::Tasks => "tasks",
+            Strategy::FnPtr => "fn-ptr",
+            Strategy::Direct => "direct",
+        }
+    }
+
+    /// Parses [`name`](Self::name).
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|st| st.name() == s)
+    }
+
+    /// Whether the strategy patches its target (the floors do not).
+    pub fn swaps(self) -> bool {
+        !matches!(self, Strategy::FnPtr | Strategy::Direct)
+    }
+
+    /// Whether retired code is ever reclaimed during the run (has a GP latency).
+    pub fn reclaims(self) -> bool {
+        matches!(
+            self,
+            Strategy::EpochPin | Strategy::Refcount | Strategy::Rude | Strategy::Tasks
+        )
+    }
+}
+
+/// Errors while setting up or running a cell.
+#[derive(Debug)]
+pub enum BenchError {
+    /// The runtime did not start.
+    Build(BuildError),
+    /// A caller task could not be spawned.
+    Spawn(SpawnError),
+    /// A caller task panicked or was cancelled.
+    Join(JoinError),
+    /// A `block_on` caller task failed.
+    BlockOn(BlockOnError),
+    /// Code emission, a site or a swap failed.
+    Jit(JitError),
+    /// A thread (patcher, GP driver) could not be started.
+    Io(std::io::Error),
+    /// The patcher thread panicked.
+    PatcherPanicked,
+}
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchError::Build(e) => write!(f, "runtime: {e}"),
+            BenchError::Spawn(e) => write!(f, "spawn: {e}"),
+            BenchError::Join(e) => write!(f, "caller task: {e}"),
+            BenchError::BlockOn(e) => write!(f, "caller task: {e}"),
+            BenchError::Jit(e) => write!(f, "jit: {e}"),
+            BenchError::Io(e) => write!(f, "thread: {e}"),
+            BenchError::PatcherPanicked => write!(f, "the patcher thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+macro_rules! from_err {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for BenchError {
+            fn from(e: $t) -> Self { BenchError::$v(e) }
+        }
+    )*};
+}
+from_err!(BuildError => Build, SpawnError => Spawn, JoinError => Join, BlockOnError => BlockOn, JitError => Jit,
+    std::io::Error => Io);
+
+/// The Rust twin of the JIT'd body, for the `direct` floor.
+#[inline(never)]
+pub extern "C" fn direct_body(x: u64) -> u64 {
+    x.wrapping_mul(3).wrapping_add(1)
+}
+
+/// Emits `rax = rdi * 3 + gen; ret` (an `extern "C" fn(u64) -> u64`).
+pub fn emit_body(jit: &Jit, gen: u64) -> Result<Trampoline, JitError> {
+    let imm = (gen & 0x3fff_ffff) as i32;
+    // SAFETY: the code implements `extern "C" fn(u64) -> u64`, touches no memory, never
+    // yields and has no position-dependent parts.
+    unsafe {
+        jit.custom(|ops| {
+            dynasm!(ops
+                ; .arch x64
+                ; imul rax, rdi, 3
+                ; add rax, imm
+                ; ret
+            );
+        })
+    }
+}
+
+/// What a caller task calls.
+#[derive(Clone)]
+enum Call {
+    /// A site entry or a plain function pointer (also used, pinned, by epoch).
+    Ptr(BodyFn),
+    Epoch(BodyFn),
+    Refcount(Arc<RcShared>),
+    Direct,
+}
+
+impl Call {
+    /// `n` dependent calls starting from `acc`. One match per burst; each arm's loop is
+    /// specialized, so the strategies differ only in the per-call protection.
+    #[inline(never)]
+    fn burst(&self, mut acc: u64, n: u32) -> u64 {
+        match self {
+            Call::Ptr(f) => {
+                let f = std::hint::black_box(*f);
+                for _ in 0..n {
+                    acc = f(acc);
+                }
+            }
+            Call::Epoch(f) => {
+                let f = std::hint::black_box(*f);
+                for _ in 0..n {
+                    let guard = crossbeam_epoch::pin();
+                    acc = f(acc);
+                    drop(guard);
+                }
+            }
+            Call::Refcount(rc) => {
+                for _ in 0..n {
+                    acc = rc.call(acc);
+                }
+            }
+            Call::Direct => {
+                let f = std::hint::black_box(direct_body as BodyFn);
+                for _ in 0..n {
+                    acc = f(acc);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Counters the patcher and reclaimers update.
+#[derive(Default)]
+struct Metrics {
+    swaps: AtomicU64,
+    gp: Histogram,
+    peak_retired: AtomicU64,
+    peak_retired_bytes: AtomicU64,
+    peak_mapped_bytes: AtomicU64,
+}
+
+/// The patcher's per-strategy state.
+enum Swapper {
+    Site {
+        jit: Arc<Jit>,
+        site: Arc<Site>,
+        domain: Option<GraceDomain>,
+        epoch: bool,
+    },
+    Refcount {
+        jit: Arc<Jit>,
+        rc: RcPatcher,
+    },
+}
+
+impl Swapper {
+    fn swap(&mut self, gen: u64, m: &Arc<Metrics>) -> Result<(), JitError> {
+        match self {
+            Swapper::Site {
+                jit,
+                site,
+                domain,
+                epoch,
+            } => {
+                let next = emit_body(jit, gen)?;
+                if *epoch {
+                    let guard = crossbeam_epoch::pin();
+                    let retired = site.swap(&next)?;
+                    drop(next);
+                    let since = Instant::now();
+                    let m2 = m.clone();
+                    // SAFETY: the old code is unreachable for calls that pin after this point
+                    // (the site was re-pointed before), and every call that may be inside it
+                    // is pinned; the closure runs after all of those guards are gone. The
+                    // `Jit`'s `ImmediateReclaim` frees the code when `retired` drops there.
+                    unsafe {
+                        guard.defer_unchecked(move || {
+                            drop(retired);
+                            m2.gp.record(since.elapsed());
+                        })
+                    };
+                    // Push the bag now, so that GP latency is epoch advancement, not the time
+                    // to fill a bag of 64 deferred functions.
+                    guard.flush();
+                } else {
+                    let retired = site.swap(&next)?;
+                    drop(next);
+                    let since = Instant::now();
+                    drop(retired); // defers the free through the Jit's reclaimer
+                    if let Some(d) = domain {
+                        let m2 = m.clone();
+                        d.call(move || m2.gp.record(since.elapsed()));
+                    }
+                }
+                let s = jit.stats();
+                m.peak_retired.fetch_max(s.retired, Ordering::Relaxed);
+                m.peak_retired_bytes
+                    .fetch_max(s.retired_bytes as u64, Ordering::Relaxed);
+                m.peak_mapped_bytes
+                    .fetch_max(s.mapped_bytes as u64, Ordering::Relaxed);
+            }
+            Swapper::Refcount { jit, rc } => {
+                let next = emit_body(jit, gen)?;
+                let slot = next.len().next_power_of_two().max(16) as u64;
+                rc.swap(next, &m.gp);
+                let retired = rc.retired() as u64;
+                m.peak_retired.fetch_max(retired, Ordering::Relaxed);
+                m.peak_retired_bytes
+                    .fetch_max(retired * slot, Ordering::Relaxed);
+                m.peak_mapped_bytes
+                    .fetch_max(jit.stats().mapped_bytes as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reclamation work the patcher does itself between swaps (refcount only).
+    fn poll(&mut self, m: &Metrics) {
+        if let Swapper::Refcount { rc, .. } = self {
+            rc.poll(&m.gp);
+        }
+    }
+
+    /// After callers and patching stopped: free everything retired, so that nothing of this
+    /// cell leaks into the next one.
+    fn drain(&mut self, m: &Metrics) {
+        match self {
+            Swapper::Site { jit, epoch, .. } => {
+                if *epoch {
+                    for _ in 0..100_000 {
+                        if jit.stats().retired == 0 {
+                            break;
+                        }
+                        crossbeam_epoch::pin().flush();
+                    }
+                }
+                jit.barrier();
+            }
+            Swapper::Refcount { rc, .. } => rc.drain(&m.gp),
+        }
+    }
+}
+
+/// The environment of one measurement: runtime, target, patcher. See the module docs.
+pub struct Env {
+    rt: Runtime,
+    call: Call,
+    metrics: Arc<Metrics>,
+    stop_patcher: Arc<AtomicBool>,
+    patcher: Option<std::thread::JoinHandle<Result<Swapper, JitError>>>,
+    /// Keeps the swapper (site, jit, domain) when nothing patches.
+    idle: Option<Swapper>,
+    /// Keeps the floor's code alive.
+    _code: Option<(Arc<Jit>, Trampoline)>,
+}
+
+impl Env {
+    /// Starts a runtime with `workers` workers, the strategy's target and (if `swap_rate > 0`
+    /// and the strategy swaps) the patcher.
+    pub fn new(strategy: Strategy, workers: usize, swap_rate: u64) -> Result<Env, BenchError> {
+        let rt = Runtime::builder()
+            .workers(workers)
+            .stack_size(64 * 1024)
+            .build()?;
+        let metrics = Arc::new(Metrics::default());
+        let mut code = None;
+        let (call, swapper) = match strategy {
+            Strategy::Direct => (Call::Direct, None),
+            Strategy::FnPtr => {
+                let jit = Arc::new(Jit::new()?);
+                let t = emit_body(&jit, 1)?;
+                // SAFETY: the body implements `BodyFn`; `_code` keeps it alive as long as
+                // the `Env`, and callers are joined before the `Env` drops.
+                let f = unsafe { std::mem::transmute::<*const u8, BodyFn>(t.addr()) };
+                code = Some((jit, t));
+                (Call::Ptr(f), None)
+            }
+            Strategy::Refcount => {
+                let jit = Arc::new(Jit::new()?);
+                let (rc, shared) = RcPatcher::new(emit_body(&jit, 1)?);
+                (Call::Refcount(shared), Some(Swapper::Refcount { jit, rc }))
+            }
+            _ => {
+                let (reclaimer, domain): (Arc<dyn Reclaim>, _) = match strategy {
+                    Strategy::Leak => (Arc::new(tramway::jit::LeakUntilDrop::new()), None),
+                    // SAFETY: every call of this strategy's site is made while pinned, and
+                    // retired code is only dropped in closures deferred by `crossbeam_epoch`
+                    // (see `Swapper::swap`), so the immediate free runs after a grace period
+                    // of the epoch scheme.
+                    Strategy::EpochPin => {
+                        (Arc::new(unsafe { ImmediateReclaim::new_unchecked() }), None)
+                    }
+                    _ => {
+                        let flavor = if strategy == Strategy::Rude {
+                            Flavor::Rude
+                        } else {
+                            Flavor::Tasks
+                        };
+                        let d = GraceDomain::new(
+                            &rt,
+                            GraceConfig {
+                                flavor,
+                                ..GraceConfig::default()
+                            },
+                        )?;
+                        (Arc::new(d.clone()) as Arc<dyn Reclaim>, Some(d))
+                    }
+                };
+                let jit = Arc::new(Jit::builder().reclaimer(reclaimer).build()?);
+                let site = Arc::new(jit.site(SiteKind::Indirect, &emit_body(&jit, 1)?)?);
+                // SAFETY: every body installed in the site implements `BodyFn`; callers are
+                // tasks of `rt` (tracked by the domain) and are joined before the site drops.
+                let f: BodyFn = unsafe { site.as_fn() };
+                let epoch = strategy == Strategy::EpochPin;
+                let call = if epoch { Call::Epoch(f) } else { Call::Ptr(f) };
+                (
+                    call,
+                    Some(Swapper::Site {
+                        jit,
+                        site,
+                        domain,
+                        epoch,
+                    }),
+                )
+            }
+        };
+        if let Some(Swapper::Site { jit, .. } | Swapper::Refcount { jit, .. }) = &swapper {
+            metrics
+                .peak_mapped_bytes
+                .store(jit.stats().mapped_bytes as u64, Ordering::Relaxed);
+        }
+        let stop_patcher = Arc::new(AtomicBool::new(false));
+        let (patcher, idle) = match swapper {
+            Some(sw) if swap_rate > 0 => {
+                let (stop, m) = (stop_patcher.clone(), metrics.clone());
+                let h = std::thread::Builder::new()
+                    .name("bench-patcher".into())
+                    .spawn(move || patch_loop(sw, swap_rate, &stop, &m))?;
+                (Some(h), None)
+            }
+            other => (None, other),
+        };
+        Ok(Env {
+            rt,
+            call,
+            metrics,
+            stop_patcher,
+            patcher,
+            idle,
+            _code: code,
+        })
+    }
+
+    /// One task makes `iters` calls (bursts of `burst`, yielding between); returns the time.
+    pub fn timed_calls(&self, iters: u64, burst: u32) -> Result<Duration, BenchError> {
+        let call = self.call.clone();
+        let t = self.rt.block_on(move || {
+            let start = Instant::now();
+            let mut acc = 1;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(u64::from(burst)) as u32;
+                acc = call.burst(acc, n);
+                left -= u64::from(n);
+                yield_now();
+            }
+            std::hint::black_box(acc);
+            start.elapsed()
+        })?;
+        Ok(t)
+    }
+
+    /// Runs `tasks` caller tasks for `warmup + measure` and reports over `measure`.
+    pub fn measure(
+        &self,
+        tasks: usize,
+        burst: u32,
+        warmup: Duration,
+        measure: Duration,
+    ) -> Result<Window, BenchError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters: Arc<Vec<Padded>> = Arc::new((0..tasks).map(|_| Padded::default()).collect());
+        let mut handles = Vec::with_capacity(tasks);
+        for i in 0..tasks {
+            let (call, halt, counters) = (self.call.clone(), stop.clone(), counters.clone());
+            let spawned = self.rt.spawn(move || {
+                let mut acc = 1u64;
+                let mut calls = 0u64;
+                while !halt.load(Ordering::Relaxed) {
+                    acc = call.burst(acc, burst);
+                    calls += u64::from(burst);
+                    counters[i].0.store(calls, Ordering::Relaxed);
+                    yield_now();
+                }
+                acc
+            });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let total = || {
+            counters
+                .iter()
+                .map(|c| c.0.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        std::thread::sleep(warmup);
+        let (c0, s0, t0) = (
+            total(),
+            self.metrics.swaps.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        std::thread::sleep(measure);
+        let (c1, s1, t1) = (
+            total(),
+            self.metrics.swaps.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        let mut checksum = 0u64;
+        let mut failed = None;
+        for h in handles {
+            match h.join() {
+                Ok(acc) => checksum ^= acc,
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let secs = (t1 - t0).as_secs_f64();
+        Ok(Window {
+            calls_per_sec: (c1 - c0) as f64 / secs,
+            swaps_per_sec: (s1 - s0) as f64 / secs,
+            checksum,
+        })
+    }
+
+    /// Stops the patcher, frees everything retired and returns the cell's metrics.
+    pub fn finish(mut self) -> Result<Finish, BenchError> {
+        self.stop_patcher.store(true, Ordering::Release);
+        let sw = match self.patcher.take() {
+            Some(h) => Some(h.join().map_err(|_| BenchError::PatcherPanicked)??),
+            None => self.idle.take(),
+        };
+        if let Some(mut sw) = sw {
+            sw.drain(&self.metrics);
+        }
+        let m = &self.metrics;
+        Ok(Finish {
+            gp: m.gp.snapshot(),
+            peak_retired: m.peak_retired.load(Ordering::Relaxed),
+            peak_retired_bytes: m.peak_retired_bytes.load(Ordering::Relaxed),
+            peak_mapped_bytes: m.peak_mapped_bytes.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_patcher.store(true, Ordering::Release);
+        if let Some(h) = self.patcher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Call and swap rates over a measurement window.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// Calls per second, all tasks together.
+    pub calls_per_sec: f64,
+    /// Swaps per second achieved by the patcher.
+    pub swaps_per_sec: f64,
+    /// XOR of the tasks' accumulators (keeps the calls observable).
+    pub checksum: u64,
+}
+
+/// What an [`Env`] observed over its whole life.
+#[derive(Clone, Debug, Default)]
+pub struct Finish {
+    /// Retire-to-free latencies.
+    pub gp: Counts,
+    /// Peak retired-but-unfreed trampolines, sampled after each swap.
+    pub peak_retired: u64,
+    /// The same in bytes (allocation slots).
+    pub peak_retired_bytes: u64,
+    /// Peak mapped code bytes.
+    pub peak_mapped_bytes: u64,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// Swaps `rate` times per second until `stop`; polls reclamation in between.
+fn patch_loop(
+    mut sw: Swapper,
+    rate: u64,
+    stop: &AtomicBool,
+    m: &Arc<Metrics>,
+) -> Result<Swapper, JitError> {
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut gen = 2u64;
+    while !stop.load(Ordering::Acquire) {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let mut n = 0;
+        while done < due && n < 256 {
+            sw.swap(gen, m)?;
+            m.swaps.fetch_add(1, Ordering::Relaxed);
+            gen += 1;
+            done += 1;
+            n += 1;
+        }
+        sw.poll(m);
+        if done >= due {
+            let next = Duration::from_secs_f64((done + 1) as f64 / rate as f64);
+            let now = start.elapsed();
+            if next > now {
+                std::thread::sleep((next - now).min(Duration::from_millis(1)));
+            }
+        }
+    }
+    Ok(sw)
+}
+
+/// One cell of the comparison.
+#[derive(Clone, Copy, Debug)]
+pub struct CellConfig {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Runtime workers.
+    pub workers: usize,
+    /// Caller tasks per worker.
+    pub tasks_per_worker: usize,
+    /// Swaps per second (0: none).
+    pub swap_rate: u64,
+    /// Calls between yields.
+    pub burst: u32,
+    /// Time before the window.
+    pub warmup: Duration,
+    /// The measurement window.
+    pub measure: Duration,
+}
+
+/// Result of one run of a cell.
+#[derive(Clone, Debug)]
+pub struct CellRun {
+    /// Calls per second per worker.
+    pub calls_per_sec_per_worker: f64,
+    /// Swaps per second achieved.
+    pub swaps_per_sec: f64,
+    /// Everything else.
+    pub finish: Finish,
+}
+
+/// Runs one cell once in a fresh [`Env`].
+pub fn run_cell(c: &CellConfig) -> Result<CellRun, BenchError> {
+    let rate = if c.strategy.swaps() { c.swap_rate } else { 0 };
+    let env = Env::new(c.strategy, c.workers, rate)?;
+    let w = env.measure(c.workers * c.tasks_per_worker, c.burst, c.warmup, c.measure)?;
+    std::hint::black_box(w.checksum);
+    let finish = env.finish()?;
+    Ok(CellRun {
+        calls_per_sec_per_worker: w.calls_per_sec / c.workers as f64,
+        swaps_per_sec: w.swaps_per_sec,
+        finish,
+    })
+}
