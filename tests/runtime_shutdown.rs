@@ -106,3 +106,56 @@ fn stack_overflow_in_a_task_is_reported_and_kills_the_process() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn shutdown_racing_with_busy_tasks_never_hangs_and_every_join_resolves() {
+    use tramway::runtime::{channel, sleep, yield_now};
+    for round in 0..20u64 {
+        let rt = Runtime::builder().workers(2).build().unwrap();
+        let ev = Arc::new(Event::new());
+        let (tx, rx) = channel::<u64>();
+        let mut handles = Vec::new();
+        for i in 0..40u64 {
+            let (ev, tx, rt2) = (ev.clone(), tx.clone(), rt.clone());
+            handles.push(
+                rt.spawn(move || {
+                    for k in 0..50 {
+                        match (i + k) % 5 {
+                            0 => yield_now(),
+                            1 => sleep(Duration::from_micros(200)),
+                            2 => ev.notify_one(),
+                            3 => drop(tx.send(k)),
+                            _ => {
+                                if let Ok(h) = rt2.spawn(yield_now) {
+                                    let _ = h.join();
+                                }
+                            }
+                        }
+                    }
+                    if i % 7 == 0 {
+                        ev.wait();
+                    }
+                })
+                .unwrap(),
+            );
+        }
+        drop(tx);
+        let consumer = rt.spawn(move || rx.iter().count()).unwrap();
+        std::thread::sleep(Duration::from_micros(500 * (round % 6)));
+        let t = std::time::Instant::now();
+        rt.shutdown();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "shutdown took {:?}",
+            t.elapsed()
+        );
+        for h in handles {
+            match h.join() {
+                Ok(()) | Err(JoinError::Cancelled) => {}
+                Err(e) => panic!("unexpected join error {e:?}"),
+            }
+        }
+        assert!(matches!(consumer.join(), Ok(_) | Err(JoinError::Cancelled)));
+        assert_eq!(rt.stats().tasks_live, 0);
+    }
+}
