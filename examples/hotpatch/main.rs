@@ -43,7 +43,7 @@ use tramway::runtime::Runtime;
 
 use crate::cli::Options;
 use crate::patcher::{PatchCounters, Patcher, ProbeCounter, Rng};
-use crate::report::{group, kib, nanos, si, Histogram, StatusLine};
+use crate::report::{group, kib, nanos, rate, si, Histogram, StatusLine};
 use crate::service::{Service, SiteFn, SITE_NAMES};
 use crate::versions::VersionTable;
 
@@ -378,7 +378,10 @@ impl Outcome {
         );
         println!("  final versions: {}", self.final_versions.join(", "));
         let row = |label: &str, value: String, note: String| {
-            println!("  {label:<20}{value:>15}   {note}");
+            println!(
+                "{}",
+                format!("  {label:<20}{value:>15}   {note}").trim_end()
+            );
         };
         let pct = |part: u64, whole: u64| 100.0 * part as f64 / whole.max(1) as f64;
         row(
@@ -394,7 +397,7 @@ impl Outcome {
         row(
             "swaps",
             group(swaps),
-            format!("{:.1}/s", swaps as f64 / secs),
+            format!("{}/s", rate(swaps as f64 / secs)),
         );
         row(
             "  re-JITs",

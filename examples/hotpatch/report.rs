@@ -119,6 +119,15 @@ pub fn si(x: f64) -> String {
     }
 }
 
+/// A rate: one decimal below 1000, else [`si`].
+pub fn rate(x: f64) -> String {
+    if x < 1e3 {
+        format!("{x:.1}")
+    } else {
+        si(x)
+    }
+}
+
 /// A latency in the unit that reads best.
 pub fn nanos(ns: u64) -> String {
     match ns {
@@ -198,10 +207,10 @@ impl StatusLine {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{:>5.1}s {:>9} {:>8.1} {:>6} {:>8} {:>6} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7}",
+            "{:>5.1}s {:>9} {:>8} {:>6} {:>8} {:>6} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7}",
             self.t,
             si(self.calls),
-            self.swaps,
+            rate(self.swaps),
             format!("{}/{}", self.probes.0, self.probes.1),
             si(self.hits),
             self.tramps.0,
