@@ -16,6 +16,10 @@
 //! Called from inside one of this runtime's own tasks, `shutdown` only starts the sequence
 //! (a worker cannot join itself); the workers still exit on their own. A task that owns a
 //! `Runtime` clone keeps the runtime alive until it finishes or `shutdown` is called.
+//!
+//! Cancellation and panic capture need `panic = "unwind"` (the default): under
+//! `panic = "abort"` a task panic aborts the process and dropping a suspended coroutine is
+//! impossible (corosensei panics, which aborts).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
