@@ -197,10 +197,16 @@ impl Patcher<'_> {
             }
             next += interval;
             let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            } else if now - next > Duration::from_millis(50) {
+            if now > next + Duration::from_millis(50) {
                 next = now; // fell far behind (e.g. throttled): do not burst to catch up
+            }
+            // Sleep in slices, so a long interval does not delay `stop`.
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                std::thread::sleep((next - now).min(Duration::from_millis(20)));
             }
         }
         Ok(())
