@@ -1,27 +1,15 @@
 //! The `hotpatch` example as a black box: short runs must end with `OK`, every call valid and no
 //! code mapped; bad flags must exit with 2 and a usage message, without a panic.
 //!
-//! Cargo builds examples before integration tests, so the binary sits next to this test's
-//! executable: `target/<profile>/deps/hotpatch-<hash>` -> `target/<profile>/examples/hotpatch`.
+//! The binary is built on demand (`tests/support/example_bin.rs`).
+
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("hotpatch{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} does not exist: `cargo test` builds examples before integration tests, but `cargo test --test hotpatch` alone does not: run `cargo build --example hotpatch` (same profile) first",
-        bin.display()
-    );
-    bin
+    support::example_bin::example_binary("hotpatch")
 }
 
 fn run(args: &[&str]) -> Output {

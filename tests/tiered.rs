@@ -22,6 +22,8 @@ mod lexer;
 #[path = "../examples/tiered/parser.rs"]
 mod parser;
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -34,14 +36,9 @@ use crate::interp::{Caller, Direct, MAX_DEPTH};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// The example binary, built by cargo before integration tests (`target/<profile>/examples/tiered`).
+/// The example binary (built on demand; see `tests/support/example_bin.rs`).
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/tiered-<hash> -> target/<profile>/examples/tiered
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("tiered"))
-        .expect("target layout")
+    support::example_bin::example_binary("tiered")
 }
 
 fn run_example(args: &[&str]) -> Output {

@@ -1,2 +1,3 @@
 //! Harnesses shared by integration tests and examples.
+pub mod example_bin;
 pub mod torture;
