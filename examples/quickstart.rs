@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gp = GraceDomain::new(&rt, GraceConfig::default())?; // tasks-style grace periods
     let jit = Jit::builder().reclaimer(Arc::new(gp.clone())).build()?; // W^X code memory
     let site = jit.site(SiteKind::Indirect, &forward_to(&jit, add_one))?; // stable entry
-    // SAFETY: every trampoline installed in `site` forwards to an `extern "C" fn(u64) -> u64`.
+                                                                          // SAFETY: every trampoline installed in `site` forwards to an `extern "C" fn(u64) -> u64`.
     let call: extern "C" fn(u64) -> u64 = unsafe { site.as_fn() };
 
     let stop = Arc::new(AtomicBool::new(false));
