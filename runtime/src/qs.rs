@@ -187,6 +187,11 @@ impl GpWaker {
             {
                 t.unpark();
             }
+            // When every core runs a busy worker, the freshly woken driver may wait for a
+            // whole scheduler time slice (milliseconds) before it gets a CPU, and the grace
+            // period with it. Offer this CPU now: cheap (at most once per `arm`), and a no-op
+            // when the driver already runs elsewhere.
+            std::thread::yield_now();
         }
     }
 
