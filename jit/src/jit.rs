@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::arch::{self, Assembler};
 use crate::code_memory::{CodeMemory, Config};
 use crate::error::JitError;
-use crate::reclaim::{LeakUntilDrop, Reclaim};
+use crate::reclaim::{Deferred, LeakUntilDrop, Reclaim};
 use crate::site::{Site, SiteKind};
 use crate::stats::{JitStats, JitStatsHandle};
 use crate::trampoline::{ForwardingSpec, Target, Trampoline};
@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) reclaimer: Arc<dyn Reclaim>,
     /// Backlog bound; see [`JitBuilder::max_retired_bytes`].
     pub(crate) max_retired_bytes: usize,
+    /// Frees handed to the reclaimer that have not run yet.
+    pub(crate) pending_frees: Arc<AtomicU64>,
 }
 
 /// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
@@ -36,6 +38,32 @@ pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
 const MAX_THROTTLE_ROUNDS: usize = 2;
 
 impl Shared {
+    /// Hands a free of retired code to the reclaimer, counting it until it runs.
+    pub(crate) fn defer_free(&self, free: Deferred) {
+        let pending = Arc::clone(&self.pending_frees);
+        pending.fetch_add(1, Ordering::Relaxed);
+        self.reclaimer.defer(Box::new(move || {
+            free();
+            pending.fetch_sub(1, Ordering::Release);
+        }));
+    }
+
+    /// Runs reclaimer barriers until every free deferred so far has run, including the ones
+    /// those frees deferred in turn (a forwarding trampoline's target is freed one grace
+    /// period after the trampoline itself). Stops early if a round makes no progress (other
+    /// threads keep retiring code), so it cannot wait forever.
+    pub(crate) fn drain(&self) {
+        let mut pending = self.pending_frees.load(Ordering::Acquire);
+        while pending > 0 {
+            self.reclaimer.barrier();
+            let now = self.pending_frees.load(Ordering::Acquire);
+            if now >= pending {
+                return;
+            }
+            pending = now;
+        }
+    }
+
     /// Blocks the patcher while retired code exceeds the bound (only with a grace-period
     /// reclaimer, whose barrier is safe while callers run).
     pub(crate) fn throttle_backlog(&self) {
@@ -136,6 +164,7 @@ impl JitBuilder {
                 mem,
                 reclaimer,
                 max_retired_bytes: self.max_retired_bytes,
+                pending_frees: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -238,9 +267,13 @@ impl Jit {
         self.shared.mem.stats_handle()
     }
 
-    /// Waits until every free deferred so far has run (the reclaimer's `barrier`).
+    /// Waits until every free deferred so far has run, including frees those frees defer in
+    /// turn (a forwarding trampoline's target is released one grace period after it), so that
+    /// afterwards nothing retired before the call is still mapped. Runs the reclaimer's
+    /// `barrier` as many times as needed; stops early if other threads keep retiring code
+    /// faster than it drains.
     pub fn barrier(&self) {
-        self.shared.reclaimer.barrier();
+        self.shared.drain();
     }
 
     /// Whether code memory uses the `mprotect` fallback instead of the memfd double mapping.

@@ -205,7 +205,7 @@ impl Drop for Site {
         let mem = self.shared.mem.clone();
         let stub = self.stub;
         // Callers may still be inside the stub: free it only after a grace period.
-        self.shared.reclaimer.defer(Box::new(move || {
+        self.shared.defer_free(Box::new(move || {
             // SAFETY: deferred past a grace period after the site became unreachable.
             unsafe { mem.free(stub) };
             mem.update_stats(|s| s.sites -= 1);

@@ -301,7 +301,7 @@ impl Drop for Inner {
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
                     free();
                 } else {
-                    self.shared.reclaimer.defer(Box::new(free));
+                    self.shared.defer_free(Box::new(free));
                 }
             }
         }
