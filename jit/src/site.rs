@@ -164,6 +164,14 @@ impl Site {
     /// [`JitError::Retired`] if `new` is retired, [`JitError::TargetOutOfRange`] for a direct
     /// site that cannot reach `new`. On error the site is unchanged.
     pub fn swap(&self, new: &Trampoline) -> Result<Retired, JitError> {
+        let old = self.swap_unthrottled(new)?;
+        self.shared.throttle_backlog();
+        Ok(old)
+    }
+
+    /// [`swap`](Self::swap) without the backlog throttle, for callers that hold their own locks
+    /// across swaps and throttle once after releasing them (`probe/batch.rs`).
+    pub(crate) fn swap_unthrottled(&self, new: &Trampoline) -> Result<Retired, JitError> {
         new.check_owner(self.shared.mem.id())?;
         let word = match self.kind {
             SiteKind::Indirect => new.addr() as u64,
@@ -184,8 +192,6 @@ impl Site {
         slot.store(word, Ordering::Release);
         let old = std::mem::replace(&mut *current, new.clone());
         old.uninstall();
-        drop(current);
-        self.shared.throttle_backlog();
         Ok(Retired::new(old))
     }
 }

@@ -152,7 +152,7 @@ impl<'a> Batch<'a> {
             .zip(plans)
             .zip(prepared)
         {
-            match cell.site.swap(&prep.target) {
+            match cell.site.swap_unthrottled(&prep.target) {
                 Ok(old) => retired.push(old),
                 Err(e) => {
                     if let Some(t) = &plan.new_impl {
@@ -191,6 +191,9 @@ impl<'a> Batch<'a> {
         }
         drop(retired);
         drop(old_impls);
+        // Like `Site::swap`, but once per batch and with no lock held: a barrier while holding
+        // site locks could block a worker (on the lock) that the grace period waits for.
+        mgr.shared.throttle_backlog();
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),

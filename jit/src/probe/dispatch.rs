@@ -23,7 +23,8 @@ type HookFn = dyn Fn(&HookArgs) + Send + Sync;
 /// yield or block on the runtime (the dispatcher runs it inside
 /// [`non_yielding`](tramway_runtime::non_yielding), where a yield point panics in debug
 /// builds), and it must not panic: a panic aborts the process with a message naming the probe
-/// (see the module docs of `probe.rs`).
+/// (see the module docs of `probe.rs`). It must not attach, detach or swap implementations
+/// either: a commit may wait for a grace period, which would wait for the hook's own task.
 #[derive(Clone)]
 pub struct ProbeHook {
     f: Arc<HookFn>,
