@@ -42,10 +42,14 @@ impl Shared {
     pub(crate) fn defer_free(&self, free: Deferred) {
         let pending = Arc::clone(&self.pending_frees);
         pending.fetch_add(1, Ordering::Relaxed);
-        self.reclaimer.defer(Box::new(move || {
+        let free: Deferred = Box::new(move || {
             free();
             pending.fetch_sub(1, Ordering::Release);
-        }));
+        });
+        // A probe batch being committed on this thread queues its frees as one callback.
+        if let Some(free) = crate::probe::try_collect(free) {
+            self.reclaimer.defer(free);
+        }
     }
 
     /// Runs reclaimer barriers until every free deferred so far has run, including the ones

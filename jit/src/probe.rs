@@ -28,11 +28,11 @@
 //!    validate every operation and emit every new probe trampoline; on any error nothing has
 //!    changed;
 //! 2. swap every affected site;
-//! 3. unlock, then retire everything replaced in one burst: the old probe trampolines (dropping
-//!    their [`Retired`] handles defers their frees) and one deferred callback that drops all their
-//!    snapshots. All are queued through the `Jit`'s [`Reclaim`](crate::Reclaim) back to back,
-//!    so with the runtime's grace periods (which batch every callback queued before a GP starts)
-//!    a whole batch is reclaimed after **one** grace period instead of one per probe.
+//! 3. unlock, then retire everything replaced: the frees of the old probe trampolines (deferred
+//!    when their [`Retired`] handles drop) are collected (`probe/collect.rs`) and queued through
+//!    the `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, which also drops their
+//!    snapshots. A whole batch is thus reclaimed after one grace period instead of one per
+//!    probe, however loaded the machine is.
 //!
 //! A snapshot is dropped by a callback queued *after* the swap that unpublished its trampoline,
 //! so it outlives every call that could still be inside that trampoline.
@@ -62,6 +62,7 @@
 //! neither exists yet, so only entry hooks are offered.
 
 mod batch;
+mod collect;
 mod dispatch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +70,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use self::batch::Batch;
 pub use self::dispatch::ProbeHook;
+
+pub(crate) use self::collect::try_collect;
 
 use self::batch::Op;
 use self::dispatch::{Entry, Snapshot};

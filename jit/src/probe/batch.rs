@@ -181,16 +181,19 @@ impl<'a> Batch<'a> {
         mgr.attached.fetch_sub(detached, Ordering::Relaxed);
         mgr.commits.fetch_add(1, Ordering::Relaxed);
 
-        // Phase 3: retire everything in one burst, so that it shares one grace period. The
-        // snapshots' callback is queued after every swap above, so it runs after a grace period
-        // that started once no new call could enter the old trampolines.
-        if !snapshots.is_empty() {
-            mgr.shared
-                .reclaimer
-                .defer(Box::new(move || drop(snapshots)));
+        // Phase 3: retire everything as one callback (one grace period). It is queued after
+        // every swap above, so it runs after a grace period that started once no new call
+        // could enter the old trampolines.
+        let frees = super::collect::collect(|| {
+            drop(retired);
+            drop(old_impls);
+        });
+        if !snapshots.is_empty() || !frees.is_empty() {
+            mgr.shared.reclaimer.defer(Box::new(move || {
+                frees.into_iter().for_each(|free| free());
+                drop(snapshots);
+            }));
         }
-        drop(retired);
-        drop(old_impls);
         // Like `Site::swap`, but once per batch and with no lock held: a barrier while holding
         // site locks could block a worker (on the lock) that the grace period waits for.
         mgr.shared.throttle_backlog();
