@@ -115,29 +115,3 @@ impl Counts {
         None
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_monotonic_and_cover_their_values() {
-        for v in [
-            0u64,
-            1,
-            15,
-            16,
-            17,
-            31,
-            32,
-            100,
-            1000,
-            12345,
-            1 << 40,
-            u64::MAX,
-        ] {
-            let (lo, w) = bounds(index(v));
-            assert!(lo <= v && v - lo < w, "{v}: [{lo}, +{w})");
-        }
-    }
-}

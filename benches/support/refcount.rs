@@ -64,6 +64,8 @@ pub struct Record {
 pub struct RcShared {
     cur: AtomicPtr<Record>,
     /// Every record ever created; only the patcher pushes. Never shrinks while callers exist.
+    /// Boxed so that records keep their addresses when the vector grows.
+    #[allow(clippy::vec_box)]
     arena: Mutex<Vec<Box<Record>>>,
 }
 

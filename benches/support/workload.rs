@@ -304,6 +304,14 @@ impl Swapper {
         }
     }
 
+    /// Retired code the patcher itself still has to free (refcount only).
+    fn pending(&self) -> usize {
+        match self {
+            Swapper::Refcount { rc, .. } => rc.retired(),
+            Swapper::Site { .. } => 0,
+        }
+    }
+
     /// After callers and patching stopped: free everything retired, so that nothing of this
     /// cell leaks into the next one.
     fn drain(&mut self, m: &Metrics) {
@@ -327,6 +335,8 @@ impl Swapper {
 /// The environment of one measurement: runtime, target, patcher. See the module docs.
 pub struct Env {
     rt: Runtime,
+    /// Name prefix of this runtime's worker threads (to read their CPU time).
+    worker_prefix: String,
     call: Call,
     metrics: Arc<Metrics>,
     stop_patcher: Arc<AtomicBool>,
@@ -341,9 +351,12 @@ impl Env {
     /// Starts a runtime with `workers` workers, the strategy's target and (if `swap_rate > 0`
     /// and the strategy swaps) the patcher.
     pub fn new(strategy: Strategy, workers: usize, swap_rate: u64) -> Result<Env, BenchError> {
+        static NEXT_ENV: AtomicU64 = AtomicU64::new(0);
+        let worker_prefix = format!("bw{}-", NEXT_ENV.fetch_add(1, Ordering::Relaxed) % 10_000);
         let rt = Runtime::builder()
             .workers(workers)
             .stack_size(64 * 1024)
+            .thread_name(worker_prefix.clone())
             .build()?;
         let metrics = Arc::new(Metrics::default());
         let mut code = None;
@@ -425,6 +438,7 @@ impl Env {
         };
         Ok(Env {
             rt,
+            worker_prefix,
             call,
             metrics,
             stop_patcher,
@@ -494,18 +508,12 @@ impl Env {
                 .map(|c| c.0.load(Ordering::Relaxed))
                 .sum::<u64>()
         };
+        let swaps = || self.metrics.swaps.load(Ordering::Relaxed);
+        let cpu = || threads_cpu_ns(&self.worker_prefix);
         std::thread::sleep(warmup);
-        let (c0, s0, t0) = (
-            total(),
-            self.metrics.swaps.load(Ordering::Relaxed),
-            Instant::now(),
-        );
+        let (c0, s0, u0, t0) = (total(), swaps(), cpu(), Instant::now());
         std::thread::sleep(measure);
-        let (c1, s1, t1) = (
-            total(),
-            self.metrics.swaps.load(Ordering::Relaxed),
-            Instant::now(),
-        );
+        let (c1, s1, u1, t1) = (total(), swaps(), cpu(), Instant::now());
         stop.store(true, Ordering::Relaxed);
         let mut checksum = 0u64;
         let mut failed = None;
@@ -519,8 +527,15 @@ impl Env {
             return Err(e.into());
         }
         let secs = (t1 - t0).as_secs_f64();
+        let cpu_secs = u1.saturating_sub(u0) as f64 / 1e9;
         Ok(Window {
             calls_per_sec: (c1 - c0) as f64 / secs,
+            calls_per_cpu_sec: if cpu_secs > 0.0 {
+                (c1 - c0) as f64 / cpu_secs
+            } else {
+                0.0
+            },
+            cpu_share: cpu_secs / (secs * self.rt.workers() as f64),
             swaps_per_sec: (s1 - s0) as f64 / secs,
             checksum,
         })
@@ -560,6 +575,11 @@ impl Drop for Env {
 pub struct Window {
     /// Calls per second, all tasks together.
     pub calls_per_sec: f64,
+    /// Calls per second of CPU time the workers actually got (0 if unavailable): removes the
+    /// time other processes on a shared machine took from the workers.
+    pub calls_per_cpu_sec: f64,
+    /// Worker CPU time / (wall time x workers).
+    pub cpu_share: f64,
     /// Swaps per second achieved by the patcher.
     pub swaps_per_sec: f64,
     /// XOR of the tasks' accumulators (keeps the calls observable).
@@ -582,6 +602,25 @@ pub struct Finish {
 #[repr(align(128))]
 #[derive(Default)]
 struct Padded(AtomicU64);
+
+/// Total on-CPU time (ns, from `/proc/self/task/*/schedstat`) of this process's threads
+/// whose name starts with `prefix`; 0 where unavailable.
+fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+            if !comm.trim_end().starts_with(prefix) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(p.join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
 
 /// Swaps `rate` times per second until `stop`; polls reclamation in between.
 fn patch_loop(
@@ -607,8 +646,14 @@ fn patch_loop(
         if done >= due {
             let next = Duration::from_secs_f64((done + 1) as f64 / rate as f64);
             let now = start.elapsed();
+            // Refcount frees are polled here: keep the poll interval short while code waits.
+            let cap = if sw.pending() > 0 {
+                Duration::from_micros(20)
+            } else {
+                Duration::from_millis(1)
+            };
             if next > now {
-                std::thread::sleep((next - now).min(Duration::from_millis(1)));
+                std::thread::sleep((next - now).min(cap));
             }
         }
     }
@@ -639,6 +684,10 @@ pub struct CellConfig {
 pub struct CellRun {
     /// Calls per second per worker.
     pub calls_per_sec_per_worker: f64,
+    /// Calls per second of worker CPU time (see [`Window::calls_per_cpu_sec`]).
+    pub calls_per_cpu_sec: f64,
+    /// Worker CPU share (see [`Window::cpu_share`]).
+    pub cpu_share: f64,
     /// Swaps per second achieved.
     pub swaps_per_sec: f64,
     /// Everything else.
@@ -654,6 +703,8 @@ pub fn run_cell(c: &CellConfig) -> Result<CellRun, BenchError> {
     let finish = env.finish()?;
     Ok(CellRun {
         calls_per_sec_per_worker: w.calls_per_sec / c.workers as f64,
+        calls_per_cpu_sec: w.calls_per_cpu_sec,
+        cpu_share: w.cpu_share,
         swaps_per_sec: w.swaps_per_sec,
         finish,
     })

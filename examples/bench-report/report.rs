@@ -42,6 +42,12 @@ pub struct Row {
     pub peak_mapped_bytes: u64,
     /// `calls / leak's calls` in the same cell (floors: leak at rate 0).
     pub vs_leak: Option<f64>,
+    /// Median calls per second of worker CPU time.
+    pub cpu_calls: f64,
+    /// Median worker CPU share.
+    pub cpu_share: f64,
+    /// `cpu_calls / leak's cpu_calls` in the same cell.
+    pub cpu_vs_leak: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -77,20 +83,26 @@ impl Row {
             peak_retired_bytes: max(|r| r.finish.peak_retired_bytes),
             peak_mapped_bytes: max(|r| r.finish.peak_mapped_bytes),
             vs_leak: None,
+            cpu_calls: median(runs.iter().map(|r| r.calls_per_cpu_sec).collect()),
+            cpu_share: median(runs.iter().map(|r| r.cpu_share).collect()),
+            cpu_vs_leak: None,
         }
     }
 }
 
 /// Sets [`Row::vs_leak`].
 pub fn fill_ratios(rows: &mut [Row]) {
-    let leak: Vec<(Cell, f64)> = rows
+    let leak: Vec<(Cell, f64, f64)> = rows
         .iter()
         .filter(|r| r.strategy == Strategy::Leak)
-        .map(|r| (r.cell, r.calls))
+        .map(|r| (r.cell, r.calls, r.cpu_calls))
         .collect();
     for r in rows.iter_mut() {
-        let base = leak.iter().find(|(c, _)| *c == r.cell).map(|(_, v)| *v);
-        r.vs_leak = base.filter(|&b| b > 0.0).map(|b| r.calls / b);
+        let base = leak.iter().find(|(c, _, _)| *c == r.cell);
+        r.vs_leak = base.filter(|b| b.1 > 0.0).map(|b| r.calls / b.1);
+        r.cpu_vs_leak = base
+            .filter(|b| b.2 > 0.0 && r.cpu_calls > 0.0)
+            .map(|b| r.cpu_calls / b.2);
     }
 }
 
@@ -133,20 +145,25 @@ pub fn markdown(rows: &[Row], rounds: usize, measure: Duration, burst: u32) -> S
     let _ = writeln!(
         s,
         "Median of {rounds} round(s) x {} ms per cell; bursts of {burst} calls, `yield_now()` \
-         between bursts; spread = min..max over rounds.\n",
+         between bursts; spread = min..max over rounds. `per CPU-s` divides calls by the \
+         CPU time the workers actually got (from `/proc/self/task/*/schedstat`), which \
+         removes time taken by other processes; `CPU share` = worker CPU time / (wall time x \
+         workers).\n",
         measure.as_millis()
     );
     s.push_str(
         "| workers | tasks/worker | swaps/s target | strategy | calls/s per worker | spread | \
-         vs leak | swaps/s achieved | GP p50 | GP p99 | peak retired (count) | \
+         vs leak | calls per worker CPU-s | vs leak (CPU) | CPU share | swaps/s achieved | GP p50 | GP p99 | peak retired (count) | \
          peak retired KiB | peak mapped KiB |\n",
     );
-    s.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str(
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for r in rows {
         let swaps = r.strategy.swaps();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {}..{} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {}..{} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
             r.cell.workers,
             r.cell.tasks,
             if swaps {
@@ -159,6 +176,9 @@ pub fn markdown(rows: &[Row], rounds: usize, measure: Duration, burst: u32) -> S
             si(r.calls_min),
             si(r.calls_max),
             r.vs_leak.map_or("-".into(), |v| format!("{v:.3}")),
+            si(r.cpu_calls),
+            r.cpu_vs_leak.map_or("-".into(), |v| format!("{v:.3}")),
+            r.cpu_share,
             if swaps { si(r.swaps) } else { "-".into() },
             gp_cell(r, 0.5),
             gp_cell(r, 0.99),
@@ -282,14 +302,14 @@ pub fn targets(rows: &[Row]) -> String {
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "workers,tasks_per_worker,swap_rate,strategy,calls_per_sec_per_worker,calls_min,\
-         calls_max,vs_leak,swaps_per_sec,gp_p50_ns,gp_p99_ns,gp_samples,peak_retired,\
+         calls_max,vs_leak,calls_per_worker_cpu_sec,cpu_vs_leak,cpu_share,swaps_per_sec,gp_p50_ns,gp_p99_ns,gp_samples,peak_retired,\
          peak_retired_bytes,peak_mapped_bytes\n",
     );
     let ns = |d: Option<Duration>| d.map_or(String::new(), |d| d.as_nanos().to_string());
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.0},{:.0},{:.0},{},{:.0},{},{},{},{},{},{}",
+            "{},{},{},{},{:.0},{:.0},{:.0},{},{:.0},{},{:.3},{:.0},{},{},{},{},{},{}",
             r.cell.workers,
             r.cell.tasks,
             if r.strategy.swaps() { r.cell.rate } else { 0 },
@@ -298,6 +318,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.calls_min,
             r.calls_max,
             r.vs_leak.map_or(String::new(), |v| format!("{v:.4}")),
+            r.cpu_calls,
+            r.cpu_vs_leak.map_or(String::new(), |v| format!("{v:.4}")),
+            r.cpu_share,
             r.swaps,
             ns(r.gp.quantile(0.5)),
             ns(r.gp.quantile(0.99)),
