@@ -304,7 +304,10 @@ fn a_batch_is_reclaimed_after_one_grace_period() {
     let after = gp.stats();
     assert_eq!(jit.stats().retired, 0);
     let queued = after.callbacks_queued - before.callbacks_queued;
-    assert_eq!(queued, 2, "the held GP's callback plus one for the whole batch");
+    assert_eq!(
+        queued, 2,
+        "the held GP's callback plus one for the whole batch"
+    );
     let gps = after.completed - before.completed;
     assert_eq!(gps, 2, "the held GP plus {} for {PROBES} probes", gps - 1);
     assert_eq!(probes.stats().attached, 0);
