@@ -20,15 +20,15 @@
 //!
 //! GP latency is measured from the moment the patcher drops the retired handle to the moment
 //! the code is freed: for tramway a callback queued right behind the free (callbacks of one
-//! GP run in order), for epoch inside the deferred closure after the free, for refcount when
-//! the patcher frees.
+//! GP run in order), for epoch when the deferred closure runs (it hands the handle to the
+//! patcher, which frees it within ~20 µs), for refcount when the patcher frees.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tramway::jit::dynasmrt::{dynasm, DynasmApi};
-use tramway::jit::{ImmediateReclaim, Jit, JitError, Reclaim, Site, SiteKind, Trampoline};
+use tramway::jit::{ImmediateReclaim, Jit, JitError, Reclaim, Retired, Site, SiteKind, Trampoline};
 use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, BlockOnError, BuildError, JoinError, Runtime, SpawnError};
 
@@ -228,7 +228,10 @@ enum Swapper {
         jit: Arc<Jit>,
         site: Arc<Site>,
         domain: Option<GraceDomain>,
-        epoch: bool,
+        /// Epoch strategy: retired handles whose epoch grace period has ended, to be dropped
+        /// (freed) by the patcher. See [`Swapper::swap`] for why the epoch callback does not
+        /// drop them itself.
+        epoch: Option<Arc<Mutex<Vec<Retired>>>>,
     },
     Refcount {
         jit: Arc<Jit>,
@@ -246,20 +249,28 @@ impl Swapper {
                 epoch,
             } => {
                 let next = emit_body(jit, gen)?;
-                if *epoch {
+                if let Some(freed) = epoch {
                     let guard = crossbeam_epoch::pin();
                     let retired = site.swap(&next)?;
                     drop(next);
                     let since = Instant::now();
-                    let m2 = m.clone();
+                    let (m2, freed) = (m.clone(), freed.clone());
+                    // The closure hands the handle back to the patcher instead of dropping it:
+                    // crossbeam may run deferred functions while a thread's TLS is being
+                    // destroyed (its `Local` is finalized at thread exit), and dropping a
+                    // `Retired` there touches the jit's thread-locals (a panic -> abort).
                     // SAFETY: the old code is unreachable for calls that pin after this point
                     // (the site was re-pointed before), and every call that may be inside it
-                    // is pinned; the closure runs after all of those guards are gone. The
-                    // `Jit`'s `ImmediateReclaim` frees the code when `retired` drops there.
+                    // is pinned; the closure runs after all of those guards are gone, and the
+                    // code is freed (`ImmediateReclaim`) only when the patcher drops the
+                    // handle the closure hands over.
                     unsafe {
                         guard.defer_unchecked(move || {
-                            drop(retired);
                             m2.gp.record(since.elapsed());
+                            freed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(retired);
                         })
                     };
                     // Push the bag now, so that GP latency is epoch advancement, not the time
@@ -297,17 +308,31 @@ impl Swapper {
         Ok(())
     }
 
-    /// Reclamation work the patcher does itself between swaps (refcount only).
+    /// Reclamation work the patcher does itself between swaps (refcount, epoch).
     fn poll(&mut self, m: &Metrics) {
-        if let Swapper::Refcount { rc, .. } = self {
-            rc.poll(&m.gp);
+        match self {
+            Swapper::Refcount { rc, .. } => {
+                rc.poll(&m.gp);
+            }
+            Swapper::Site {
+                epoch: Some(freed), ..
+            } => {
+                let batch = std::mem::take(&mut *freed.lock().unwrap_or_else(|e| e.into_inner()));
+                drop(batch); // frees the code (`ImmediateReclaim`)
+            }
+            Swapper::Site { .. } => {}
         }
     }
 
-    /// Retired code the patcher itself still has to free (refcount only).
+    /// Retired code the patcher itself still has to free (refcount, epoch).
     fn pending(&self) -> usize {
         match self {
             Swapper::Refcount { rc, .. } => rc.retired(),
+            Swapper::Site {
+                jit,
+                epoch: Some(_),
+                ..
+            } => jit.stats().retired as usize,
             Swapper::Site { .. } => 0,
         }
     }
@@ -317,12 +342,15 @@ impl Swapper {
     fn drain(&mut self, m: &Metrics) {
         match self {
             Swapper::Site { jit, epoch, .. } => {
-                if *epoch {
-                    for _ in 0..100_000 {
+                if let Some(freed) = epoch {
+                    for _ in 0..1_000_000 {
+                        crossbeam_epoch::pin().flush();
+                        drop(std::mem::take(
+                            &mut *freed.lock().unwrap_or_else(|e| e.into_inner()),
+                        ));
                         if jit.stats().retired == 0 {
                             break;
                         }
-                        crossbeam_epoch::pin().flush();
                     }
                 }
                 jit.barrier();
@@ -407,8 +435,13 @@ impl Env {
                 // SAFETY: every body installed in the site implements `BodyFn`; callers are
                 // tasks of `rt` (tracked by the domain) and are joined before the site drops.
                 let f: BodyFn = unsafe { site.as_fn() };
-                let epoch = strategy == Strategy::EpochPin;
-                let call = if epoch { Call::Epoch(f) } else { Call::Ptr(f) };
+                let is_epoch = strategy == Strategy::EpochPin;
+                let call = if is_epoch {
+                    Call::Epoch(f)
+                } else {
+                    Call::Ptr(f)
+                };
+                let epoch = is_epoch.then(|| Arc::new(Mutex::new(Vec::new())));
                 (
                     call,
                     Some(Swapper::Site {
