@@ -6,9 +6,11 @@
 //!   fixed rate and retires the old code through one of several reclamation strategies.
 //! * [`refcount`]: the per-trampoline reference-count strategy (a correct, non-strawman
 //!   design; its safety argument is in the module docs).
+//! * [`patcher`]: the patcher thread's per-strategy swap/retire/reclaim logic.
 //! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
 #![allow(dead_code)] // each includer uses a different part
 
 pub mod histogram;
+pub mod patcher;
 pub mod refcount;
 pub mod workload;
