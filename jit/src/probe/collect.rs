@@ -54,11 +54,13 @@ pub(crate) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
 
 /// Takes `f` into the current thread's collection if one is active; otherwise returns it.
 pub(crate) fn try_collect(f: Deferred) -> Option<Deferred> {
-    COLLECTOR.with(|c| match c.borrow_mut().as_mut() {
-        Some(list) => {
-            list.push(f);
-            None
+    // `try_with`: a `Retired` may be dropped while this thread's locals are being destroyed
+    // (e.g. from a crossbeam deferred function at thread exit); no batch is active then.
+    let mut f = Some(f);
+    let _ = COLLECTOR.try_with(|c| {
+        if let Some(list) = c.borrow_mut().as_mut() {
+            list.extend(f.take());
         }
-        None => Some(f),
-    })
+    });
+    f
 }

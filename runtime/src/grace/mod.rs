@@ -65,7 +65,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use stall::{Holdout, StallReport};
 
@@ -139,6 +139,9 @@ pub struct GraceStats {
 }
 
 type Callback = Box<dyn FnOnce() + Send>;
+
+/// How long an OS thread blocked in `synchronize`/`barrier` spins before it sleeps.
+const WAITER_SPIN: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 struct State {
@@ -346,6 +349,15 @@ impl GraceDomain {
         let mut state = shared.lock();
         state.blocked_callers += 1;
         shared.work.notify_one();
+        drop(state);
+        // A grace period over idle or briskly switching workers ends in tens of µs; spinning
+        // that long first saves the waiter's own wake-up (on a VM an idle vCPU takes tens of
+        // µs to wake) without holding the core for long. Then block.
+        let spin_until = Instant::now() + WAITER_SPIN;
+        while counter.load(Ordering::Acquire) < target && Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
+        let mut state = shared.lock();
         while counter.load(Ordering::Acquire) < target {
             state = shared.done.wait(state).unwrap_or_else(|e| e.into_inner());
         }
