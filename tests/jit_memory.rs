@@ -147,7 +147,7 @@ fn last_freed_slot_unmaps_its_chunk() {
     let big = unsafe {
         jit.custom(|ops| {
             ops.extend([0x48, 0xB8, 5, 0, 0, 0, 0, 0, 0, 0, 0xC3]);
-            ops.extend(std::iter::repeat(0xCC).take(4 * page - 11));
+            ops.extend(std::iter::repeat_n(0xCC, 4 * page - 11));
         })
     }
     .unwrap();
