@@ -154,6 +154,7 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
             on_stall: Some(Arc::new(move |r: &StallReport| {
                 sink.lock().unwrap().push(r.clone())
             })),
+            ..GraceConfig::default()
         },
     )
     .unwrap();
@@ -377,4 +378,37 @@ fn gp_with_many_parked_tasks_completes() {
     for h in parked {
         h.join().unwrap();
     }
+}
+
+#[test]
+fn callbacks_wait_for_their_batch_but_barrier_and_synchronize_do_not() {
+    let rt = runtime(1);
+    let gp = GraceDomain::new(
+        &rt,
+        GraceConfig {
+            callback_delay: Duration::from_secs(3600),
+            ..GraceConfig::default()
+        },
+    )
+    .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    gp.call(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "a lazy callback ran before its batching delay"
+    );
+    gp.barrier(); // expedites the batch instead of waiting an hour
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let r = ran.clone();
+    gp.call(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    gp.synchronize(); // an urgent GP takes the pending batch along
+    gp.barrier();
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
 }
