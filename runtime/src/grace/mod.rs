@@ -23,8 +23,11 @@
 //! 5. A `SeqCst` fence, then the GP's callbacks run.
 //!
 //! Waiting never burns a core: the driver parks with exponential backoff (5 µs to 1 ms
-//! when a caller is blocked in [`GraceDomain::synchronize`], 100 µs to 1 ms otherwise) and
-//! readers unpark it on their next QS transition while it waits (`GpWaker`). A GP that waits
+//! when a caller is blocked in [`GraceDomain::synchronize`], 100 µs to 1 ms otherwise).
+//! While a caller is blocked, readers also unpark it on their next QS transition
+//! (`GpWaker`, and the waking reader yields its CPU once so that the driver runs at once
+//! even when every core is busy); a GP that only serves callbacks just sleeps, so workers
+//! never pay for waking it. A GP that waits
 //! longer than [`GraceConfig::stall_timeout`] reports its holdouts through `tracing` and the
 //! [`GraceConfig::on_stall`] callback, and keeps waiting: it never ends early.
 //!

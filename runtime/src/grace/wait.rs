@@ -13,9 +13,9 @@ use crate::qs::{QsRegistry, QsSnapshot, TaskQs, ThreadQs};
 const EXPEDITED_FIRST_SLEEP: Duration = Duration::from_micros(5);
 /// First sleep of a waiting GP that only serves deferred callbacks.
 const LAZY_FIRST_SLEEP: Duration = Duration::from_micros(100);
-/// Longest sleep between checks. Readers also unpark the driver on their next QS event
-/// (see `GpWaker`), so this only bounds the cost of a wake-up lost to the race between a
-/// reader's QS store and the driver's `arm()`; it is not the normal latency.
+/// Longest sleep between checks. In an expedited GP readers also unpark the driver on their
+/// next QS event (see `GpWaker`), so there this only bounds the cost of a wake-up lost to the
+/// race between a reader's QS store and the driver's `arm()`.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// Sleeps between checks with exponential backoff and reports stalls.
@@ -27,6 +27,7 @@ pub(super) struct Backoff<'a> {
     sleep: Duration,
     next_report: Duration,
     stalls: &'a AtomicU64,
+    expedited: bool,
 }
 
 impl<'a> Backoff<'a> {
@@ -49,6 +50,7 @@ impl<'a> Backoff<'a> {
             },
             next_report: config.stall_timeout,
             stalls,
+            expedited,
         }
     }
 
@@ -57,13 +59,19 @@ impl<'a> Backoff<'a> {
     /// Never gives up: safety over liveness.
     fn wait_until(&mut self, mut poll: impl FnMut(bool) -> Option<Vec<Holdout>>) {
         while poll(false).is_some() {
-            // Ask readers to unpark us on their next QS transition, then re-check so that a
-            // transition that happened before `arm` is not slept through.
-            self.registry.waker.arm();
-            if poll(false).is_none() {
-                self.registry.waker.disarm();
-                return;
+            if self.expedited {
+                // Somebody is blocked on this GP: ask readers to unpark us on their next QS
+                // transition, then re-check so that a transition that happened before `arm`
+                // is not slept through.
+                self.registry.waker.arm();
+                if poll(false).is_none() {
+                    self.registry.waker.disarm();
+                    return;
+                }
             }
+            // A GP for callbacks only just sleeps: waking the driver from a worker's switch
+            // path costs that worker a futex wake and a context switch, for a latency that
+            // nobody waits on.
             std::thread::park_timeout(self.sleep);
             self.registry.waker.disarm();
             self.sleep = (self.sleep * 2).min(MAX_SLEEP);
