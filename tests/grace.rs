@@ -412,3 +412,64 @@ fn callbacks_wait_for_their_batch_but_barrier_and_synchronize_do_not() {
     gp.barrier();
     assert_eq!(ran.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_cancelled_holdout_does_not_hold_up_later_grace_periods() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .yield_in_non_yielding(YieldInNonYielding::RecordInvoluntary)
+        .build()
+        .unwrap();
+    let gp = domain(&rt, Flavor::Tasks);
+    let parked = Arc::new(AtomicBool::new(false));
+    let p = parked.clone();
+    let _task = rt
+        .spawn(move || {
+            non_yielding(|| {
+                p.store(true, Ordering::Release);
+                // Parked inside a non-yielding section: an involuntary switch, a holdout.
+                tramway::runtime::sleep(Duration::from_secs(3600));
+            })
+        })
+        .unwrap();
+    eventually("task parked", || parked.load(Ordering::Acquire));
+    rt.shutdown(); // cancels the parked holdout
+    gp.synchronize(); // must not wait for a task that no longer exists
+}
+
+#[test]
+fn dropping_a_domain_from_an_online_registered_thread_does_not_deadlock() {
+    let rt = runtime(1);
+    let gp = domain(&rt, Flavor::Tasks);
+    let reg = rt.register_thread().unwrap();
+    gp.call(|| ());
+    drop(gp); // runs the pending callback's GP, which must not wait for this thread
+    assert!(reg.is_online());
+}
+
+#[test]
+fn waiting_leaves_an_offline_registered_thread_offline() {
+    let rt = runtime(1);
+    let gp = domain(&rt, Flavor::Tasks);
+    let reg = rt.register_thread().unwrap();
+    reg.offline();
+    gp.synchronize();
+    gp.barrier();
+    assert!(
+        !reg.is_online(),
+        "synchronize brought an offline thread back online"
+    );
+    reg.online();
+    gp.synchronize();
+    assert!(reg.is_online());
+}
+
+#[test]
+fn a_domain_needs_quiescent_state_reporting() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .qs_reporting(false)
+        .build()
+        .unwrap();
+    assert!(GraceDomain::new(&rt, GraceConfig::default()).is_err());
+}

@@ -70,15 +70,16 @@ pub fn sleep(dur: Duration) {
 /// Runs `f` as a non-yielding section (JIT hooks run inside one). A yield point reached
 /// inside it panics (the default in debug builds) or is recorded as an **involuntary** switch
 /// that makes the task a grace-period holdout (see [`crate::YieldInNonYielding`]).
-/// Sections nest. On a plain OS thread this just runs `f`.
+/// Sections nest. On an OS thread it only makes [`offline`] a no-op inside it.
 pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
     let depth = task::with_current(|t| &t.local.depth as *const std::cell::Cell<u32>);
-    let Some(depth) = depth else { return f() };
+    let depth = depth.unwrap_or_else(|| THREAD_NON_YIELDING.with(|d| d as *const _));
     struct Leave(*const std::cell::Cell<u32>);
     impl Drop for Leave {
         fn drop(&mut self) {
             // SAFETY: the cell lives in the current task, which outlives every frame on its
-            // own stack; only the task's owner (the thread running this frame) touches it.
+            // own stack, or (outside tasks) in this thread's TLS, which outlives every frame
+            // of the thread; only the thread running this frame (the task's owner) touches it.
             let d = unsafe { &*self.0 };
             d.set(d.get() - 1);
         }
@@ -88,6 +89,18 @@ pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
     d.set(d.get() + 1);
     let _leave = Leave(depth);
     f()
+}
+
+thread_local! {
+    /// Non-yielding depth of an OS thread (tasks keep theirs in the task).
+    static THREAD_NON_YIELDING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the caller is inside a [`non_yielding`] section (e.g. a JIT hook): it may then
+/// be executing on behalf of a trampoline and is *not* quiescent.
+pub(crate) fn in_non_yielding() -> bool {
+    task::with_current(|t| t.local.depth.get() > 0)
+        .unwrap_or_else(|| THREAD_NON_YIELDING.with(|d| d.get() > 0))
 }
 
 /// Runs a blocking call while the caller counts as quiescent (an *extended* QS).
@@ -100,12 +113,18 @@ pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
 ///
 /// `f` must not call into JIT code (it is quiescent by contract). It should not reach yield
 /// points; if it does, the QS state stays consistent (the resuming worker enters its cell).
+///
+/// Inside a [`non_yielding`] section (a JIT hook: the caller's return path runs through a
+/// trampoline) the caller is not quiescent, so `offline` then just runs `f`.
 pub fn offline<R>(f: impl FnOnce() -> R) -> R {
     struct Online<G: FnMut()>(G);
     impl<G: FnMut()> Drop for Online<G> {
         fn drop(&mut self) {
             (self.0)();
         }
+    }
+    if in_non_yielding() {
+        return f();
     }
     if in_task() {
         if worker::with_worker(|w| w.go_offline()) == Some(true) {

@@ -37,7 +37,7 @@
 //! sites and before snapshotting. See `fence.rs` for why this pairing is required and enough.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 
@@ -159,31 +159,35 @@ pub struct ThreadQs {
     pub name: Option<String>,
 }
 
-/// Wakes the GP driver when a QS event happens while a GP is waiting.
+/// Wakes GP drivers when a QS event happens while an expedited GP is waiting.
+///
+/// Several [`GraceDomain`](crate::grace::GraceDomain)s may share one runtime, so the waker
+/// keeps every driver thread and a count of armed waits; the first reader to notice an armed
+/// wait unparks all drivers (a spurious unpark only makes a driver re-check).
 #[derive(Debug, Default)]
 pub struct GpWaker {
-    waiting: AtomicBool,
-    driver: Mutex<Option<Thread>>,
+    armed: AtomicUsize,
+    drivers: Mutex<Vec<Thread>>,
 }
 
 impl GpWaker {
     /// Called by readers after a QS transition: cheap when no GP waits (one relaxed load).
     #[inline]
     pub fn notify(&self) {
-        if self.waiting.load(Ordering::Relaxed) {
+        if self.armed.load(Ordering::Relaxed) != 0 {
             self.wake();
         }
     }
 
     #[cold]
     fn wake(&self) {
-        // Only the first notifier after `arm` pays for the unpark.
-        if self.waiting.swap(false, Ordering::AcqRel) {
-            if let Some(t) = self
-                .driver
+        // Only the first notifier after an `arm` pays for the unparks.
+        if self.armed.swap(0, Ordering::AcqRel) != 0 {
+            for t in self
+                .drivers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
+                .iter()
             {
                 t.unpark();
             }
@@ -195,19 +199,32 @@ impl GpWaker {
         }
     }
 
-    /// GP driver: register the thread to unpark.
-    pub fn set_driver(&self, t: Thread) {
-        *self.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    /// GP driver: register the calling thread as one to unpark.
+    pub fn add_driver(&self, t: Thread) {
+        self.drivers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(t);
+    }
+
+    /// GP driver: unregister the calling thread (when the driver exits).
+    pub fn remove_driver(&self, id: std::thread::ThreadId) {
+        self.drivers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| t.id() != id);
     }
 
     /// GP driver: ask readers to wake it on their next QS event.
     pub fn arm(&self) {
-        self.waiting.store(true, Ordering::SeqCst);
+        self.armed.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// GP driver: stop asking.
+    /// GP driver: stop asking (if no reader has consumed the request yet).
     pub fn disarm(&self) {
-        self.waiting.store(false, Ordering::Relaxed);
+        let _ = self
+            .armed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 

@@ -276,6 +276,12 @@ impl Runtime {
         }
     }
 
+    /// Whether workers report quiescent states (always, except with the hidden benchmark
+    /// knob `Builder::qs_reporting(false)`).
+    pub(crate) fn reports_qs(&self) -> bool {
+        self.shared().config.qs_reporting
+    }
+
     /// The name of live task `id`, if it was spawned with one.
     pub(crate) fn task_name(&self, id: u64) -> Option<Arc<str>> {
         self.shared().task_name(id)

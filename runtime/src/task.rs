@@ -288,6 +288,20 @@ impl Task {
                 "a destructor panicked while cancelling a task"
             );
         }
+        // A cancelled task will never run again: if it was a grace-period holdout, it no
+        // longer holds anything, so release the GPs waiting for it. (We own `local`.)
+        if self.local.holdout.replace(false) {
+            if let Some(shared) = self.shared.upgrade() {
+                shared
+                    .registry
+                    .holdouts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.id);
+            }
+            let yields = &self.qs.voluntary_yields;
+            yields.store(yields.load(Ordering::Relaxed) + 1, Ordering::Release);
+        }
         self.completion.cancelled();
         true
     }

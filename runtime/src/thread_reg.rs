@@ -73,15 +73,24 @@ impl ThreadRegistration {
     }
 
     /// Reports a quiescent state: the thread holds no pointer into JIT code right now.
+    ///
+    /// Inside a [`non_yielding`](crate::non_yielding) section (a JIT hook, whose return path
+    /// runs through a trampoline) the thread is not quiescent, so this does nothing there.
     pub fn quiescent(&self) {
+        if crate::context::in_non_yielding() {
+            return;
+        }
         self.qs.cell.quiescent();
         self.registry.waker.notify();
     }
 
     /// Goes offline: the thread is quiescent until [`online`](Self::online). It must not call
     /// patch sites while offline.
+    ///
+    /// Inside a [`non_yielding`](crate::non_yielding) section this does nothing (see
+    /// [`quiescent`](Self::quiescent)).
     pub fn offline(&self) {
-        if self.qs.cell.is_active() {
+        if self.qs.cell.is_active() && !crate::context::in_non_yielding() {
             self.qs.cell.exit();
             self.registry.waker.notify();
         }

@@ -176,7 +176,7 @@ struct State {
     /// When the oldest of `pending` was queued (batching delay).
     first_pending_at: Option<Instant>,
     /// Tasks blocked in synchronize()/barrier(): (GP number, event to notify).
-    task_waiters: Vec<(u64, Arc<crate::Event>)>,
+    task_waiters: Vec<(Until, u64, Arc<crate::Event>)>,
     /// Callers currently blocked in synchronize()/barrier(): expedites GPs.
     blocked_callers: usize,
     shutdown: bool,
@@ -217,12 +217,22 @@ pub struct GraceDomain {
 }
 
 thread_local! {
-    static ON_DRIVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The `Shared` (as an address) of the domain whose driver runs on this thread, or 0.
+    static ON_DRIVER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl GraceDomain {
     /// Starts a domain over `runtime`'s workers and registered threads.
+    ///
+    /// Fails if the driver thread cannot be spawned, or (`InvalidInput`) if the runtime was
+    /// built without quiescent-state reporting: every grace period would then end at once.
     pub fn new(runtime: &Runtime, config: GraceConfig) -> std::io::Result<GraceDomain> {
+        if !runtime.reports_qs() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "grace periods need a runtime that reports quiescent states",
+            ));
+        }
         let shared = Arc::new(Shared {
             registry: Arc::clone(runtime.qs_registry()),
             runtime: runtime.clone(),
@@ -241,9 +251,11 @@ impl GraceDomain {
         let thread = std::thread::Builder::new()
             .name("tramway-gp".into())
             .spawn(move || {
-                ON_DRIVER.with(|d| d.set(true));
-                for_driver.registry.waker.set_driver(std::thread::current());
+                ON_DRIVER.with(|d| d.set(Arc::as_ptr(&for_driver) as usize));
+                let waker = &for_driver.registry.waker;
+                waker.add_driver(std::thread::current());
                 for_driver.drive();
+                waker.remove_driver(std::thread::current().id());
             })?;
         Ok(GraceDomain {
             _driver: Arc::new(Driver {
@@ -265,8 +277,11 @@ impl GraceDomain {
     ///
     /// Called from a grace-period callback it would wait for itself; it panics instead.
     pub fn synchronize(&self) {
-        let cookie = self.start_poll();
-        self.wait_for(&self.shared.completed, cookie.0);
+        self.wait_for(Until::Completed, |state| {
+            let target = state.started + 1;
+            state.requested = state.requested.max(target);
+            target
+        });
     }
 
     /// Queues `f` to run on the driver thread after a grace period. Every callback queued
@@ -296,11 +311,10 @@ impl GraceDomain {
     /// Waits until every callback queued before this call has run. Called from a callback
     /// it returns at once (it cannot wait for the driver that runs it).
     pub fn barrier(&self) {
-        if ON_DRIVER.with(|d| d.get()) {
+        if self.on_own_driver() {
             return;
         }
-        let target = {
-            let mut state = self.shared.lock();
+        self.wait_for(Until::CallbacksDone, |state| {
             if state.pending.is_empty() {
                 // Only the callbacks of a GP in progress (if any) remain.
                 state.started
@@ -308,11 +322,9 @@ impl GraceDomain {
                 // Somebody waits for these: no batching delay.
                 let target = state.started + 1;
                 state.requested = state.requested.max(target);
-                self.shared.work.notify_one();
                 target
             }
-        };
-        self.wait_for(&self.shared.callbacks_done, target);
+        });
     }
 
     /// Returns a cookie for a grace period that starts after this call and asks the driver
@@ -334,7 +346,7 @@ impl GraceDomain {
     /// Waits until `cookie`'s grace period has ended (see [`synchronize`](Self::synchronize)
     /// for how each kind of caller waits).
     pub fn wait(&self, cookie: &Cookie) {
-        self.wait_for(&self.shared.completed, cookie.0);
+        self.wait_for(Until::Completed, |_| cookie.0);
     }
 
     /// Counters.
@@ -349,41 +361,52 @@ impl GraceDomain {
         }
     }
 
-    /// Waits until `counter` (`completed` or `callbacks_done`) reaches `target`.
-    fn wait_for(&self, counter: &AtomicU64, target: u64) {
-        let shared = &self.shared;
-        if counter.load(Ordering::Acquire) >= target {
-            return;
-        }
+    /// Whether the caller is this domain's driver thread (running one of its callbacks).
+    fn on_own_driver(&self) -> bool {
+        ON_DRIVER.with(|d| d.get()) == Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Waits until the `until` counter reaches the target that `target` computes. `target`
+    /// runs under the state lock, together with the registration of this waiter, so the
+    /// driver sees the request and the blocked caller at once (and expedites the GP).
+    fn wait_for(&self, until: Until, target: impl FnOnce(&mut State) -> u64) {
+        let shared = &*self.shared;
+        let counter = shared.counter(until);
+        let in_task = crate::in_task();
         assert!(
-            !ON_DRIVER.with(|d| d.get()),
-            "GraceDomain::synchronize called from a grace-period callback would wait for itself"
+            !self.on_own_driver(),
+            "GraceDomain: waiting for a grace period from one of its own callbacks would wait for itself"
         );
-        if crate::in_task() {
-            // Park the task: its worker switches away, which is this task's QS.
-            let event = Arc::new(crate::Event::new());
-            {
-                let mut state = shared.lock();
-                state.task_waiters.push((target, Arc::clone(&event)));
-                state.blocked_callers += 1;
+        assert!(
+            !crate::context::in_non_yielding(),
+            "GraceDomain: waiting for a grace period inside a non-yielding section (e.g. a JIT \
+             hook) would wait for itself"
+        );
+        // A task parks on its own event: its worker switches away, which is its QS.
+        let event = in_task.then(|| Arc::new(crate::Event::new()));
+        let target = {
+            let mut state = shared.lock();
+            let target = target(&mut state);
+            if counter.load(Ordering::Acquire) >= target {
+                return;
             }
-            shared.work.notify_one();
+            state.blocked_callers += 1;
+            if let Some(event) = &event {
+                state.task_waiters.push((until, target, Arc::clone(event)));
+            }
+            target
+        };
+        shared.work.notify_one();
+        // Undo the registration even if the wait unwinds (a task cancelled at shutdown).
+        let _blocked = BlockedCaller(shared);
+        if let Some(event) = event {
             while counter.load(Ordering::Acquire) < target {
                 event.wait();
             }
-            shared.lock().blocked_callers -= 1;
             return;
         }
-        // An OS thread: a registered one goes offline while it blocks.
-        let registration = crate::current_thread_qs();
-        if let Some(t) = &registration {
-            t.cell.exit();
-            shared.registry.waker.notify();
-        }
-        let mut state = shared.lock();
-        state.blocked_callers += 1;
-        shared.work.notify_one();
-        drop(state);
+        // An OS thread: a registered one that is online goes offline while it blocks.
+        let _offline = OfflineWhileBlocked::new(&shared.registry);
         // A grace period over idle or briskly switching workers ends in tens of µs; spinning
         // that long first saves the waiter's own wake-up (on a VM an idle vCPU takes tens of
         // µs to wake) without holding the core for long. Then block.
@@ -395,9 +418,45 @@ impl GraceDomain {
         while counter.load(Ordering::Acquire) < target {
             state = shared.done.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        state.blocked_callers -= 1;
-        drop(state);
-        if let Some(t) = &registration {
+    }
+}
+
+/// Which counter a waiter waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    /// The grace period ended (`synchronize`, cookies).
+    Completed,
+    /// Its callbacks have run too (`barrier`).
+    CallbacksDone,
+}
+
+/// Decrements `blocked_callers` when a waiter leaves, however it leaves.
+struct BlockedCaller<'a>(&'a Shared);
+
+impl Drop for BlockedCaller<'_> {
+    fn drop(&mut self) {
+        self.0.lock().blocked_callers -= 1;
+    }
+}
+
+/// Takes the calling registered thread offline for a blocking wait, if it is online, and
+/// brings it back online afterwards; leaves an offline (or unregistered) thread as it was.
+struct OfflineWhileBlocked(Option<Arc<crate::qs::ThreadQs>>);
+
+impl OfflineWhileBlocked {
+    fn new(registry: &QsRegistry) -> Self {
+        let online = crate::current_thread_qs().filter(|t| t.cell.is_active());
+        if let Some(t) = &online {
+            t.cell.exit();
+            registry.waker.notify();
+        }
+        OfflineWhileBlocked(online)
+    }
+}
+
+impl Drop for OfflineWhileBlocked {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
             t.cell.enter();
         }
     }
@@ -448,21 +507,38 @@ impl Shared {
                 )
             };
             self.run_grace_period(gp, expedited);
+            // `synchronize` and cookie waiters go as soon as the GP ends, before the batch
+            // of callbacks (possibly thousands of munmaps) runs; `barrier` waiters after it.
             self.completed.store(gp, Ordering::Release);
+            self.release_waiters(Until::Completed, gp);
             self.run_callbacks(batch);
             self.callbacks_done.store(gp, Ordering::Release);
-            let mut state = self.lock();
-            state.task_waiters.retain(|(target, event)| {
-                if *target <= gp {
-                    // One event per waiter: `notify_one` stores a permit if the task has not
-                    // reached `wait()` yet, so this wake-up cannot be lost.
-                    event.notify_one();
-                }
-                *target > gp
-            });
-            drop(state);
-            self.done.notify_all();
+            self.release_waiters(Until::CallbacksDone, gp);
         }
+    }
+
+    fn counter(&self, until: Until) -> &AtomicU64 {
+        match until {
+            Until::Completed => &self.completed,
+            Until::CallbacksDone => &self.callbacks_done,
+        }
+    }
+
+    /// Wakes the waiters on `until` whose target is `gp` or older. The counter was stored
+    /// before this takes the lock, so a waiter either saw it or is registered and woken here.
+    fn release_waiters(&self, until: Until, gp: u64) {
+        let mut state = self.lock();
+        state.task_waiters.retain(|(u, target, event)| {
+            let due = *u == until && *target <= gp;
+            if due {
+                // One event per waiter: `notify_one` stores a permit if the task has not
+                // reached `wait()` yet, so this wake-up cannot be lost.
+                event.notify_one();
+            }
+            !due
+        });
+        drop(state);
+        self.done.notify_all();
     }
 
     fn run_grace_period(&self, gp: u64, expedited: bool) {
@@ -483,7 +559,19 @@ impl Shared {
 
     fn force_every_worker_through_scheduler(&self) {
         let handles: Vec<_> = (0..self.runtime.workers())
-            .filter_map(|w| self.runtime.spawn_pinned(w, || {}).ok())
+            .filter_map(|w| loop {
+                match self.runtime.spawn_pinned(w, || {}) {
+                    Ok(h) => break Some(h),
+                    // Shut down: no worker runs any task any more.
+                    Err(crate::SpawnError::ShutDown) => break None,
+                    // E.g. no memory for a stack: never skip a worker (that would end the GP
+                    // early); try again.
+                    Err(e) => {
+                        tracing::warn!(target: "tramway::grace", "rude GP: cannot spawn on worker {w}: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
             .collect();
         for h in handles {
             // A no-op cannot panic; a cancelled one means shutdown, where no worker runs.
@@ -507,11 +595,15 @@ impl Drop for Driver {
         self.shared.lock().shutdown = true;
         self.shared.work.notify_one();
         if let Some(t) = self.thread.take() {
-            if t.thread().id() == std::thread::current().id() {
-                // Dropped from one of our own callbacks: the driver exits by itself once
-                // its queue is empty.
+            if t.thread().id() == std::thread::current().id() || crate::in_task() {
+                // Dropped from one of our own callbacks, or from a task (joining would block
+                // its worker, and the driver's last GP may wait for that worker): the driver
+                // exits by itself once every queued callback has run.
                 return;
             }
+            // The driver's last GPs may wait for this very thread if it is a registered,
+            // online one: stay offline while joining.
+            let _offline = OfflineWhileBlocked::new(&self.shared.registry);
             let _ = t.join();
         }
     }
