@@ -391,6 +391,21 @@ impl CodeMemory {
             },
             None => None,
         };
+        // Both views are shared mappings of one memfd: a `fork`ed child would share the pages
+        // and could write (trap fills, site words) into the parent's live code. Keep code
+        // mappings out of children altogether (best effort: the advice cannot fail on a valid
+        // mapping, and a failure only matters to processes that fork).
+        // SAFETY: both ranges are mappings we just created; madvise changes no memory.
+        unsafe {
+            libc::madvise(
+                addr as *mut libc::c_void,
+                self.chunk_size,
+                libc::MADV_DONTFORK,
+            );
+            if let Some(m) = &rw {
+                libc::madvise(m.as_mut_ptr().cast(), self.chunk_size, libc::MADV_DONTFORK);
+            }
+        }
         st.chunks[idx] = Some(Chunk {
             class: ci,
             rw,

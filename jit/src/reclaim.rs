@@ -3,10 +3,10 @@
 //! The jit crate never decides when code is unreachable by itself. Freeing retired code goes
 //! through a [`Reclaim`] implementation, which the runtime provides with its grace periods (RCU
 //! Tasks semantics). This crate ships:
-//! - [`LeakUntilDrop`] (the default): deferred frees are queued and run only at
-//!   [`barrier`](Reclaim::barrier), i.e. at [`Jit::barrier`](crate::Jit::barrier) or when the `Jit`
-//!   drops. Retired code therefore stays mapped for the life of the `Jit`, which is always safe for
-//!   callers of live sites; it is also the "leak" baseline of the benchmarks.
+//! - [`LeakUntilDrop`] (the default): deferred frees are queued and run only when the reclaimer
+//!   itself drops, i.e. once the `Jit` and every site and trampoline handle are gone. Retired code
+//!   therefore stays mapped for as long as anything could call it; this is also the "leak"
+//!   baseline of the benchmarks.
 //! - [`ImmediateReclaim`]: runs every callback at once. It is unsound as soon as a thread may still
 //!   be executing retired code, so its constructor is `unsafe`; it exists for the control test that
 //!   must crash.
@@ -31,18 +31,18 @@ pub trait Reclaim: Send + Sync + 'static {
 
     /// Whether [`barrier`](Reclaim::barrier) may be called while other threads still run code
     /// of the `Jit`, i.e. whether it only runs callbacks whose grace period has ended. True for
-    /// grace-period reclaimers; false (the default) for [`LeakUntilDrop`], whose barrier frees
-    /// everything at once. A `Jit` only throttles patchers (see
+    /// grace-period reclaimers; false (the default) for [`LeakUntilDrop`], whose barrier does
+    /// nothing. A `Jit` only throttles patchers (see
     /// [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes)) when it is true.
     fn barrier_waits_for_grace_period(&self) -> bool {
         false
     }
 }
 
-/// Queues deferred callbacks and runs them only at [`barrier`](Reclaim::barrier) or drop.
+/// Queues deferred callbacks and runs them only when it drops (its `barrier` returns at once).
 ///
-/// Safe as long as nobody calls code of a `Jit` across its `barrier()`/drop, which a `Jit` user
-/// must not do anyway for retired code.
+/// The `Jit`, its sites and trampolines hold the reclaimer, so it drops only after all of them:
+/// no handle remains through which code could still be called.
 #[derive(Default)]
 pub struct LeakUntilDrop {
     queue: Mutex<Vec<Deferred>>,
@@ -68,12 +68,9 @@ impl std::fmt::Debug for LeakUntilDrop {
     }
 }
 
-impl Reclaim for LeakUntilDrop {
-    fn defer(&self, f: Deferred) {
-        lock(&self.queue).push(f);
-    }
-
-    fn barrier(&self) {
+impl LeakUntilDrop {
+    /// Runs every queued free (and the frees those defer in turn).
+    fn run_all(&self) {
         // Callbacks may defer more work; run until the queue stays empty. The lock is not held
         // while a callback runs, so a callback may call `defer`.
         loop {
@@ -88,11 +85,21 @@ impl Reclaim for LeakUntilDrop {
     }
 }
 
+impl Reclaim for LeakUntilDrop {
+    fn defer(&self, f: Deferred) {
+        lock(&self.queue).push(f);
+    }
+
+    /// Returns at once: nothing is freed before the reclaimer itself drops, because without
+    /// grace periods no moment before that is known to be safe.
+    fn barrier(&self) {}
+}
+
 impl Drop for LeakUntilDrop {
     fn drop(&mut self) {
         // The last handle is gone: every `Jit`, trampoline and site that used this reclaimer has
         // dropped, so no handle remains through which code could be called.
-        self.barrier();
+        self.run_all();
     }
 }
 

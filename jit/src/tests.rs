@@ -131,9 +131,40 @@ fn typed_errors() {
     assert!(matches!(bad, Err(JitError::InvalidConfig(_))));
 }
 
+/// Runs deferred frees at `barrier`. Sound here: these tests are single-threaded, so nothing
+/// executes code across a barrier.
+#[derive(Default)]
+struct ManualReclaim(std::sync::Mutex<Vec<crate::Deferred>>);
+
+impl ManualReclaim {
+    fn pending(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+impl Reclaim for ManualReclaim {
+    fn defer(&self, f: crate::Deferred) {
+        self.0.lock().unwrap().push(f);
+    }
+
+    fn barrier(&self) {
+        loop {
+            let batch = std::mem::take(&mut *self.0.lock().unwrap());
+            if batch.is_empty() {
+                return;
+            }
+            batch.into_iter().for_each(|f| f());
+        }
+    }
+
+    fn barrier_waits_for_grace_period(&self) -> bool {
+        true
+    }
+}
+
 #[test]
 fn counters_balance_through_the_lifecycle() {
-    let reclaimer = Arc::new(LeakUntilDrop::new());
+    let reclaimer = Arc::new(ManualReclaim::default());
     let jit = Jit::builder().reclaimer(reclaimer.clone()).build().unwrap();
     let check = |emitted, live, retired, reclaimed| {
         let s = jit.stats();

@@ -31,13 +31,14 @@ pub(crate) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
         }
         outer
     });
-    /// Ends the scope if `f` unwinds. The frees collected so far are dropped without running
-    /// (running them without a grace period would be unsound): their code stays mapped.
+    /// Ends the scope if `f` unwinds. The frees collected so far are leaked, neither run
+    /// (that would free code without a grace period) nor dropped (a free owns memory that
+    /// live code still uses, such as a trampoline's call counter): their code stays mapped.
     struct End(bool);
     impl Drop for End {
         fn drop(&mut self) {
             if !self.0 && std::thread::panicking() {
-                COLLECTOR.with(|c| c.borrow_mut().take());
+                std::mem::forget(COLLECTOR.with(|c| c.borrow_mut().take()));
             }
         }
     }
