@@ -208,7 +208,11 @@ impl Jit {
     ///
     /// All C-ABI argument registers (6 integer, 8 vector `xmm0-7`, `al` for varargs) and stack
     /// arguments reach the target unchanged, so it forwards any System V signature (vector
-    /// arguments wider than 128 bits are only preserved without a hook). Only `r11` is clobbered.
+    /// arguments wider than 128 bits are only preserved without a hook). Without a hook only
+    /// `r11` is clobbered; with one, also whatever the hook (a C-ABI function) may clobber
+    /// besides the saved argument registers: `r10` (the static-chain register, so targets
+    /// that take a static chain need a hook-less trampoline), `xmm8-15` and upper vector
+    /// halves.
     pub fn forwarding(&self, spec: ForwardingSpec) -> Result<Trampoline, JitError> {
         let (target, keepalive) = match spec.target {
             Target::Address(p) if p.is_null() => return Err(JitError::NullTarget),

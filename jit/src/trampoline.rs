@@ -218,6 +218,14 @@ impl Trampoline {
         self.update_unless_retired(|s| s | REACHABLE)
     }
 
+    /// Undoes an [`install`](Self::install) that was never published (a failed probe batch):
+    /// the count drops but, unlike [`uninstall`](Self::uninstall), the trampoline is not
+    /// retired; it stays usable.
+    pub(crate) fn unpin(&self) {
+        let prev = self.inner.state.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(prev & INSTALLS > 0, "unpin without install");
+    }
+
     /// Records the removal from a site; retires the trampoline when it was the last one.
     pub(crate) fn uninstall(&self) {
         let prev = self

@@ -67,8 +67,10 @@ pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
 /// mov r11, target ; jmp r11                        ; tail jump: the caller's frame is untouched
 /// ```
 ///
-/// Only r11 (caller-saved, not an argument register) is clobbered, so every C-ABI argument register
-/// reaches the target unchanged, whatever the signature; stack arguments are untouched.
+/// The trampoline itself clobbers only r11 (caller-saved, not an argument register), so every
+/// C-ABI argument register reaches the target unchanged, whatever the signature; stack arguments
+/// are untouched. A hook, being a C-ABI call, may also clobber r10 and the non-argument vector
+/// state (xmm8-15, upper halves), which no System V argument lives in.
 pub(crate) fn emit_forwarding(
     ops: &mut Assembler,
     counter: u64,

@@ -133,7 +133,7 @@ impl<'a> Batch<'a> {
         let mut pinned: Vec<&Trampoline> = Vec::new();
         for t in plans.iter().filter_map(|p| p.new_impl.as_ref()) {
             if let Err(e) = t.install() {
-                pinned.iter().for_each(|t| t.uninstall());
+                pinned.iter().for_each(|t| t.unpin());
                 return Err(e.into());
             }
             pinned.push(t);
@@ -156,7 +156,7 @@ impl<'a> Batch<'a> {
                 Ok(old) => retired.push(old),
                 Err(e) => {
                     if let Some(t) = &plan.new_impl {
-                        t.uninstall();
+                        t.unpin();
                     }
                     first_error.get_or_insert(e);
                     continue;
