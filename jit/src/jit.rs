@@ -31,10 +31,10 @@ pub(crate) struct Shared {
 /// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
 pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
 
-/// How many barriers one throttled `swap` waits for at most. Freeing a forwarding trampoline
-/// defers its target's free by one more grace period, so two rounds drain a backlog of
-/// forwarding chains; the cap keeps a patcher that holds its own `Retired` handles (which no
-/// barrier can free) from waiting forever.
+/// How many barriers one throttled `swap` waits for at most. A free can defer further frees
+/// (a dropped snapshot or handle releases more retired code), which the second round catches;
+/// the cap keeps a patcher that holds its own `Retired` handles (which no barrier can free)
+/// from waiting forever.
 const MAX_THROTTLE_ROUNDS: usize = 2;
 
 impl Shared {
@@ -53,9 +53,10 @@ impl Shared {
     }
 
     /// Runs reclaimer barriers until every free deferred so far has run, including the ones
-    /// those frees deferred in turn (a forwarding trampoline's target is freed one grace
-    /// period after the trampoline itself). Stops early if a round makes no progress (other
-    /// threads keep retiring code), so it cannot wait forever.
+    /// those frees deferred in turn (a free can release the last handle of more retired
+    /// code). Stops early if a round makes no progress (other threads keep retiring code, or
+    /// the reclaimer's barrier does not wait for grace periods, like `LeakUntilDrop`'s), so it
+    /// cannot wait forever.
     pub(crate) fn drain(&self) {
         let mut pending = self.pending_frees.load(Ordering::Acquire);
         while pending > 0 {
@@ -276,10 +277,10 @@ impl Jit {
     }
 
     /// Waits until every free deferred so far has run, including frees those frees defer in
-    /// turn (a forwarding trampoline's target is released one grace period after it), so that
-    /// afterwards nothing retired before the call is still mapped. Runs the reclaimer's
-    /// `barrier` as many times as needed; stops early if other threads keep retiring code
-    /// faster than it drains.
+    /// turn, so that afterwards nothing retired before the call is still mapped. Runs the
+    /// reclaimer's `barrier` as many times as needed; stops early if other threads keep
+    /// retiring code faster than it drains. With [`LeakUntilDrop`] it frees nothing: that
+    /// reclaimer frees only when it drops.
     pub fn barrier(&self) {
         self.shared.drain();
     }
