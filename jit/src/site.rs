@@ -57,6 +57,9 @@ pub enum SiteKind {
     Direct,
 }
 
+/// Cache-line size assumed for keeping an indirect site's target word away from code.
+const CACHE_LINE: usize = 64;
+
 /// A stable entry point whose target can be swapped while other threads call it.
 pub struct Site {
     shared: Arc<Shared>,
@@ -79,7 +82,10 @@ impl Site {
             return Err(JitError::Retired { id: initial.id() });
         }
         let (len, word_offset, exec_len) = match (kind, mem.is_fallback()) {
-            (SiteKind::Indirect, false) => (arch::SITE_STUB_LEN, 8, arch::SITE_STUB_LEN),
+            // The target word gets a cache line of its own, apart from the stub's code: a
+            // swap then stores into a line no core executes from (no self-modifying-code
+            // pipeline clears on callers) and no other code shares the stub's line.
+            (SiteKind::Indirect, false) => (2 * CACHE_LINE, CACHE_LINE, arch::SITE_STUB_LEN),
             (SiteKind::Direct, false) => (arch::SITE_STUB_LEN, 0, arch::SITE_STUB_LEN),
             (SiteKind::Indirect, true) => (2 * mem.page_size(), mem.page_size(), mem.page_size()),
             (SiteKind::Direct, true) => {

@@ -340,3 +340,19 @@ fn handles_are_send_and_sync() {
     check::<Retired>();
     check::<JitStatsHandle>();
 }
+
+#[test]
+fn indirect_site_word_has_a_cache_line_of_its_own() {
+    let jit = Jit::new().unwrap();
+    let t = jit.constant_return(1).unwrap();
+    let site = jit.site(SiteKind::Indirect, &t).unwrap();
+    assert_eq!(
+        site.entry() as usize % 128,
+        0,
+        "stub and word share one 128-byte slot"
+    );
+    // SAFETY: the site's slot is 128 mapped, readable bytes; the word sits at offset 64.
+    let word = unsafe { std::ptr::read_volatile(site.entry().add(64) as *const u64) };
+    assert_eq!(word, t.addr() as u64);
+    assert_eq!(call0(&site), 1);
+}
