@@ -265,6 +265,11 @@ impl CodeMemory {
         self.memfd.is_none()
     }
 
+    /// Whether `JitBuilder::sync_core` was requested (and registered).
+    pub(crate) fn sync_core(&self) -> bool {
+        self.sync_core
+    }
+
     /// A handle on the counters.
     pub(crate) fn stats_handle(&self) -> JitStatsHandle {
         JitStatsHandle::new(self.stats.clone())

@@ -196,6 +196,13 @@ impl Site {
         // Release: orders the (earlier) writes of `new`'s code before its publication; callers
         // that load the new word find complete code (module docs, step 2).
         slot.store(word, Ordering::Release);
+        if self.kind == SiteKind::Direct && self.shared.mem.sync_core() {
+            // A direct swap is the one real cross-modifying store: with `sync_core`, make every
+            // thread serialize before it next runs user code (the executing side of the Intel
+            // SDM protocol). Registration succeeded at build, so this cannot fail in practice;
+            // the new target is published either way.
+            let _ = crate::arch::sync_all_cores();
+        }
         let old = std::mem::replace(&mut *current, new.clone());
         old.uninstall();
         Ok(Retired::new(old))
