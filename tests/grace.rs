@@ -473,3 +473,42 @@ fn a_domain_needs_quiescent_state_reporting() {
         .unwrap();
     assert!(GraceDomain::new(&rt, GraceConfig::default()).is_err());
 }
+
+#[test]
+fn an_offline_scope_inside_a_hook_does_not_end_a_grace_period() {
+    // A hook runs inside `non_yielding` on behalf of a trampoline: its return path runs
+    // through trampoline code, so `offline` there must not report a quiescent state.
+    let rt = runtime(1);
+    let gp = domain(&rt, Flavor::Tasks);
+    let (inside, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let _release_on_panic = ReleaseOnDrop(release.clone());
+    let (i, r) = (inside.clone(), release.clone());
+    let hook = rt
+        .spawn(move || {
+            non_yielding(|| {
+                tramway::runtime::offline(|| {
+                    i.store(true, Ordering::Release);
+                    spin_until(&r); // "blocking I/O" inside the hook
+                })
+            })
+        })
+        .unwrap();
+    eventually("hook inside its offline scope", || {
+        inside.load(Ordering::Acquire)
+    });
+    let ran = Arc::new(AtomicBool::new(false));
+    let r2 = ran.clone();
+    gp.call(move || r2.store(true, Ordering::SeqCst));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a GP ended while a hook was inside its trampoline"
+    );
+    release.store(true, Ordering::Release);
+    hook.join().unwrap();
+    gp.barrier();
+    assert!(ran.load(Ordering::SeqCst));
+}

@@ -555,9 +555,13 @@ impl CodeMemory {
         let chunk = st.chunks[slot.chunk]
             .as_mut()
             .expect("freeing into a mapped chunk");
-        chunk
-            .free
-            .push(slot.addr - self.base - slot.chunk * self.chunk_size);
+        let offset = slot.addr - self.base - slot.chunk * self.chunk_size;
+        debug_assert!(
+            chunk.used > 0 && !chunk.free.contains(&offset),
+            "double free of code slot {:#x}",
+            slot.addr
+        );
+        chunk.free.push(offset);
         chunk.used -= 1;
         let (ci, empty) = (chunk.class, chunk.used == 0);
         let class = &mut st.classes[ci];
