@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain, Holdout, StallReport};
 use tramway::runtime::{non_yielding, yield_now, Runtime, YieldInNonYielding};
 
+mod support;
+use support::spinner::Spinner;
+
 fn runtime(workers: usize) -> Runtime {
     Runtime::builder()
         .workers(workers)
@@ -158,17 +161,7 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
         },
     )
     .unwrap();
-    let started = Arc::new(AtomicBool::new(false));
-    let release = Arc::new(AtomicBool::new(false));
-    let _release_on_panic = ReleaseOnDrop(release.clone());
-    let (s, r) = (started.clone(), release.clone());
-    let spinner = rt
-        .spawn_named("spinner", move || {
-            s.store(true, Ordering::Release);
-            spin_until(&r);
-        })
-        .unwrap();
-    eventually("spinner running", || started.load(Ordering::Acquire));
+    let spinner = Spinner::start_named(&rt, "spinner");
 
     let freed = Arc::new(AtomicBool::new(false));
     let f = freed.clone();
@@ -187,8 +180,7 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
     assert!(report.waited >= Duration::from_millis(50));
     assert!(gp.stats().stalls >= 1);
 
-    release.store(true, Ordering::Release);
-    spinner.join().unwrap();
+    spinner.release();
     gp.barrier();
     assert!(freed.load(Ordering::SeqCst));
 }
@@ -197,25 +189,14 @@ fn a_task_that_never_yields_stalls_the_gp_is_named_and_nothing_runs_until_it_yie
 fn polled_cookie_turns_true_only_after_a_full_grace_period() {
     let rt = runtime(1);
     let gp = domain(&rt, Flavor::Tasks);
-    let started = Arc::new(AtomicBool::new(false));
-    let release = Arc::new(AtomicBool::new(false));
-    let _release_on_panic = ReleaseOnDrop(release.clone());
-    let (s, r) = (started.clone(), release.clone());
-    let spinner = rt
-        .spawn(move || {
-            s.store(true, Ordering::Release);
-            spin_until(&r);
-        })
-        .unwrap();
-    eventually("spinner running", || started.load(Ordering::Acquire));
+    let spinner = Spinner::start(&rt);
     let cookie = gp.start_poll();
     std::thread::sleep(Duration::from_millis(30));
     assert!(
         !gp.poll(&cookie),
         "cookie completed while the only worker never switched"
     );
-    release.store(true, Ordering::Release);
-    spinner.join().unwrap();
+    spinner.release();
     gp.wait(&cookie);
     assert!(gp.poll(&cookie));
     // A cookie taken now needs another GP, which an idle runtime completes at once.
@@ -228,17 +209,7 @@ fn polled_cookie_turns_true_only_after_a_full_grace_period() {
 fn callbacks_queued_before_a_gp_starts_share_it() {
     let rt = runtime(1);
     let gp = domain(&rt, Flavor::Tasks);
-    let started = Arc::new(AtomicBool::new(false));
-    let release = Arc::new(AtomicBool::new(false));
-    let _release_on_panic = ReleaseOnDrop(release.clone());
-    let (s, r) = (started.clone(), release.clone());
-    let spinner = rt
-        .spawn(move || {
-            s.store(true, Ordering::Release);
-            spin_until(&r);
-        })
-        .unwrap();
-    eventually("spinner running", || started.load(Ordering::Acquire));
+    let spinner = Spinner::start(&rt);
     let before = gp.stats().completed;
     let ran = Arc::new(AtomicUsize::new(0));
     // GP #1 starts with this callback and waits on the spinner...
@@ -254,8 +225,7 @@ fn callbacks_queued_before_a_gp_starts_share_it() {
             r.fetch_add(1, Ordering::SeqCst);
         });
     }
-    release.store(true, Ordering::Release);
-    spinner.join().unwrap();
+    spinner.release();
     gp.barrier();
     assert_eq!(ran.load(Ordering::SeqCst), 1001);
     let gps = gp.stats().completed - before;

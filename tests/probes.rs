@@ -14,6 +14,9 @@ use tramway::jit::{
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Runtime, YieldInNonYielding};
 
+mod support;
+use support::spinner::Spinner;
+
 type SiteFn = extern "C" fn(u64, u64) -> u64;
 
 fn runtime(workers: usize) -> Runtime {
@@ -274,30 +277,14 @@ fn a_batch_is_reclaimed_after_one_grace_period() {
 
     // Hold grace period #1 with a task spinning on the only worker, so that everything the
     // batch queues waits for grace period #2 (deterministically, as in tests/grace.rs).
-    let (started, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (s, r) = (started.clone(), release.clone());
-    let spinner = rt
-        .spawn(move || {
-            s.store(true, Ordering::Release);
-            while !r.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    while !started.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let spinner = Spinner::start(&rt);
     let before = gp.stats();
     gp.call(|| {});
     std::thread::sleep(Duration::from_millis(20));
     let detach = probes.detach_all(&attached);
     // Nothing can be reclaimed while the spinner holds the worker.
     let retired = jit.stats().retired;
-    release.store(true, Ordering::Release);
-    spinner.join().unwrap();
+    spinner.release();
     detach.unwrap();
     assert_eq!(retired, SITES as u64, "one probe trampoline per site");
     jit.barrier();

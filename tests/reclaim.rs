@@ -1,13 +1,15 @@
 //! Retirement through grace periods: the jit's frees wait for the runtime's grace period,
 //! and `Jit::barrier` drains whole forwarding chains.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::Runtime;
+
+mod support;
+use support::spinner::Spinner;
 
 fn setup(workers: usize) -> (Runtime, GraceDomain, Jit) {
     let rt = Runtime::builder().workers(workers).build().unwrap();
@@ -27,30 +29,12 @@ fn retired_trampoline_is_not_freed_before_the_grace_period_ends() {
     drop(one);
 
     // Hold every grace period: the only worker runs a task that never yields.
-    let (started, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (s, r) = (started.clone(), release.clone());
-    let spinner = rt
-        .spawn(move || {
-            s.store(true, Ordering::Release);
-            while !r.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-        })
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !started.load(Ordering::Acquire) {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let spinner = Spinner::start(&rt);
 
     drop(site.swap(&jit.constant_return(2).unwrap()).unwrap());
     std::thread::sleep(Duration::from_millis(50));
     let held = jit.stats();
-    release.store(true, Ordering::Release);
-    spinner.join().unwrap();
+    spinner.release();
     assert_eq!(held.retired, 1, "{held:?}");
     assert_eq!(
         held.reclaimed, 0,

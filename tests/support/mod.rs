@@ -1,3 +1,4 @@
 //! Harnesses shared by integration tests and examples.
 pub mod example_bin;
+pub mod spinner;
 pub mod torture;
