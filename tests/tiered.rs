@@ -77,6 +77,23 @@ fn compiled(m: &Module) -> Engine {
     engine
 }
 
+/// Runs `src` as a script (no load phase) and returns its stderr, after checking that the
+/// run failed with exit code 1 and did not panic.
+fn script_error(name: &str, src: &str) -> String {
+    let path = temp_file(name, src);
+    let out = run_example(&[
+        "--script",
+        path.to_str().expect("utf-8 path"),
+        "--seconds",
+        "0",
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 fn temp_file(name: &str, contents: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("tiered-test-{}-{name}", std::process::id()));
     std::fs::write(&path, contents).expect("write temp file");
@@ -113,40 +130,20 @@ fn example_redefines_under_load_with_no_invalid_results() {
 
 #[test]
 fn bad_program_reports_line_and_column_and_exits_1() {
-    let path = temp_file("bad.tw", "def f(x) = x + 1\n\ndef g(y) = f(y,\n  )\n");
-    let out = run_example(&[
-        "--script",
-        path.to_str().expect("utf-8 path"),
-        "--seconds",
-        "0",
-    ]);
-    let _ = std::fs::remove_file(&path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let stderr = script_error("bad.tw", "def f(x) = x + 1\n\ndef g(y) = f(y,\n  )\n");
     assert!(
         stderr.contains("error at 4:3: expected an expression, found `)`"),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn unknown_function_in_script_is_reported_at_the_call() {
-    let path = temp_file("unknown.tw", "def f(x) = x\nrun f(1) + h(2)\n");
-    let out = run_example(&[
-        "--script",
-        path.to_str().expect("utf-8 path"),
-        "--seconds",
-        "0",
-    ]);
-    let _ = std::fs::remove_file(&path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let stderr = script_error("unknown.tw", "def f(x) = x\nrun f(1) + h(2)\n");
     assert!(
         stderr.contains("error at 2:12: unknown function `h`"),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -173,16 +170,7 @@ fn script_runs_and_both_tiers_agree() {
 
 #[test]
 fn runaway_recursion_is_an_error_not_a_crash() {
-    let path = temp_file("deep.tw", "def f(n) = f(n + 1) + 1\nrun f(0)\n");
-    let out = run_example(&[
-        "--script",
-        path.to_str().expect("utf-8 path"),
-        "--seconds",
-        "0",
-    ]);
-    let _ = std::fs::remove_file(&path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let stderr = script_error("deep.tw", "def f(n) = f(n + 1) + 1\nrun f(0)\n");
     assert!(stderr.contains("error at 2:1"), "{stderr}");
     assert!(stderr.contains("recursion deeper than"), "{stderr}");
 }
