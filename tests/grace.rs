@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain, Holdout, StallReport};
 use tramway::runtime::{non_yielding, yield_now, Runtime, YieldInNonYielding};
@@ -47,11 +47,10 @@ impl Drop for ReleaseOnDrop {
 
 /// Waits (sleeping, outside the runtime) until `cond` holds or panics after 10 s.
 fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(
+        support::wait::within(Duration::from_secs(10), cond),
+        "timed out waiting for: {what}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Runtime, YieldInNonYielding};
 
 mod support;
+use support::rng::Rng;
 use support::spinner::Spinner;
 
 type SiteFn = extern "C" fn(u64, u64) -> u64;
@@ -64,17 +65,6 @@ fn counting(counter: &Arc<AtomicU64>) -> ProbeHook {
 fn call_from_task(rt: &Runtime, f: SiteFn, xs: std::ops::Range<u64>) -> Vec<u64> {
     rt.block_on(move || xs.map(|x| f(x, 0)).collect())
         .expect("block_on")
-}
-
-/// A small deterministic PRNG (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Quiescent-state reporting: worker cells, holdouts, registered threads, offline scopes.
 
+mod support;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -7,17 +9,9 @@ use tramway::runtime::{
     channel, non_yielding, offline, yield_now, Event, RegisterError, Runtime, YieldInNonYielding,
 };
 
-/// Polls `cond` for up to 5 s: a join completes from inside the task, just before the task's
-/// final switch-out, so end-of-task QS effects trail the join by a moment.
+/// Polls `cond` for up to 5 s.
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let t = std::time::Instant::now();
-    while !cond() {
-        if t.elapsed() > std::time::Duration::from_secs(5) {
-            return false;
-        }
-        std::thread::yield_now();
-    }
-    true
+    support::wait::within(std::time::Duration::from_secs(5), cond)
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Spawning, joining, yielding and panics.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -9,15 +11,9 @@ use tramway::runtime::{current, yield_now, JoinError, Runtime};
 const TASKS: usize = 10_000;
 const YIELDS: usize = 1_000;
 
+/// Polls `cond` for up to 5 s.
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let t = std::time::Instant::now();
-    while !cond() {
-        if t.elapsed() > std::time::Duration::from_secs(5) {
-            return false;
-        }
-        std::thread::yield_now();
-    }
-    true
+    support::wait::within(std::time::Duration::from_secs(5), cond)
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! integration tests, but `cargo test --all-targets` (the README's command) builds them only
 //! as test harnesses. So the test builds the example itself, once per test process, into the
 //! same target directory and profile as the test (cargo does nothing if it is up to date).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! A task that holds its worker: it spins without a yield point until released, so every
 //! grace period that needs that worker to switch waits for it. Dropping the spinner releases
 //! it too, so a failing assertion does not leave the runtime's shutdown waiting forever.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

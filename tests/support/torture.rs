@@ -15,7 +15,6 @@
 //!
 //! With [`Reclaim::Immediate`] (the control) the old generation is freed at once: readers
 //! then observe age 2 or execute trap-filled/unmapped code and crash.
-#![allow(dead_code)]
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -30,6 +29,8 @@ use tramway::jit::{
 };
 use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain, GraceStats};
 use tramway::runtime::{Runtime, ThreadRegistration};
+
+use super::rng::Rng;
 
 /// How retired generations are reclaimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,17 +211,6 @@ impl Readers {
         if r.wrapping_sub(x) != seen {
             self.invalid.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// A small deterministic PRNG (xorshift), so runs need no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
