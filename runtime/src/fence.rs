@@ -69,31 +69,10 @@ fn decide() -> BarrierMode {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn register_membarrier() -> bool {
-    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
-    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-    // SAFETY: membarrier takes plain integer arguments and touches no memory of ours.
-    let supported = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) };
-    if supported < 0 || supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED == 0 {
-        return false;
-    }
-    // SAFETY: as above; registration only changes how the kernel treats later calls.
-    let registered = unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-            0,
-            0,
-        )
-    };
-    registered == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn register_membarrier() -> bool {
-    false
+    use crate::os::{membarrier, membarrier_supports, MembarrierCmd};
+    membarrier_supports(MembarrierCmd::PrivateExpedited)
+        && membarrier(MembarrierCmd::RegisterPrivateExpedited).is_ok()
 }
 
 /// The reader half: issued after a QS report and before the reader may load a patch site.
@@ -147,23 +126,7 @@ fn heavy_barrier_for_mode() {
     }
 }
 
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(not(loom))]
 fn membarrier_expedited() -> bool {
-    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    loop {
-        // SAFETY: plain integer arguments; no memory is passed to the kernel.
-        let r =
-            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-        if r == 0 {
-            return true;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return false;
-        }
-    }
-}
-
-#[cfg(all(not(target_os = "linux"), not(loom)))]
-fn membarrier_expedited() -> bool {
-    false
+    crate::os::membarrier(crate::os::MembarrierCmd::PrivateExpedited).is_ok()
 }

@@ -32,6 +32,8 @@ pub mod error;
 pub mod fence;
 pub mod grace;
 mod join;
+#[doc(hidden)]
+pub mod os;
 mod overflow;
 mod primitive;
 pub mod qs;
