@@ -1,4 +1,4 @@
-//! Unit tests of the crate as a whole (integration tests live in the workspace's `tests/jit_*.rs`).
+//! Unit tests of the crate as a whole (integration tests live in `jit/tests/`).
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
-use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
+use tramway_jit::{ForwardingSpec, Jit, SiteKind, Target};
 
 extern "C" fn three() -> u64 {
     3

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use tramway::jit::{ForwardingSpec, Hook, HookArgs, Jit, Site, SiteKind, Target, Trampoline};
+use tramway_jit::{ForwardingSpec, Hook, HookArgs, Jit, Site, SiteKind, Target, Trampoline};
 
 extern "C" fn i0() -> u64 {
     42

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tramway::jit::{ForwardingSpec, ImmediateReclaim, Jit, SiteKind, Target};
+use tramway_jit::{ForwardingSpec, ImmediateReclaim, Jit, SiteKind, Target};
 
 /// One line of /proc/self/maps.
 struct Mapping {
