@@ -23,8 +23,9 @@ pub enum JitError {
         /// Size of the reservation in bytes.
         reservation: usize,
     },
-    /// A direct (`jmp rel32`) site cannot reach the target from its entry.
-    #[error("target {target:#x} is out of rel32 range of site {site:#x}")]
+    /// A direct site cannot reach the target from its entry (its jump's displacement is
+    /// bounded; see the architecture's docs).
+    #[error("target {target:#x} is out of the direct-jump range of site {site:#x}")]
     TargetOutOfRange {
         /// Address of the site's entry.
         site: usize,

@@ -2,7 +2,7 @@
 //!
 //! A [`Jit`] reserves one address range (<= 2 GiB) and maps code into it in chunks backed by a
 //! memfd that is mapped twice: an RX view where code runs and an RW view where it is written, so no
-//! page is ever writable and executable at once (`code_memory.rs`). Code is emitted with dynasm at
+//! page is ever writable and executable at once (`code_memory/`). Code is emitted with dynasm at
 //! its final address and copied in complete before anything can jump to it.
 //!
 //! - A [`Trampoline`] is a handle to emitted code: a forwarding trampoline (count, optional
@@ -11,10 +11,21 @@
 //! - A [`Site`] is a stable entry callers call; [`Site::swap`] re-points it with one atomic store
 //!   (the patch protocol is described in `site.rs`) and returns the old trampoline as [`Retired`].
 //! - Retired code is freed only through a [`Reclaim`] implementation (the runtime's grace periods;
-//!   [`LeakUntilDrop`] by default here), never while a caller may still be inside it.
+//!   [`LeakUntilDrop`] by default here), never while a caller may still be inside it (the
+//!   whole retire chain is drawn in `reclaim/mod.rs`).
 //!
 //! Trampoline code never yields: hooks and custom code must not contain yield points, because the
-//! runtime's grace periods treat every yield point as a quiescent state.
+//! runtime's grace periods treat every yield point as a quiescent state. Every hook runs inside a
+//! [`tramway_runtime::non_yielding`] section, so nothing it calls reports a quiescent state.
+//!
+//! # Layout
+//! - `arch/`: every byte of machine code behind one contract (`arch/mod.rs`), one file per
+//!   architecture; `os/`: every system call, one file per OS.
+//! - `code_memory/`: the allocator over two W^X backends (memfd double mapping, mprotect).
+//! - `trampoline.rs`, `forwarding.rs`, `site.rs`: handles, the forwarding kind, patch sites;
+//!   `jit_core.rs`: the state they share; `jit.rs`: the builder and facade.
+//! - `reclaim/`: every path from "unreachable" to "unmapped".
+//! - `probe/`: batched entry probes, built on the above (the core never imports it).
 //!
 //! ```
 //! # fn main() -> Result<(), tramway_jit::JitError> {
@@ -31,7 +42,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Only x86-64 Linux is supported; elsewhere [`JitBuilder::build`] returns [`JitError::Unsupported`].
+//! Only x86-64 Linux is supported; on other targets the crate does not compile, with a message
+//! saying what a port adds (one `arch/<arch>.rs`, one `os/<os>.rs`).
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -40,26 +52,36 @@
 mod arch;
 mod code_memory;
 mod error;
+mod forwarding;
 mod jit;
+mod jit_core;
+mod os;
 mod probe;
 mod reclaim;
 mod site;
 mod stats;
 mod trampoline;
 
-pub use crate::arch::Assembler;
+pub use crate::arch::{Assembler, HookArgs};
 pub use crate::error::JitError;
-pub use crate::jit::{
-    Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_RETIRED_BYTES, DEFAULT_RESERVATION,
-};
+pub use crate::forwarding::{ForwardingSpec, Hook, Target};
+pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
 pub use crate::probe::{Batch, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite, Probes};
-pub use crate::reclaim::{Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim};
+pub use crate::reclaim::{
+    Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim, DEFAULT_MAX_RETIRED_BYTES,
+};
 pub use crate::site::{Site, SiteKind};
 pub use crate::stats::{JitStats, JitStatsHandle};
-pub use crate::trampoline::{ForwardingSpec, Hook, HookArgs, Retired, Target, Trampoline};
+pub use crate::trampoline::{Retired, Trampoline};
 
 /// Re-export of `dynasmrt`, so that [`Jit::custom`] users can name its traits and macros.
 pub use dynasmrt;
+
+/// Locks a mutex, ignoring poisoning (the protected state is kept consistent before any call
+/// that can panic).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::code_memory::lock;
+use crate::lock;
 
 /// A snapshot of a [`Jit`](crate::Jit)'s counters.
 ///

@@ -1,4 +1,4 @@
-//! Trampolines: handles to emitted code, their lifecycle, and the forwarding kind's types.
+//! Trampolines: handles to emitted code and their lifecycle.
 //!
 //! # Lifecycle
 //! A [`Trampoline`] is a cheap clonable handle (`Arc` inside). Its code is freed when the last
@@ -7,15 +7,15 @@
 //!   executing it (calling [`Trampoline::addr`] directly requires holding a handle), so the slot is
 //!   freed at once;
 //! - otherwise (it became *reachable*): the free is handed to the `Jit`'s [`Reclaim`](crate::Reclaim)
-//!   implementation with `defer`, and runs after a grace period. The deferred callback owns the
-//!   `Arc` of the code memory (not the `Jit`, to avoid cycles) and the call counter, which the code
-//!   references.
+//!   implementation (through `Retirement::defer_free`), and runs after a grace period. The
+//!   deferred callback owns the `Arc` of the code memory (not the `Jit`, to avoid cycles) and
+//!   the heap memory the code references (`CodeData`: call counter, hook cell). The whole
+//!   chain is drawn in `reclaim/mod.rs`.
 //!
 //! A trampoline may be installed in several sites. It becomes *retired* when it is swapped out of
 //! (or its site drops from) the last site it was installed in; a retired trampoline can never be
 //! installed or targeted again ([`JitError::Retired`]). Counters move `live -> retired -> reclaimed`.
 
-use std::ffi::c_void;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::arch::Assembler;
 use crate::code_memory::Slot;
 use crate::error::JitError;
-use crate::jit::Shared;
+use crate::jit_core::JitCore;
 
 /// Set once the trampoline is retired; never cleared.
 const RETIRED: u64 = 1 << 63;
@@ -38,58 +38,30 @@ const DISPOSE_IMMEDIATE: u8 = 2;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Integer argument registers as a forwarding hook sees them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HookArgs {
-    /// `rdi, rsi, rdx, rcx, r8, r9` at the call, in that order.
-    pub int_args: [u64; 6],
-}
-
-/// A function called by a forwarding trampoline before it jumps to its target.
-///
-/// The hook runs on the caller's stack and thread, with the caller's argument registers saved;
-/// it must not yield, block on the runtime, or unwind: the runtime's grace periods rely on
-/// trampoline code (hooks included) never containing a yield point. `user` must stay valid until
-/// the trampoline is reclaimed.
-#[derive(Clone, Copy, Debug)]
-pub struct Hook {
-    /// Called as `func(user, args)`.
-    pub func: unsafe extern "C" fn(user: *mut c_void, args: *const HookArgs),
-    /// Passed unchanged as the first argument.
-    pub user: *mut c_void,
-}
-
-/// Where a forwarding trampoline jumps.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// Any code address, e.g. an `extern "C" fn` cast to `*const u8`. Must not be null.
-    Address(*const u8),
-    /// Another trampoline of the same `Jit`; the new trampoline keeps it alive.
-    Trampoline(Trampoline),
-}
-
-/// Parameters of [`Jit::forwarding`](crate::Jit::forwarding).
-#[derive(Clone, Debug)]
-pub struct ForwardingSpec {
-    /// The tail-jump target.
-    pub target: Target,
-    /// An optional hook called before the jump.
-    pub hook: Option<Hook>,
+/// Heap memory a trampoline's code references by address. It is freed together with the
+/// code (after its grace period, if the code was reachable) and leaked with it, never before.
+#[derive(Default)]
+pub(crate) struct CodeData {
+    /// The call counter a forwarding trampoline increments ([`Trampoline::calls`]).
+    pub(crate) calls: Option<Box<AtomicU64>>,
+    /// Anything else the code embeds the address of (a forwarding hook's cell). Never read
+    /// from Rust: it is held only so that it is dropped (or leaked) together with the code.
+    #[allow(dead_code)]
+    pub(crate) referenced: Option<Box<dyn Send + Sync>>,
 }
 
 /// A handle to emitted code.
 #[derive(Clone)]
 pub struct Trampoline {
-    inner: Arc<Inner>,
+    inner: Arc<TrampolineInner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
+struct TrampolineInner {
+    core: Arc<JitCore>,
     id: u64,
     slot: Slot,
     len: usize,
-    counter: Option<Box<AtomicU64>>,
+    data: CodeData,
     state: AtomicU64,
     disposition: AtomicU8,
     /// A forwarding target; dropped after this trampoline's own free has been deferred.
@@ -100,12 +72,12 @@ impl Trampoline {
     /// Emits code with `emit` (twice: once to size it, once at its final address), copies it into
     /// code memory, and returns the handle. The code is complete before this returns.
     pub(crate) fn emit(
-        shared: &Arc<Shared>,
+        core: &Arc<JitCore>,
         emit: &dyn Fn(&mut Assembler),
-        counter: Option<Box<AtomicU64>>,
+        data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
-        let mem = &shared.mem;
+        let mem = &core.mem;
         let assemble = |base: usize| {
             let mut ops = Assembler::new(base);
             emit(&mut ops);
@@ -134,12 +106,12 @@ impl Trampoline {
             s.live += 1;
         });
         Ok(Trampoline {
-            inner: Arc::new(Inner {
-                shared: shared.clone(),
+            inner: Arc::new(TrampolineInner {
+                core: core.clone(),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 slot,
                 len: first.len(),
-                counter,
+                data,
                 state: AtomicU64::new(0),
                 disposition: AtomicU8::new(DISPOSE_NORMAL),
                 _keepalive: keepalive,
@@ -168,7 +140,8 @@ impl Trampoline {
     /// Calls counted by a forwarding trampoline; 0 for custom code.
     pub fn calls(&self) -> u64 {
         self.inner
-            .counter
+            .data
+            .calls
             .as_ref()
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
@@ -190,7 +163,7 @@ impl Trampoline {
 
     /// Fails with `ForeignTrampoline` unless the trampoline belongs to the code memory `mem_id`.
     pub(crate) fn check_owner(&self, mem_id: u64) -> Result<(), JitError> {
-        if self.inner.shared.mem.id() == mem_id {
+        if self.inner.core.id() == mem_id {
             Ok(())
         } else {
             Err(JitError::ForeignTrampoline { id: self.id() })
@@ -242,7 +215,7 @@ impl Trampoline {
             .expect("the closure never fails");
         if prev & INSTALLS == 1 {
             let bytes = self.inner.slot.size;
-            self.inner.shared.mem.update_stats(|s| {
+            self.inner.core.mem.update_stats(|s| {
                 s.live -= 1;
                 s.retired += 1;
                 s.retired_bytes += bytes;
@@ -262,7 +235,7 @@ impl fmt::Debug for Trampoline {
     }
 }
 
-impl Drop for Inner {
+impl Drop for TrampolineInner {
     fn drop(&mut self) {
         let state = *self.state.get_mut();
         let retired = state & RETIRED != 0;
@@ -271,13 +244,13 @@ impl Drop for Inner {
             0,
             "an installed trampoline is held by its site"
         );
-        let mem = self.shared.mem.clone();
+        let mem = self.core.mem.clone();
         let slot = self.slot;
-        let counter = self.counter.take();
+        let data = std::mem::take(&mut self.data);
         match *self.disposition.get_mut() {
             DISPOSE_LEAK => {
                 // The code stays mapped for the life of the process: keep the code memory (and
-                // the counter the code increments) alive forever.
+                // the heap memory the code references) alive forever.
                 mem.update_stats(|s| {
                     if retired {
                         s.retired_bytes -= slot.size;
@@ -287,7 +260,7 @@ impl Drop for Inner {
                     }
                     s.leaked += 1;
                 });
-                std::mem::forget(counter);
+                std::mem::forget(data);
                 std::mem::forget(mem);
             }
             disposition => {
@@ -295,7 +268,7 @@ impl Drop for Inner {
                     // SAFETY: this runs once, either because the code was never reachable, or after
                     // the reclaimer's grace period (or the `reclaim_now` caller's promise).
                     unsafe { mem.free(slot) };
-                    drop(counter);
+                    drop(data);
                     mem.update_stats(|s| {
                         if retired {
                             s.retired -= 1;
@@ -309,7 +282,7 @@ impl Drop for Inner {
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
                     free();
                 } else {
-                    self.shared.defer_free(Box::new(free));
+                    self.core.retirement.defer_free(Box::new(free));
                 }
             }
         }

@@ -1,60 +1,137 @@
-//! Architecture-specific encoding behind one small interface.
+//! The architecture contract: every byte of machine code the crate emits, behind one interface.
 //!
-//! `x86_64.rs` holds the only encodings this crate emits: site stubs, the forwarding trampoline
-//! body, the constant-return body and the trap fill. The encoders are plain byte/dynasm code and
-//! compile on every host (dynasm's x64 backend is portable); only [`SUPPORTED`] decides whether a
-//! [`Jit`](crate::Jit) can be built, so on other architectures construction returns
-//! [`JitError::Unsupported`](crate::JitError::Unsupported).
+//! The portable modules (`site`, `trampoline`, `forwarding`, `code_memory`, `reclaim`,
+//! `probe`, `jit`) decide *where* code goes, *when* it is published and *when* it is freed;
+//! they never name a register or an instruction encoding. Everything that does lives in
+//! exactly one `arch/<arch>.rs`, selected below by `target_arch`. Porting the crate to a new
+//! architecture is one new file that defines every item of this contract (the compile-time
+//! check at the bottom of this file names each one with its signature).
+//!
+//! # The contract
+//! **Site stubs.** A patch site is a small stub in a code slot plus one 8-byte aligned
+//! *patch word* that a swap replaces with a single atomic Release store (the protocol is in
+//! `site.rs`).
+//! - [`site_stub_layout`]`(kind, memory)` -> [`StubLayout`] `{ len, word_offset, exec_len }`:
+//!   the slot size to allocate, where the patch word lies in it, and how many leading bytes
+//!   must be executable. It depends on the site kind (indirect: the stub jumps through the
+//!   word; direct: the word *is* the jump instruction) and on the code-memory backend
+//!   ([`StubMemory`]): with the memfd double mapping the word can be rewritten in place
+//!   through the RW view; with the mprotect fallback code pages are never written once
+//!   published, so an indirect stub's word needs a data page of its own and a direct stub is
+//!   impossible (`None`).
+//! - [`site_stub_image`]`(kind, layout, word)`: the bytes of a fresh stub whose patch word is
+//!   `word` (`layout.word_offset + 8` bytes; code memory pads the slot's rest with
+//!   [`fill_padding`]).
+//! - [`site_patch_word`]`(kind, entry, target)`: the word that points a stub at `entry` to
+//!   `target`: the address itself for indirect stubs, the encoded jump for direct ones, or
+//!   `None` if a direct stub cannot reach `target` (the caller reports
+//!   `JitError::TargetOutOfRange`). [`MAX_CODE_SPAN`] bounds the reservation so that every
+//!   target in it is reachable.
+//!
+//! **Bodies.** [`emit_forwarding`] (count the call, optionally call a hook with the saved
+//! argument registers as [`HookArgs`], tail-jump to the target, leaving every argument of the
+//! platform's C calling convention intact) and [`emit_constant_return`].
+//!
+//! **Hook arguments.** [`HookArgs`] is the block of saved integer argument registers a hook
+//! receives, and its docs are the public statement of what a forwarding trampoline clobbers.
+//!
+//! **Assembler.** [`Assembler`] is the dynasm `VecAssembler` for the architecture.
+//!
+//! **Traps.** [`fill_traps`] fills freed code (a call into it faults at once);
+//! [`fill_padding`] fills the unused bytes after emitted code.
+//!
+//! **Instruction-stream coherence.** [`flush_icache`] makes written code visible to
+//! instruction fetch (a no-op where fetch is coherent with stores), and
+//! [`sync_core_policy`] is the one place that decides when every core must also be
+//! serialized (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, issued by
+//! `code_memory` through `os`): after writing new code, and after patching a direct site.
 
+use crate::site::SiteKind;
+
+#[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use self::x86_64 as imp;
 
-pub(crate) use self::x86_64::{
-    direct_word, emit_constant_return, emit_forwarding, fill_traps, indirect_stub,
-    INDIRECT_STUB_LEN, INT3, SITE_STUB_LEN,
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "tramway-jit emits machine code for x86-64 only. A port is one new file, \
+     jit/src/arch/<arch>.rs, that implements the contract documented in jit/src/arch/mod.rs \
+     (site stubs and patch words, forwarding and constant-return bodies, HookArgs, the \
+     assembler type, trap fill, icache flush and the core-serialization policy), selected here \
+     with #[cfg(target_arch = ...)]."
+);
+
+pub(crate) use self::imp::{
+    emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache, site_patch_word,
+    site_stub_image, site_stub_layout, sync_core_policy, MAX_CODE_SPAN,
 };
+pub use self::imp::{Assembler, HookArgs};
 
-/// Whether this target can execute the code the crate emits.
-pub(crate) const SUPPORTED: bool = cfg!(all(target_arch = "x86_64", target_os = "linux"));
-
-/// The assembler type handed to emit closures: a dynasm `VecAssembler` for x86-64, created at the
-/// final address of the code so relocations resolve correctly.
-pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
-
-/// Makes newly written code at `addr..addr + len` visible to instruction fetch.
-///
-/// On x86-64 instruction fetch is coherent with data stores (including stores through another
-/// virtual alias of the same physical page), so this is a no-op; the publishing Release store of a
-/// site orders the code bytes before the pointer to them. An aarch64 port must clean the data cache
-/// and invalidate the instruction cache here (`dc cvau; dsb ish; ic ivau; dsb ish`) and then use
-/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, as DESIGN.md describes.
-#[inline]
-pub(crate) fn flush_icache(addr: usize, len: usize) {
-    let _ = (addr, len);
+/// How the code-memory backend lets a site's patch word be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StubMemory {
+    /// memfd double mapping: any byte can be rewritten through the RW view at any time.
+    DoubleMapped,
+    /// mprotect fallback: executable pages are never written again, and protections change
+    /// per page of `page_size` bytes.
+    PageProtected {
+        /// The system page size.
+        page_size: usize,
+    },
 }
 
-/// `membarrier` commands from `linux/membarrier.h`.
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
+/// Where a site's pieces lie in its slot (see [`site_stub_layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StubLayout {
+    /// Bytes to allocate for the stub.
+    pub(crate) len: usize,
+    /// Offset of the 8-byte aligned patch word from the slot's start.
+    pub(crate) word_offset: usize,
+    /// Leading bytes that must be executable (the rest may stay writable data).
+    pub(crate) exec_len: usize,
+}
 
-fn membarrier(cmd: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: membarrier takes no pointers; an unknown command fails with EINVAL.
-    if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// When every core of the process must execute a core-serializing instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SyncCorePolicy {
+    /// After new code is written, before it is published.
+    pub(crate) after_new_code: bool,
+    /// After a direct site's patch word (an instruction) is replaced.
+    pub(crate) after_direct_patch: bool,
+}
+
+impl SyncCorePolicy {
+    /// Whether the process must register for sync-core membarriers at all.
+    pub(crate) fn needed(self) -> bool {
+        self.after_new_code || self.after_direct_patch
     }
 }
 
-/// Registers the process for [`sync_all_cores`] (needed once, before the first use).
-pub(crate) fn register_sync_core() -> std::io::Result<()> {
-    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)
+/// What a forwarding trampoline embeds (all of it by address; nothing is read from code).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ForwardingBody {
+    /// Address of the `AtomicU64` call counter (heap memory, never code).
+    pub(crate) counter: u64,
+    /// `(function, first argument)` of the hook call, if any: the function is called as
+    /// `extern "C" fn(user, *const HookArgs)`.
+    pub(crate) hook: Option<(u64, u64)>,
+    /// The tail-jump target.
+    pub(crate) target: u64,
 }
 
-/// Makes every thread of the process execute a core-serializing instruction before it next runs
-/// user code: the executing side of the Intel SDM cross-modifying-code protocol (and what aarch64
-/// needs after the cache maintenance of [`flush_icache`]). Opt-in on x86-64 through
-/// `JitBuilder::sync_core`: the publishing protocol does not need it for code at addresses that no
-/// thread can have fetched since they were last written, which the grace period guarantees.
-pub(crate) fn sync_all_cores() -> std::io::Result<()> {
-    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)
-}
+/// Every arch file defines the same items with the same signatures; this names each one, so
+/// a port that misses or changes one fails to compile here rather than somewhere portable.
+const _: () = {
+    let _: fn(SiteKind, StubMemory) -> Option<StubLayout> = site_stub_layout;
+    let _: fn(SiteKind, &StubLayout, u64) -> Vec<u8> = site_stub_image;
+    let _: fn(SiteKind, usize, usize) -> Option<u64> = site_patch_word;
+    let _: fn(&mut Assembler, &ForwardingBody) = emit_forwarding;
+    let _: fn(&mut Assembler, u64) = emit_constant_return;
+    let _: fn(&mut [u8]) = fill_traps;
+    let _: fn(&mut [u8]) = fill_padding;
+    let _: fn(usize, usize) = flush_icache;
+    let _: fn(bool) -> SyncCorePolicy = sync_core_policy;
+    let _: usize = MAX_CODE_SPAN;
+    let _: fn(&HookArgs) -> &[u64] = |args| &args.int_args;
+};

@@ -1,49 +1,170 @@
-//! x86-64 encodings: site stubs, trampoline bodies, trap fill.
+//! x86-64 (System V): every encoding the crate emits, and why it is safe to patch.
 //!
-//! All functions here only produce bytes; where the bytes go and how they are published is decided
-//! by `code_memory.rs` and `site.rs`.
+//! Implements the contract of `arch/mod.rs`. Nothing here decides where bytes go or when they
+//! are published; `code_memory` and `site.rs` do.
+//!
+//! # Site stubs
+//! ```text
+//! indirect, memfd:     [0]  jmp qword [rip + 58]   ; FF 25 disp32, through the word at 64
+//!                      [6]  int3 ...               ; padding up to the next cache line
+//!                      [64] target address (8 bytes, aligned; the patch word)
+//!                      slot: 128 bytes; the word has a cache line of its own
+//! direct, memfd:       [0]  jmp rel32 ; int3 x3     ; E9 rel32 CC CC CC = the patch word
+//!                      [8]  int3 x8                 ; slot: 16 bytes
+//! indirect, mprotect:  page 0 (RX)  jmp qword [rip + page - 6]
+//!                      page 1 (RW)  target address (the patch word, never executable)
+//! direct, mprotect:    impossible (a published code page is never written again)
+//! ```
+//! A direct word is 8-byte aligned, so the 5-byte `jmp rel32` never straddles an 8-byte
+//! boundary and the whole instruction is replaced by one atomic store. An indirect site's
+//! word is kept a cache line away from its stub: a swap then stores into a line no core
+//! executes from (no self-modifying-code pipeline clears on callers).
+//!
+//! # Why one Release store is enough here
+//! Aligned 8-byte loads and stores are atomic on x86-64, so a caller reads the old or the new
+//! word, never a torn one. x86 does not reorder loads with older loads, and instruction fetch
+//! from a physical page is coherent with stores to it whichever virtual alias the store used
+//! (the RW view), so a caller that sees the new word finds the complete code it points to:
+//! [`flush_icache`] is a no-op. A direct patch is cross-modifying code: the Intel SDM asks the
+//! executing processor to serialize before running modified code, which only
+//! [`sync_core_policy`] with `sync_core` opted in provides (HotSpot hit an erratum with this
+//! kind of patching, JDK-8223613; indirect sites avoid the question).
 
 use dynasmrt::{dynasm, DynasmApi};
 
-use super::Assembler;
+use super::{ForwardingBody, StubLayout, StubMemory, SyncCorePolicy};
+use crate::site::SiteKind;
+
+/// The assembler type handed to emit closures: a dynasm `VecAssembler` for x86-64, created at
+/// the final address of the code so relocations resolve correctly.
+pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
+
+/// The integer argument registers of the C calling convention, as a forwarding hook sees them.
+///
+/// On x86-64 (System V) these are `rdi, rsi, rdx, rcx, r8, r9`, in that order.
+///
+/// What a forwarding trampoline preserves and clobbers (x86-64): every argument register (the
+/// six above, `xmm0-7` and `al`, the vector-register count of a varargs call) and all stack
+/// arguments reach the target unchanged, so it forwards any System V signature; vector
+/// arguments wider than 128 bits are only preserved without a hook. Without a hook only `r11`
+/// is clobbered (caller-saved, not an argument register). With a hook, also whatever a C-ABI
+/// call may clobber besides the saved registers: `r10` (the static-chain register, so targets
+/// that take a static chain need a hook-less trampoline), `xmm8-15` and upper vector halves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookArgs {
+    /// `rdi, rsi, rdx, rcx, r8, r9` at the call, in that order.
+    pub int_args: [u64; 6],
+}
+
+/// A reservation of at most 2 GiB keeps every target within `rel32` reach of every direct site.
+pub(crate) const MAX_CODE_SPAN: usize = 2 << 30;
 
 /// `int3`, the filler of unused and freed code bytes.
-pub(crate) const INT3: u8 = 0xCC;
+const INT3: u8 = 0xCC;
 
-/// Size of a site stub slot (memfd mode): an indirect stub (`jmp [rip+2]`, 2 `int3`, 8-byte target
-/// slot) or a direct stub (8-byte word holding `jmp rel32` and 3 `int3`, then 8 `int3`).
-pub(crate) const SITE_STUB_LEN: usize = 16;
+/// `ud2`, the first bytes of freed code (a clear SIGILL for a call into it).
+const UD2: [u8; 2] = [0x0F, 0x0B];
 
-/// Length of the `jmp qword [rip+disp32]` instruction of an indirect stub.
-pub(crate) const INDIRECT_STUB_LEN: usize = 6;
+/// Size of a direct stub's slot: the 8-byte word, then 8 `int3`.
+const DIRECT_STUB_LEN: usize = 16;
 
-/// Fills freed code with traps: `ud2` at the start (a clear SIGILL for a call into a freed
-/// trampoline), `int3` after it.
-pub(crate) fn fill_traps(buf: &mut [u8]) {
-    buf.fill(INT3);
-    if buf.len() >= 2 {
-        buf[0] = 0x0F;
-        buf[1] = 0x0B;
+/// Executable bytes of a memfd indirect stub: the `jmp qword [rip+disp32]` and its padding.
+const INDIRECT_STUB_EXEC_LEN: usize = 16;
+
+/// Length of the `jmp qword [rip+disp32]` instruction.
+const INDIRECT_JMP_LEN: usize = 6;
+
+/// Cache-line size assumed for keeping an indirect site's word away from its code.
+const CACHE_LINE: usize = 64;
+
+/// The layout table of the module docs.
+pub(crate) fn site_stub_layout(kind: SiteKind, memory: StubMemory) -> Option<StubLayout> {
+    Some(match (kind, memory) {
+        (SiteKind::Indirect, StubMemory::DoubleMapped) => StubLayout {
+            len: 2 * CACHE_LINE,
+            word_offset: CACHE_LINE,
+            exec_len: INDIRECT_STUB_EXEC_LEN,
+        },
+        (SiteKind::Direct, StubMemory::DoubleMapped) => StubLayout {
+            len: DIRECT_STUB_LEN,
+            word_offset: 0,
+            exec_len: DIRECT_STUB_LEN,
+        },
+        (SiteKind::Indirect, StubMemory::PageProtected { page_size }) => StubLayout {
+            len: 2 * page_size,
+            word_offset: page_size,
+            exec_len: page_size,
+        },
+        (SiteKind::Direct, StubMemory::PageProtected { .. }) => return None,
+    })
+}
+
+/// A fresh stub: the jump (indirect: through the word; direct: the word itself) and the word.
+pub(crate) fn site_stub_image(kind: SiteKind, layout: &StubLayout, word: u64) -> Vec<u8> {
+    let mut bytes = vec![INT3; layout.word_offset + 8];
+    if kind == SiteKind::Indirect {
+        bytes[..INDIRECT_JMP_LEN].copy_from_slice(&indirect_jmp(layout.word_offset));
+    }
+    bytes[layout.word_offset..].copy_from_slice(&word.to_le_bytes());
+    bytes
+}
+
+/// The patch word pointing the stub at `entry` to `target`.
+pub(crate) fn site_patch_word(kind: SiteKind, entry: usize, target: usize) -> Option<u64> {
+    match kind {
+        SiteKind::Indirect => Some(target as u64),
+        SiteKind::Direct => direct_word(entry, target),
     }
 }
 
-/// An indirect stub: `jmp qword [rip + slot_offset - 6]` at offset 0, jumping through the 8-byte
-/// slot at `slot_offset` from the stub's start.
-pub(crate) fn indirect_stub(slot_offset: usize) -> [u8; INDIRECT_STUB_LEN] {
-    let disp = (slot_offset - INDIRECT_STUB_LEN) as i32;
+/// `jmp qword [rip + word_offset - 6]` at offset 0, jumping through the word at `word_offset`.
+fn indirect_jmp(word_offset: usize) -> [u8; INDIRECT_JMP_LEN] {
+    let disp = (word_offset - INDIRECT_JMP_LEN) as i32;
     let d = disp.to_le_bytes();
     [0xFF, 0x25, d[0], d[1], d[2], d[3]]
 }
 
 /// The 8-byte word of a direct stub at `entry`: `jmp rel32` to `target`, then three `int3`, as a
 /// little-endian `u64` for one aligned atomic store. `None` if `target` is out of rel32 range.
-pub(crate) fn direct_word(entry: usize, target: usize) -> Option<u64> {
+fn direct_word(entry: usize, target: usize) -> Option<u64> {
     let rel = (target as i64).wrapping_sub(entry as i64 + 5);
     let rel = i32::try_from(rel).ok()?;
     let r = rel.to_le_bytes();
     Some(u64::from_le_bytes([
         0xE9, r[0], r[1], r[2], r[3], INT3, INT3, INT3,
     ]))
+}
+
+/// Fills freed code with traps: `ud2` at the start, `int3` after it.
+pub(crate) fn fill_traps(buf: &mut [u8]) {
+    buf.fill(INT3);
+    if buf.len() >= UD2.len() {
+        buf[..UD2.len()].copy_from_slice(&UD2);
+    }
+}
+
+/// Fills the bytes after emitted code with `int3`.
+pub(crate) fn fill_padding(buf: &mut [u8]) {
+    buf.fill(INT3);
+}
+
+/// Instruction fetch is coherent with stores on x86-64 (module docs): nothing to do.
+#[inline]
+pub(crate) fn flush_icache(addr: usize, len: usize) {
+    let _ = (addr, len);
+}
+
+/// x86-64 needs no core serialization for code at addresses no thread can have fetched since
+/// they were last written (which the grace period guarantees), so it is only done when the
+/// user opts in (`JitBuilder::sync_core`): after new code, and after a direct patch, the one
+/// real cross-modifying store. An aarch64 port would return `true` for new code regardless
+/// (after `dc cvau; dsb ish; ic ivau; dsb ish` in its `flush_icache`).
+pub(crate) fn sync_core_policy(opted_in: bool) -> SyncCorePolicy {
+    SyncCorePolicy {
+        after_new_code: opted_in,
+        after_direct_patch: opted_in,
+    }
 }
 
 /// `mov rax, imm64; ret`.
@@ -67,22 +188,14 @@ pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
 /// mov r11, target ; jmp r11                        ; tail jump: the caller's frame is untouched
 /// ```
 ///
-/// The trampoline itself clobbers only r11 (caller-saved, not an argument register), so every
-/// C-ABI argument register reaches the target unchanged, whatever the signature; stack arguments
-/// are untouched. A hook, being a C-ABI call, may also clobber r10 and the non-argument vector
-/// state (xmm8-15, upper halves), which no System V argument lives in.
-pub(crate) fn emit_forwarding(
-    ops: &mut Assembler,
-    counter: u64,
-    hook: Option<(u64, u64)>,
-    target: u64,
-) {
+/// Clobbers: see [`HookArgs`].
+pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody) {
     dynasm!(ops
         ; .arch x64
-        ; mov r11, QWORD counter as i64
+        ; mov r11, QWORD body.counter as i64
         ; lock inc QWORD [r11]
     );
-    if let Some((func, user)) = hook {
+    if let Some((func, user)) = body.hook {
         dynasm!(ops
             ; .arch x64
             ; push rax
@@ -125,7 +238,7 @@ pub(crate) fn emit_forwarding(
     }
     dynasm!(ops
         ; .arch x64
-        ; mov r11, QWORD target as i64
+        ; mov r11, QWORD body.target as i64
         ; jmp r11
     );
 }
@@ -136,14 +249,24 @@ mod tests {
 
     #[test]
     fn direct_word_encodes_jmp_rel32_and_checks_range() {
-        let w = direct_word(0x1000, 0x1000 + 5 + 0x10).unwrap();
+        let w = site_patch_word(SiteKind::Direct, 0x1000, 0x1000 + 5 + 0x10).unwrap();
         assert_eq!(w.to_le_bytes(), [0xE9, 0x10, 0, 0, 0, 0xCC, 0xCC, 0xCC]);
-        assert!(direct_word(0x1000, 0x1000 + (3usize << 30)).is_none());
+        assert!(site_patch_word(SiteKind::Direct, 0x1000, 0x1000 + (3usize << 30)).is_none());
     }
 
     #[test]
-    fn indirect_stub_points_at_slot() {
-        assert_eq!(indirect_stub(8), [0xFF, 0x25, 2, 0, 0, 0]);
+    fn indirect_stub_jumps_through_its_word() {
+        let layout = site_stub_layout(SiteKind::Indirect, StubMemory::DoubleMapped).unwrap();
+        let image = site_stub_image(SiteKind::Indirect, &layout, 0x1122_3344);
+        assert_eq!(image[..6], [0xFF, 0x25, 58, 0, 0, 0]);
+        assert_eq!(image[64..], 0x1122_3344u64.to_le_bytes());
+        assert_eq!(indirect_jmp(8), [0xFF, 0x25, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn direct_stubs_need_the_double_mapping() {
+        let memory = StubMemory::PageProtected { page_size: 4096 };
+        assert_eq!(site_stub_layout(SiteKind::Direct, memory), None);
     }
 
     #[test]

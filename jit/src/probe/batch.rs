@@ -1,4 +1,4 @@
-//! [`Batch`]: queued probe operations and their three-phase commit (see `probe.rs`).
+//! [`Batch`]: queued probe operations and their three-phase commit (see `probe/mod.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -6,7 +6,8 @@ use std::sync::{Arc, MutexGuard};
 
 use super::dispatch::{self, Entry, Snapshot};
 use super::{Probe, ProbeError, ProbeHook, ProbedSite, Probes, SiteCell, SiteOps, SiteState};
-use crate::code_memory::lock;
+use crate::lock;
+use crate::reclaim::Deferred;
 use crate::trampoline::{Retired, Trampoline};
 
 /// One queued operation.
@@ -81,12 +82,12 @@ impl<'a> Batch<'a> {
     /// Queues replacing `site`'s implementation with `new`, keeping its probes.
     pub fn swap_impl(&mut self, site: &ProbedSite, new: &Trampoline) -> Result<(), ProbeError> {
         self.check_site(site)?;
-        new.check_owner(self.probes.mgr.shared.mem.id())?;
+        new.check_owner(self.probes.mgr.core.id())?;
         self.ops.push((site.cell.clone(), Op::SetImpl(new.clone())));
         Ok(())
     }
 
-    /// Commits the queued operations (see the module docs of `probe.rs`).
+    /// Commits the queued operations (see the module docs of `probe/mod.rs`).
     pub(crate) fn commit(self) -> Result<(), ProbeError> {
         let mgr = self.probes.mgr.clone();
         if self.ops.is_empty() {
@@ -121,7 +122,7 @@ impl<'a> Batch<'a> {
             } else {
                 let snapshot = Snapshot::new(cell.id, &plan.probes);
                 // On error the trampolines emitted so far drop unpublished (freed at once).
-                let target = dispatch::emit(&mgr.shared, implementation, &snapshot)?;
+                let target = dispatch::emit(&mgr.core, implementation, &snapshot)?;
                 Prepared {
                     target,
                     snapshot: Some(snapshot),
@@ -184,19 +185,18 @@ impl<'a> Batch<'a> {
         // Phase 3: retire everything as one callback (one grace period). It is queued after
         // every swap above, so it runs after a grace period that started once no new call
         // could enter the old trampolines.
-        let frees = super::collect::collect(|| {
-            drop(retired);
-            drop(old_impls);
-        });
-        if !snapshots.is_empty() || !frees.is_empty() {
-            mgr.shared.reclaimer.defer(Box::new(move || {
-                frees.into_iter().for_each(|free| free());
-                drop(snapshots);
-            }));
-        }
+        let snapshots: Option<Deferred> =
+            (!snapshots.is_empty()).then(|| Box::new(move || drop(snapshots)) as Deferred);
+        mgr.core.retirement.retire_together(
+            || {
+                drop(retired);
+                drop(old_impls);
+            },
+            snapshots,
+        );
         // Like `Site::swap`, but once per batch and with no lock held: a barrier while holding
         // site locks could block a worker (on the lock) that the grace period waits for.
-        mgr.shared.throttle_backlog();
+        mgr.core.retirement.throttle_backlog();
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),

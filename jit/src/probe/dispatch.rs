@@ -3,27 +3,27 @@
 //! A probe trampoline is a forwarding trampoline whose hook is [`dispatch`] with `user` = the
 //! address of a boxed [`Snapshot`]. The snapshot is never mutated after the trampoline is
 //! emitted; a change of the probe set emits a new trampoline with a new snapshot. The old
-//! snapshot is dropped by a deferred callback queued after the swap (see `probe.rs`).
+//! snapshot is dropped by a deferred callback queued after the swap (see `probe/mod.rs`).
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::arch;
 use crate::error::JitError;
-use crate::jit::Shared;
-use crate::trampoline::{Hook, HookArgs, Trampoline};
+use crate::forwarding::{self, Hook, Target};
+use crate::jit_core::JitCore;
+use crate::trampoline::Trampoline;
+use crate::HookArgs;
 
 type HookFn = dyn Fn(&HookArgs) + Send + Sync;
 
 /// What a probe runs on every call through its site: a closure or an `extern "C"` hook.
 ///
 /// The hook runs on the caller's stack and thread while it is inside a trampoline: it must not
-/// yield or block on the runtime (the dispatcher runs it inside
+/// yield or block on the runtime (it runs inside
 /// [`non_yielding`](tramway_runtime::non_yielding), where a yield point panics in debug
 /// builds), and it must not panic: a panic aborts the process with a message naming the probe
-/// (see the module docs of `probe.rs`). It must not attach, detach or swap implementations
+/// (see the module docs of `probe/mod.rs`). It must not attach, detach or swap implementations
 /// either: a commit may wait for a grace period, which would wait for the hook's own task.
 #[derive(Clone)]
 pub struct ProbeHook {
@@ -83,32 +83,24 @@ impl Snapshot {
 }
 
 /// Emits a probe trampoline: count, call [`dispatch`] with `snapshot`, tail-jump to
-/// `implementation`. The caller keeps `snapshot` alive until a grace period after the
-/// trampoline is unpublished.
+/// `implementation` (a forwarding trampoline like any other; `forwarding.rs`). The caller keeps
+/// `snapshot` alive until a grace period after the trampoline is unpublished.
 pub(crate) fn emit(
-    shared: &Arc<Shared>,
+    core: &Arc<JitCore>,
     implementation: &Trampoline,
     snapshot: &Snapshot,
 ) -> Result<Trampoline, JitError> {
-    // As `Jit::forwarding` with `Target::Trampoline(implementation)`.
-    implementation.check_owner(shared.mem.id())?;
-    implementation.mark_reachable()?;
-    let counter = Box::new(AtomicU64::new(0));
-    let counter_addr = &*counter as *const AtomicU64 as u64;
-    let hook = (
-        dispatch as unsafe extern "C" fn(*mut c_void, *const HookArgs) as usize as u64,
-        snapshot as *const Snapshot as u64,
-    );
-    let target = implementation.addr() as u64;
-    Trampoline::emit(
-        shared,
-        &|ops| arch::emit_forwarding(ops, counter_addr, Some(hook), target),
-        Some(counter),
-        Some(implementation.clone()),
-    )
+    let hook = Hook {
+        func: dispatch,
+        user: snapshot as *const Snapshot as *mut c_void,
+    };
+    forwarding::emit(core, Target::Trampoline(implementation.clone()), Some(hook))
 }
 
 /// The hook of every probe trampoline: runs the snapshot's hooks in order.
+///
+/// Like every hook it is called through `forwarding::call_hook`, so it already runs inside
+/// [`tramway_runtime::non_yielding`]; it does not enter the section again.
 ///
 /// # Safety
 /// `user` is the address of a [`Snapshot`] that outlives the call, and `args` of the
@@ -118,13 +110,11 @@ unsafe extern "C" fn dispatch(user: *mut c_void, args: *const HookArgs) {
     // was unpublished, i.e. after every call inside it (this one) has returned; `args` points
     // into the trampoline's frame on this stack.
     let (snapshot, args) = unsafe { (&*(user as *const Snapshot), &*args) };
-    tramway_runtime::non_yielding(|| {
-        for e in snapshot.entries.iter() {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (e.hook.f)(args))) {
-                hook_panicked(snapshot.site, e.id, payload.as_ref());
-            }
+    for e in snapshot.entries.iter() {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (e.hook.f)(args))) {
+            hook_panicked(snapshot.site, e.id, payload.as_ref());
         }
-    });
+    }
 }
 
 /// A panic must not unwind through the trampoline into the caller's JIT'd frames: abort.

@@ -29,8 +29,9 @@
 //!    changed;
 //! 2. swap every affected site;
 //! 3. unlock, then retire everything replaced: the frees of the old probe trampolines (deferred
-//!    when their [`Retired`] handles drop) are collected (`probe/collect.rs`) and queued through
-//!    the `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, which also drops their
+//!    when their [`Retired`] handles drop) are collected by the retirement's collection scope
+//!    (`reclaim/collect.rs`, through `Retirement::retire_together`) and queued through the
+//!    `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, which also drops their
 //!    snapshots. A whole batch is thus reclaimed after one grace period instead of one per
 //!    probe, however loaded the machine is.
 //!
@@ -40,8 +41,9 @@
 //! # Hooks
 //! A [`ProbeHook`] is a Rust closure (`Fn(&HookArgs) + Send + Sync`) or, through the `unsafe`
 //! [`ProbeHook::from_raw`], an `extern "C"` function with a user pointer. Hooks run on the
-//! caller's stack while it is inside a trampoline, so they must not yield: the dispatcher runs
-//! them inside [`tramway_runtime::non_yielding`], where a yield point panics in debug builds
+//! caller's stack while it is inside a trampoline, so they must not yield: the dispatcher is
+//! called, like every forwarding hook, inside [`tramway_runtime::non_yielding`]
+//! (`forwarding.rs`), where a yield point panics in debug builds
 //! (by default) with a clear message. A panic must not unwind through JIT code (the caller's
 //! frames above the trampoline do not expect it), so the dispatcher catches it, prints which
 //! probe and site panicked and why, and **aborts the process**. Continuing instead would hide a
@@ -62,7 +64,6 @@
 //! neither exists yet, so only entry hooks are offered.
 
 mod batch;
-mod collect;
 mod dispatch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,13 +72,13 @@ use std::sync::{Arc, Mutex, Weak};
 pub use self::batch::Batch;
 pub use self::dispatch::ProbeHook;
 
-pub(crate) use self::collect::try_collect;
-
 use self::batch::Op;
 use self::dispatch::{Entry, Snapshot};
-use crate::code_memory::lock;
+
 use crate::error::JitError;
-use crate::jit::{Jit, Shared};
+use crate::jit::Jit;
+use crate::jit_core::JitCore;
+use crate::lock;
 use crate::site::{Site, SiteKind};
 use crate::trampoline::Trampoline;
 
@@ -137,7 +138,7 @@ pub struct Probes {
 
 pub(crate) struct Manager {
     pub(crate) id: u64,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) core: Arc<JitCore>,
     next_probe: AtomicU64,
     next_site: AtomicU64,
     pub(crate) attached: AtomicU64,
@@ -215,7 +216,7 @@ impl Probes {
         Probes {
             mgr: Arc::new(Manager {
                 id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
-                shared: jit.shared().clone(),
+                core: jit.core().clone(),
                 next_probe: AtomicU64::new(1),
                 next_site: AtomicU64::new(1),
                 attached: AtomicU64::new(0),
@@ -233,7 +234,7 @@ impl Probes {
         kind: SiteKind,
         implementation: &Trampoline,
     ) -> Result<ProbedSite, ProbeError> {
-        let site = Site::new(&self.mgr.shared, kind, implementation)?;
+        let site = Site::new(&self.mgr.core, kind, implementation)?;
         // The site holds one installation, so the trampoline cannot be retired under us and the
         // pin cannot fail; if it did, dropping `site` undoes everything.
         implementation.install()?;
@@ -384,9 +385,9 @@ impl Drop for SiteCell {
         if let Some(snapshot) = st.snapshot.take() {
             // Calls may still be inside the probe trampoline: the snapshot outlives them.
             self.mgr
-                .shared
-                .reclaimer
-                .defer(Box::new(move || drop(snapshot)));
+                .core
+                .retirement
+                .defer_uncounted(Box::new(move || drop(snapshot)));
         }
         let m = &self.mgr;
         m.attached

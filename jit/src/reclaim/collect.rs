@@ -1,20 +1,22 @@
-//! Collecting the deferred frees of a batch into one reclaimer callback.
+//! The collection scope: this thread's deferred frees, gathered into one reclaimer callback.
 //!
-//! Dropping a batch's retired trampolines defers one free per trampoline through
-//! `Shared::defer_free`. Queued one by one, they share a grace period only if the grace-period
-//! driver does not start one while the burst is being queued, and on a loaded machine (the
-//! committing thread preempted mid-burst) it does: a 1000-site batch was seen spread over
-//! dozens of GPs. Inside [`collect`] the frees are instead taken into a thread-local list,
-//! which the commit queues as **one** callback: one grace period per batch, deterministically,
-//! and one driver wake-up instead of one per trampoline.
+//! Dropping many retired trampolines at once (a probe batch that swapped 1000 sites) defers
+//! one free per trampoline through `Retirement::defer_free`. Queued one by one, they share a
+//! grace period only if the grace-period driver does not start one while the burst is being
+//! queued, and on a loaded machine (the dropping thread preempted mid-burst) it does: a
+//! 1000-site batch was seen spread over dozens of GPs. Inside [`collect`] the frees are
+//! instead taken into a thread-local list, which `Retirement::retire_together` queues as
+//! **one** callback: one grace period per scope, deterministically, and one driver wake-up
+//! instead of one per trampoline.
 //!
-//! Safety of the merge: every collected free was queued by the committing thread after all of
-//! the batch's swaps, and the merged callback is queued after all of them, so its grace period
-//! starts after every collected trampoline was unpublished, as each individual one would have.
+//! Safety of the merge: every collected free was deferred by this thread inside the scope,
+//! i.e. after whatever unpublished its code (the caller does every swap before the scope), and
+//! the merged callback is queued after all of them, so its grace period starts after every
+//! collected trampoline was unpublished, as each individual one would have.
 
 use std::cell::RefCell;
 
-use crate::reclaim::Deferred;
+use super::Deferred;
 
 thread_local! {
     static COLLECTOR: RefCell<Option<Vec<Deferred>>> = const { RefCell::new(None) };
@@ -22,7 +24,7 @@ thread_local! {
 
 /// Runs `f` with deferred frees of this thread collected; returns them in queueing order.
 /// Not reentrant: a nested call collects into the outer list and returns an empty one.
-pub(crate) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
+pub(super) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
     let outer = COLLECTOR.with(|c| {
         let mut c = c.borrow_mut();
         let outer = c.is_some();
@@ -54,9 +56,9 @@ pub(crate) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
 }
 
 /// Takes `f` into the current thread's collection if one is active; otherwise returns it.
-pub(crate) fn try_collect(f: Deferred) -> Option<Deferred> {
+pub(super) fn try_collect(f: Deferred) -> Option<Deferred> {
     // `try_with`: a `Retired` may be dropped while this thread's locals are being destroyed
-    // (e.g. from a crossbeam deferred function at thread exit); no batch is active then.
+    // (e.g. from a crossbeam deferred function at thread exit); no scope is active then.
     let mut f = Some(f);
     let _ = COLLECTOR.try_with(|c| {
         if let Some(list) = c.borrow_mut().as_mut() {

@@ -1,19 +1,70 @@
-//! How retired code is reclaimed: the [`Reclaim`] trait and two implementations.
+//! Every path from "unreachable" to "unmapped": retirement, deferral, grace periods, freeing.
 //!
-//! The jit crate never decides when code is unreachable by itself. Freeing retired code goes
+//! The jit crate never decides by itself when code is unreachable. Retired code is freed only
 //! through a [`Reclaim`] implementation, which the runtime provides with its grace periods (RCU
-//! Tasks semantics). This crate ships:
+//! Tasks semantics), after every task that might have been inside the code has passed a
+//! quiescent state.
+//!
+//! # The retire chain
+//! ```text
+//!  Site::swap(B)                     site.rs: one Release store of the patch word; A is
+//!    |                               uninstalled, and retired once it is in no site
+//!    v
+//!  Retired(A)                        trampoline.rs: the handle `swap` returns
+//!    |  dropped, and so is every other handle of A (a site's, a forwarding trampoline's
+//!    |  keepalive, a probe manager's pin)
+//!    v
+//!  TrampolineInner::drop             trampoline.rs: never reachable, or `reclaim_now`:
+//!    |                               CodeMemory::free at once; `leak`: kept forever
+//!    v
+//!  Retirement::defer_free(free)      retirement.rs: counted in `pending_frees` until it runs
+//!    |
+//!    +-- a collection scope is active on this thread (a probe batch commit)?
+//!    |     collect.rs: the free joins the scope's list, and Retirement::retire_together
+//!    |     queues the whole list as ONE callback when the scope ends
+//!    v
+//!  Reclaim::defer(free)              this file: the Jit's reclaimer, e.g.
+//!    |                               GraceDomain::call_boxed (tramway-runtime)
+//!    v
+//!  grace period                      every task that might have been inside A when the
+//!    |                               callback was queued has since passed a quiescent state
+//!    v
+//!  the callback runs                 on the grace-period driver thread
+//!    |
+//!    v
+//!  CodeMemory::free(slot)            code_memory: trap fill, slot back to its chunk; the call
+//!    |                               counter and hook cell A's code referenced drop with it
+//!    |  the chunk's last slot, and the chunk is not its class's current one
+//!    v
+//!  chunk unmapped                    code_memory backend: views dropped, PROT_NONE
+//!                                    placeholder restored, memfd hole punched
+//! ```
+//! Side paths feed the same chain: dropping a [`Site`](crate::Site) defers its stub's free
+//! with `defer_free` (callers may still be inside the stub); a forwarding trampoline keeps its
+//! target trampoline alive and drops it after deferring its own free, so the target's free is
+//! queued after (`retire_together` merges the two when a scope is active). `Jit::barrier` is
+//! `Retirement::drain` (barriers until every counted free has run), and `Site::swap` ends with
+//! `Retirement::throttle_backlog` (waits for a barrier while too many retired bytes wait).
+//!
+//! # Reclaimers shipped here
 //! - [`LeakUntilDrop`] (the default): deferred frees are queued and run only when the reclaimer
-//!   itself drops, i.e. once the `Jit` and every site and trampoline handle are gone. Retired code
-//!   therefore stays mapped for as long as anything could call it; this is also the "leak"
-//!   baseline of the benchmarks.
-//! - [`ImmediateReclaim`]: runs every callback at once. It is unsound as soon as a thread may still
-//!   be executing retired code, so its constructor is `unsafe`; it exists for the control test that
-//!   must crash.
+//!   itself drops, i.e. once the `Jit` and every site and trampoline handle are gone. Retired
+//!   code therefore stays mapped for as long as anything could call it; this is also the
+//!   "leak" baseline of the benchmarks.
+//! - [`ImmediateReclaim`]: runs every callback at once. It is unsound as soon as a thread may
+//!   still be executing retired code, so its constructor is `unsafe`; it exists for the control
+//!   test that must crash.
+//! - `impl Reclaim for GraceDomain`: frees after a grace period of the domain's flavor.
+
+mod collect;
+mod retirement;
+
+pub(crate) use self::retirement::Retirement;
+pub use self::retirement::DEFAULT_MAX_RETIRED_BYTES;
 
 use std::sync::Mutex;
 
-use crate::code_memory::lock;
+use crate::lock;
 
 /// A deferred callback.
 pub type Deferred = Box<dyn FnOnce() + Send>;

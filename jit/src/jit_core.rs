@@ -1,0 +1,31 @@
+//! The state shared by a `Jit` and every handle it gave out: code memory and retirement.
+//!
+//! Every [`Trampoline`](crate::Trampoline), [`Site`](crate::Site) and probe manager holds an
+//! `Arc<JitCore>`, so the memory its code lives in and the reclaimer that will free it outlive
+//! the handle, whatever order handles drop in; the `Jit` facade is just one more holder.
+//! Deferred frees hold only the `Arc<CodeMemory>` they free into (not the core, which holds
+//! the reclaimer that holds them: no cycle).
+
+use std::sync::Arc;
+
+use crate::code_memory::CodeMemory;
+use crate::reclaim::Retirement;
+
+/// Code memory plus the retirement state of one `Jit`.
+pub(crate) struct JitCore {
+    /// The reservation, its chunks and counters.
+    pub(crate) mem: Arc<CodeMemory>,
+    /// The reclaimer and its bookkeeping (`reclaim/retirement.rs`).
+    pub(crate) retirement: Retirement,
+}
+
+impl JitCore {
+    pub(crate) fn new(mem: Arc<CodeMemory>, retirement: Retirement) -> Self {
+        JitCore { mem, retirement }
+    }
+
+    /// The id of the `Jit` (and of its code memory).
+    pub(crate) fn id(&self) -> u64 {
+        self.mem.id()
+    }
+}

@@ -1,0 +1,121 @@
+//! The retirement state of one `Jit`: its reclaimer, the count of frees it has not run yet, and
+//! the backlog bound.
+//!
+//! Every free of code that may have been reachable enters the reclaimer here ([`defer_free`]),
+//! counted until it runs, so that [`drain`] (`Jit::barrier`) knows when everything deferred so
+//! far has run, and [`throttle_backlog`] (`Site::swap`) can slow a patcher down to the pace of
+//! grace periods. The whole chain is drawn in `reclaim/mod.rs`.
+//!
+//! [`defer_free`]: Retirement::defer_free
+//! [`drain`]: Retirement::drain
+//! [`throttle_backlog`]: Retirement::throttle_backlog
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{collect, Deferred, Reclaim};
+use crate::stats::JitStatsHandle;
+
+/// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
+pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
+
+/// How many barriers one throttled `swap` waits for at most. A free can defer further frees
+/// (a dropped snapshot or handle releases more retired code), which the second round catches;
+/// the cap keeps a patcher that holds its own `Retired` handles (which no barrier can free)
+/// from waiting forever.
+const MAX_THROTTLE_ROUNDS: usize = 2;
+
+/// The reclaimer of a `Jit` with the bookkeeping around it.
+pub(crate) struct Retirement {
+    reclaimer: Arc<dyn Reclaim>,
+    /// Backlog bound; see `JitBuilder::max_retired_bytes`.
+    max_retired_bytes: usize,
+    /// Frees handed to the reclaimer that have not run yet.
+    pending_frees: Arc<AtomicU64>,
+    /// Where `retired_bytes` is read for the backlog bound.
+    stats: JitStatsHandle,
+}
+
+impl Retirement {
+    pub(crate) fn new(
+        reclaimer: Arc<dyn Reclaim>,
+        max_retired_bytes: usize,
+        stats: JitStatsHandle,
+    ) -> Self {
+        Retirement {
+            reclaimer,
+            max_retired_bytes,
+            pending_frees: Arc::new(AtomicU64::new(0)),
+            stats,
+        }
+    }
+
+    /// Hands a free of possibly reachable code to the reclaimer, counting it until it runs.
+    /// Inside a collection scope ([`retire_together`](Self::retire_together)) on this thread,
+    /// the free joins the scope's single callback instead.
+    pub(crate) fn defer_free(&self, free: Deferred) {
+        let pending = Arc::clone(&self.pending_frees);
+        pending.fetch_add(1, Ordering::Relaxed);
+        let free: Deferred = Box::new(move || {
+            free();
+            pending.fetch_sub(1, Ordering::Release);
+        });
+        if let Some(free) = collect::try_collect(free) {
+            self.reclaimer.defer(free);
+        }
+    }
+
+    /// Queues `f` behind a grace period without counting it (for memory that code may still
+    /// read but that is not code itself, such as a probe snapshot).
+    pub(crate) fn defer_uncounted(&self, f: Deferred) {
+        self.reclaimer.defer(f);
+    }
+
+    /// Runs `release` (which drops handles and so defers frees) with this thread's deferred
+    /// frees collected, then queues all of them, followed by `then`, as **one** reclaimer
+    /// callback: one grace period for the lot (see `collect.rs` for why that is sound).
+    /// Nothing is queued if there is nothing to run.
+    pub(crate) fn retire_together(&self, release: impl FnOnce(), then: Option<Deferred>) {
+        let frees = collect::collect(release);
+        if frees.is_empty() && then.is_none() {
+            return;
+        }
+        self.reclaimer.defer(Box::new(move || {
+            frees.into_iter().for_each(|free| free());
+            if let Some(then) = then {
+                then();
+            }
+        }));
+    }
+
+    /// Runs reclaimer barriers until every free deferred so far has run, including the ones
+    /// those frees deferred in turn (a free can release the last handle of more retired
+    /// code). Stops early if a round makes no progress (other threads keep retiring code, or
+    /// the reclaimer's barrier does not wait for grace periods, like `LeakUntilDrop`'s), so it
+    /// cannot wait forever.
+    pub(crate) fn drain(&self) {
+        let mut pending = self.pending_frees.load(Ordering::Acquire);
+        while pending > 0 {
+            self.reclaimer.barrier();
+            let now = self.pending_frees.load(Ordering::Acquire);
+            if now >= pending {
+                return;
+            }
+            pending = now;
+        }
+    }
+
+    /// Blocks the patcher while retired code exceeds the bound (only with a grace-period
+    /// reclaimer, whose barrier is safe while callers run).
+    pub(crate) fn throttle_backlog(&self) {
+        if !self.reclaimer.barrier_waits_for_grace_period() {
+            return;
+        }
+        for _ in 0..MAX_THROTTLE_ROUNDS {
+            if self.stats.get().retired_bytes <= self.max_retired_bytes {
+                return;
+            }
+            self.reclaimer.barrier();
+        }
+    }
+}
