@@ -99,15 +99,9 @@ fn grace(c: &mut Criterion) {
         for &n in &parked {
             let env = Parked::new(w, n);
             for flavor in [Flavor::Tasks, Flavor::Rude] {
-                let domain = GraceDomain::new(
-                    &env.rt,
-                    GraceConfig {
-                        flavor,
-                        ..GraceConfig::default()
-                    },
-                )
-                .expect("grace domain");
-                let name = format!("{flavor:?}").to_lowercase();
+                let domain = GraceDomain::new(&env.rt, GraceConfig::default().flavor(flavor))
+                    .expect("grace domain");
+                let name = flavor.name();
                 g.bench_function(
                     BenchmarkId::new(name, format!("workers={w}/parked={n}")),
                     |b| b.iter(|| domain.synchronize()),

@@ -1,4 +1,4 @@
-//! Probe teardown under load (see `examples/probe-teardown/scenario.rs`), each timed until every
+//! Probe teardown under load (see `tramway_harness::probe_teardown`), each timed until every
 //! replaced trampoline is reclaimed:
 //!
 //! * `probe_teardown/sequential/N`: detach N probes one at a time, `jit.barrier()` after each
@@ -11,15 +11,12 @@
 //! 2-worker runtime. After criterion's output, a summary prints the median of each case and the
 //! ratio sequential / batched measured in this run.
 
-#[path = "../examples/probe-teardown/scenario.rs"]
-mod scenario;
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use scenario::Scenario;
+use tramway_harness::probe_teardown::Scenario;
 
 const SITES: usize = 1000;
 const READERS: usize = 2;

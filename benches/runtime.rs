@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tramway::runtime::bench_support::BareSwitch;
 use tramway::runtime::{yield_now, Runtime};
+use tramway_harness::baseline::BareSwitch;
 
 fn yield_loop(rt: &Runtime, iters: u64) -> Duration {
     rt.block_on(move || {
@@ -27,10 +27,7 @@ fn yield_loop(rt: &Runtime, iters: u64) -> Duration {
 }
 
 fn switch(c: &mut Criterion) {
-    eprintln!(
-        "barrier mode: {:?}",
-        tramway::runtime::bench_support::barrier_mode()
-    );
+    eprintln!("barrier mode: {:?}", tramway::runtime::barrier_mode());
     let mut g = c.benchmark_group("switch");
     g.bench_function("corosensei_bare", |b| {
         let mut co = BareSwitch::new();

@@ -4,16 +4,14 @@
 //! IDs are `strategies/<strategy>/<swaps per s>`: one caller task on a 1-worker runtime
 //! makes the measured calls (bursts of 256, `yield_now()` between bursts) through the
 //! strategy's protection, while the patcher swaps the code at 0 ("no storm") or 100k swaps/s
-//! ("patch storm") and retires the old code. The workload code is `benches/support/`, shared
+//! ("patch storm") and retires the old code. The workload code is `tramway_harness::bench`, shared
 //! with the report. Under `cargo test` (criterion's test mode) only the no-storm cells and
 //! one storm cell run, once each.
-
-mod support;
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use support::workload::{Env, Strategy};
+use tramway_harness::bench::workload::{Env, Strategy};
 
 const BURST: u32 = 256;
 

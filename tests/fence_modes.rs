@@ -1,15 +1,14 @@
-//! The two reader/GP barrier pairings of `fence.rs`, each shown to keep the torture test
+//! The two reader/GP barrier pairings (`tramway_runtime::BarrierMode`), each shown to keep the torture test
 //! clean: `membarrier(PRIVATE_EXPEDITED)` (the default where the kernel has it) and the
 //! fenced fallback (forced with `TRAMWAY_FORCE_FENCE=1`, in a child process because the mode
 //! is decided once per process).
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::torture::{run, TortureConfig};
-use tramway::runtime::fence::{self, BarrierMode};
+use tramway::runtime::os::{membarrier_supports, MembarrierCmd};
+use tramway::runtime::{barrier_mode, BarrierMode};
+use tramway_harness::torture::{run, TortureConfig};
 
 const CHILD_ENV: &str = "TRAMWAY_FENCE_MODE_CHILD";
 
@@ -29,26 +28,17 @@ fn small_torture() {
     assert_eq!(report.final_stats.retired, 0);
 }
 
-/// Whether this kernel offers `MEMBARRIER_CMD_PRIVATE_EXPEDITED`.
-fn kernel_has_private_expedited_membarrier() -> bool {
-    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
-    const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    // SAFETY: a query with integer arguments only.
-    let mask = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) };
-    mask >= 0 && mask & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
-}
-
 #[test]
 fn membarrier_pairing_is_chosen_where_available_and_keeps_readers_safe() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return; // the child runs `fenced_child` only
     }
-    let expected = if kernel_has_private_expedited_membarrier() {
+    let expected = if membarrier_supports(MembarrierCmd::PrivateExpedited) {
         BarrierMode::Membarrier
     } else {
         BarrierMode::Fenced
     };
-    assert_eq!(fence::mode(), expected);
+    assert_eq!(barrier_mode(), expected);
     small_torture();
 }
 
@@ -74,7 +64,7 @@ fn fenced_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    assert_eq!(fence::mode(), BarrierMode::Fenced);
-    eprintln!("barrier mode: {:?}", fence::mode());
+    assert_eq!(barrier_mode(), BarrierMode::Fenced);
+    eprintln!("barrier mode: {:?}", barrier_mode());
     small_torture();
 }

@@ -3,13 +3,11 @@
 //!
 //! The binary is built on demand (`tests/support/example_bin.rs`).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn example() -> PathBuf {
-    support::example_bin::example_binary("hotpatch")
+    tramway_harness::example_bin::example_binary("hotpatch")
 }
 
 fn run(args: &[&str]) -> Output {

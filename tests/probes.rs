@@ -14,9 +14,8 @@ use tramway::jit::{
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Runtime, YieldInNonYielding};
 
-mod support;
-use support::rng::Rng;
-use support::spinner::Spinner;
+use tramway_harness::rng::Rng;
+use tramway_harness::spinner::Spinner;
 
 type SiteFn = extern "C" fn(u64, u64) -> u64;
 
@@ -350,8 +349,8 @@ fn batched_attach_and_detach_under_load_is_safe() {
                 let mut rng = Rng(t as u64 * 7919 + 1);
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..64 {
-                        let s = rng.next() as usize % SITES;
-                        let x = rng.next() >> 40;
+                        let s = rng.next_u64() as usize % SITES;
+                        let x = rng.next_u64() >> 40;
                         let r = fns[s](x, s as u64);
                         if r.wrapping_sub(x) / 1_000_000 != s as u64 + 1 {
                             invalid.fetch_add(1, Ordering::Relaxed);
@@ -371,13 +370,13 @@ fn batched_attach_and_detach_under_load_is_safe() {
     let (mut attaches, mut detaches) = (0u64, 0u64);
     let started = Instant::now();
     for round in 0..ROUNDS {
-        let n_attach = rng.next() as usize % 4;
-        let n_detach = (rng.next() as usize % 4).min(live.len());
+        let n_attach = rng.next_u64() as usize % 4;
+        let n_detach = (rng.next_u64() as usize % 4).min(live.len());
         let mut gone = Vec::new();
         for _ in 0..n_detach {
-            gone.push(live.swap_remove(rng.next() as usize % live.len()));
+            gone.push(live.swap_remove(rng.next_u64() as usize % live.len()));
         }
-        let swap_site = (round % 16 == 0).then(|| rng.next() as usize % SITES);
+        let swap_site = (round % 16 == 0).then(|| rng.next_u64() as usize % SITES);
         let new_impl = swap_site.map(|s| imp(s, round as u64));
         let added = probes
             .batch(|b| {
@@ -389,7 +388,7 @@ fn batched_attach_and_detach_under_load_is_safe() {
                 }
                 (0..n_attach)
                     .map(|_| {
-                        let s = rng.next() as usize % SITES;
+                        let s = rng.next_u64() as usize % SITES;
                         let st = Arc::new(ProbeState {
                             site: s as u64,
                             age: AtomicU64::new(0),

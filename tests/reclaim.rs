@@ -8,8 +8,7 @@ use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::Runtime;
 
-mod support;
-use support::spinner::Spinner;
+use tramway_harness::spinner::Spinner;
 
 fn setup(workers: usize) -> (Runtime, GraceDomain, Jit) {
     let rt = Runtime::builder().workers(workers).build().unwrap();

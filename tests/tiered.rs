@@ -22,8 +22,6 @@ mod lexer;
 #[path = "../examples/tiered/parser.rs"]
 mod parser;
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -38,7 +36,7 @@ use crate::interp::{Caller, Direct, MAX_DEPTH};
 
 /// The example binary (built on demand; see `tests/support/example_bin.rs`).
 fn example_binary() -> PathBuf {
-    support::example_bin::example_binary("tiered")
+    tramway_harness::example_bin::example_binary("tiered")
 }
 
 fn run_example(args: &[&str]) -> Output {

@@ -1,13 +1,11 @@
 //! The torture test and its control. See `tests/support/torture.rs` for the scenario.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::torture::{run, Reclaim, TortureConfig, RETIRED_BYTES_BOUND};
 use tramway::jit::SiteKind;
 use tramway::runtime::grace::Flavor;
+use tramway_harness::torture::{run, Reclaim, TortureConfig, RETIRED_BYTES_BOUND};
 
 /// Set in the environment of the child process that runs the control scenario.
 const CONTROL_ENV: &str = "TRAMWAY_TORTURE_CONTROL_CHILD";

@@ -1,7 +1,7 @@
 //! `bench-report`: the strategy comparison, side by side in one run, as a markdown table.
 //!
 //! For every (workers, tasks per worker, swap rate) cell, each strategy of
-//! `benches/support/workload.rs` runs the same workload (caller tasks calling a JIT'd body
+//! `tramway_harness::bench::workload` runs the same workload (caller tasks calling a JIT'd body
 //! in bursts, yielding between bursts, while a patcher swaps the code); the floors
 //! (`fn-ptr`, `direct`) run once per (workers, tasks) at swap rate 0. Strategies of a cell
 //! are interleaved round by round (with a rotating order), so slow drift of a shared
@@ -12,15 +12,12 @@
 //! ```
 //! Run with `--help` for every flag. Timing targets are reported, never asserted.
 
-#[path = "../../benches/support/mod.rs"]
-mod support;
-
 mod report;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use support::workload::{run_cell, CellConfig, Strategy};
+use tramway_harness::bench::workload::{run_cell, CellConfig, Strategy};
 
 use report::{Cell, Row};
 

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::support::histogram::Counts;
-use crate::support::workload::{CellRun, Strategy};
+use tramway_harness::bench::histogram::Counts;
+use tramway_harness::bench::workload::{CellRun, Strategy};
 
 /// One cell of the grid (strategy aside).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

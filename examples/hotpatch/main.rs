@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tramway::jit::{Jit, JitStats, JitStatsHandle, SiteKind};
-use tramway::runtime::grace::{Flavor, GraceConfig, GraceDomain, GraceStats};
+use tramway::runtime::grace::{GraceConfig, GraceDomain, GraceStats};
 use tramway::runtime::Runtime;
 
 use crate::cli::Options;
@@ -112,10 +112,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
         .stack_size(STACK_SIZE)
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    let config = GraceConfig {
-        flavor: o.flavor,
-        ..GraceConfig::default()
-    };
+    let config = GraceConfig::default().flavor(o.flavor);
     let gp = GraceDomain::new(&rt, config).map_err(|e| format!("grace domain: {e}"))?;
     let jit = Jit::builder()
         .reclaimer(Arc::new(gp.clone()))
@@ -360,10 +357,7 @@ impl Outcome {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let swaps = load(&c.swaps);
-        let flavor = match o.flavor {
-            Flavor::Tasks => "tasks",
-            Flavor::Rude => "rude",
-        };
+        let flavor = o.flavor.name();
         println!(
             "\nsummary: {:.1} s, {} workers, {} tasks, {} sites ({}), {flavor} grace periods, swaps {}",
             secs,

@@ -10,11 +10,9 @@
 //! `--sequential-max` probes (default 10000: all measured) are *extrapolated* from the largest
 //! measured per-probe cost and marked as such.
 
-mod scenario;
-
 use std::time::Duration;
 
-use scenario::Scenario;
+use tramway_harness::probe_teardown::Scenario;
 
 struct Args {
     sites: usize,

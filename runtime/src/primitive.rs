@@ -1,11 +1,93 @@
-//! The atomics the quiescent-state protocol is built from, swappable for loom's.
+//! Every concurrency primitive the quiescent-state protocol and the grace-period engine use,
+//! swappable for loom's.
 //!
-//! Built with `RUSTFLAGS="--cfg loom"`, the QS cell and the reader/GP barriers use loom's
-//! model-checked atomics and fences, so `tests/loom_qs.rs` explores every interleaving (and
-//! weak-memory outcome loom models) of the protocol argued in `fence.rs`. Everything else
-//! in the crate keeps using std: only the protocol itself is modelled.
+//! Built with `RUSTFLAGS="--cfg loom"`, `qs/` and `grace/` run on loom's model-checked
+//! atomics, fences, mutexes, condition variables, threads and thread-locals, so the loom tests
+//! (`grace/loom_tests.rs`) explore the interleavings of the *real* grace-period sequencer and
+//! reader transitions, with fake readers instead of a scheduler. The scheduler (`sched/`) is
+//! not modelled and keeps using std directly.
+//!
+//! What loom cannot model is mapped to its closest sound equivalent: a timed park or timed
+//! condition-variable wait returns at once (a sleep of unknown length: every caller re-checks
+//! its condition in a loop), and `membarrier` is not available (`qs/barrier.rs` uses the
+//! fenced pairing under loom).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU64};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// `thread_local!` with a `const` initializer: std's (no lazy initialization, no destructor,
+/// readable from a signal handler), or loom's per-model-thread one under loom.
+macro_rules! const_thread_local {
+    ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr;) => {
+        #[cfg(not(loom))]
+        std::thread_local! { $(#[$attr])* $vis static $name: $t = const { $init }; }
+        #[cfg(loom)]
+        loom::thread_local! { $(#[$attr])* $vis static $name: $t = $init; }
+    };
+}
+pub(crate) use const_thread_local;
+
+/// Locks `m`, ignoring poisoning: every structure guarded by these mutexes is kept consistent
+/// before any call that can panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Threads: spawn, identity, park/unpark.
+pub(crate) mod thread {
+    use std::time::Duration;
+
+    #[cfg(loom)]
+    pub(crate) use loom::thread::{current, yield_now, Builder, JoinHandle, Thread};
+    #[cfg(not(loom))]
+    pub(crate) use std::thread::{current, yield_now, Builder, JoinHandle, Thread};
+
+    /// Parks the calling thread for at most `dur` (may return early).
+    pub(crate) fn park_timeout(dur: Duration) {
+        #[cfg(loom)]
+        {
+            let _ = dur;
+            loom::thread::yield_now();
+        }
+        #[cfg(not(loom))]
+        std::thread::park_timeout(dur);
+    }
+}
+
+/// Waits on `cv` (paired with `mutex`, whose guard is `guard`) for at most `dur`; may return
+/// early (callers re-check their condition).
+pub(crate) fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    mutex: &'a Mutex<T>,
+    guard: MutexGuard<'a, T>,
+    dur: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    #[cfg(loom)]
+    {
+        // loom cannot time out a wait: model it as an immediate time-out that lets other
+        // threads take the lock in between.
+        let _ = (cv, dur);
+        drop(guard);
+        loom::thread::yield_now();
+        lock(mutex)
+    }
+    #[cfg(not(loom))]
+    {
+        let _ = mutex;
+        cv.wait_timeout(guard, dur)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+}
+
+/// Waits on `cv` until notified (spurious wake-ups possible).
+pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cv.wait(guard).unwrap_or_else(|e| e.into_inner())
+}

@@ -1,11 +1,110 @@
-//! Stall reports: who holds a grace period up.
+//! How a grace period waits for its readers: backoff sleeps, wake-ups, and stall reports.
+//!
+//! [`Backoff::wait_until`] polls a flavor's "who is still late?" check. Between polls it
+//! parks with exponential backoff (5 µs to 1 ms when a caller is blocked on the GP, 100 µs to
+//! 1 ms otherwise). While a caller is blocked it also *arms* the readers' waker, so the next
+//! reader transition unparks it at once; a GP that only serves callbacks just sleeps, so
+//! workers never pay for waking it. Every [`GraceConfig::stall_timeout`](super::GraceConfig)
+//! it asks the check to name who is late and reports them: through `tracing` at WARN and the
+//! configured callback. It never gives up: safety over liveness.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::driver::Engine;
+use crate::primitive::thread;
+
+/// First sleep of a waiting GP when a caller is blocked on it.
+const EXPEDITED_FIRST_SLEEP: Duration = Duration::from_micros(5);
+/// First sleep of a waiting GP that only serves deferred callbacks.
+const LAZY_FIRST_SLEEP: Duration = Duration::from_micros(100);
+/// Longest sleep between checks. In an expedited GP readers also unpark the waiter on their
+/// next transition, so there this only bounds the cost of a wake-up lost to the race between
+/// a reader's transition and the waiter's `arm`.
+const MAX_SLEEP: Duration = Duration::from_millis(1);
+
+/// Sleeps between checks with exponential backoff and reports stalls (module docs).
+pub(super) struct Backoff<'a> {
+    engine: &'a Engine,
+    grace_period: u64,
+    start: Instant,
+    sleep: Duration,
+    next_report: Duration,
+    expedited: bool,
+}
+
+impl<'a> Backoff<'a> {
+    pub(super) fn new(engine: &'a Engine, grace_period: u64, expedited: bool) -> Self {
+        Backoff {
+            engine,
+            grace_period,
+            start: Instant::now(),
+            sleep: if expedited {
+                EXPEDITED_FIRST_SLEEP
+            } else {
+                LAZY_FIRST_SLEEP
+            },
+            next_report: engine.config.stall_timeout,
+            expedited,
+        }
+    }
+
+    /// The engine this GP belongs to.
+    pub(super) fn engine(&self) -> &'a Engine {
+        self.engine
+    }
+
+    /// Waits until `late` reports nothing left to wait for, sleeping in between. `late(true)`
+    /// must name who is late (for a stall report); `late(false)` may return an empty list.
+    pub(super) fn wait_until(&mut self, mut late: impl FnMut(bool) -> Option<Vec<Holdout>>) {
+        let registry = &*self.engine.registry;
+        while late(false).is_some() {
+            if self.expedited {
+                // Somebody is blocked on this GP: ask readers to unpark us on their next
+                // transition, then re-check so that a transition that happened before `arm`
+                // is not slept through.
+                registry.arm_waker();
+                if late(false).is_none() {
+                    registry.disarm_waker();
+                    return;
+                }
+            }
+            thread::park_timeout(self.sleep);
+            registry.disarm_waker();
+            self.sleep = (self.sleep * 2).min(MAX_SLEEP);
+            let waited = self.start.elapsed();
+            if waited >= self.next_report {
+                if let Some(holdouts) = late(true) {
+                    self.report(waited, holdouts);
+                }
+                self.next_report = waited + self.engine.config.stall_timeout;
+            }
+        }
+    }
+
+    #[cold]
+    fn report(&mut self, waited: Duration, holdouts: Vec<Holdout>) {
+        if holdouts.is_empty() {
+            return;
+        }
+        self.engine.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        let report = StallReport {
+            grace_period: self.grace_period,
+            waited,
+            holdouts,
+        };
+        tracing::warn!(target: "tramway::grace", "{report}");
+        if let Some(cb) = &self.engine.config.on_stall {
+            cb(&report);
+        }
+    }
+}
 
 /// A reader context that has not passed a quiescent state since the grace period began.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Holdout {
     /// A worker that has been running the same task since the grace period began.
     Worker {
@@ -68,6 +167,7 @@ impl fmt::Display for Holdout {
 /// Passed to the stall callback when a grace period has waited longer than the configured
 /// stall timeout. The grace period keeps waiting: nothing is freed early.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct StallReport {
     /// Sequence number of the stalled grace period.
     pub grace_period: u64,

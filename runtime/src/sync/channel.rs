@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::waiter::{self, Waiter};
 use crate::error::{RecvError, SendError, TryRecvError};
+use crate::sched::waiter::{self, Waiter};
 
 struct State<T> {
     queue: VecDeque<T>,

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::waiter::{self, Waiter};
+use crate::sched::waiter::{self, Waiter};
 
 struct Entry {
     id: u64,

@@ -7,4 +7,3 @@
 
 pub mod channel;
 pub mod event;
-pub(crate) mod waiter;

@@ -1,0 +1,15 @@
+//! Workload code shared by the criterion benches (`benches/strategies.rs`) and the
+//! `bench-report` example, so that both measure exactly the same thing.
+//!
+//! * [`workload`]: the comparison itself. W caller tasks per worker call a hot target in
+//!   bursts (yielding between bursts) while a patcher thread swaps the target's code at a
+//!   fixed rate and retires the old code through one of several reclamation strategies.
+//! * [`refcount`]: the per-trampoline reference-count strategy (a correct, non-strawman
+//!   design; its safety argument is in the module docs).
+//! * [`patcher`]: the patcher thread's per-strategy swap/retire/reclaim logic.
+//! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
+
+pub mod histogram;
+pub mod patcher;
+pub mod refcount;
+pub mod workload;

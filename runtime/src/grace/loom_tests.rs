@@ -1,0 +1,157 @@
+//! Model checking of the real grace-period engine with loom, over fake readers.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg loom" cargo test -p tramway-runtime --lib --release loom`
+//!
+//! The engine (driver thread, sequencing, callbacks, waiters, backoff, the Tasks flavor's
+//! wait) and the reader transitions are the crate's own code, built on loom's primitives
+//! (`primitive.rs`). Only the scheduler is replaced: a loom thread plays a worker that runs a
+//! task inside "old code", switches, and runs it again, calling the same `qs` transitions the
+//! worker loop calls. A registered thread is played the same way.
+//!
+//! The property, checked by the reader itself: whenever it has loaded the old target of the
+//! patch site and is still "inside" it, the updater has not freed it. The updater re-points
+//! the site, then frees the old target after `synchronize()` returns, or in a callback
+//! (`call`) after which it waits with `barrier()`.
+//!
+//! Two controls inject a fault and must be caught: the reader's barrier dropped (in
+//! `qs/barrier.rs`), and `synchronize` waiting for the grace period in progress instead of
+//! the next one (in `driver.rs`).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::driver::Engine;
+use super::{GraceConfig, GraceDomain};
+use crate::primitive::{Arc, AtomicBool, AtomicU64};
+use crate::qs::{self, QsRegistry, TaskReader};
+
+/// Preemptions per execution loom explores (its default is unbounded, which does not end for
+/// a model with a driver thread). `LOOM_MAX_PREEMPTIONS` overrides it.
+const PREEMPTION_BOUND: usize = 3;
+
+const OLD: u64 = 1;
+const NEW: u64 = 2;
+
+/// How the updater waits before it frees the old target.
+#[derive(Clone, Copy)]
+enum Free {
+    AfterSynchronize,
+    InCallbackThenBarrier,
+}
+
+/// Which kind of reader the model runs.
+#[derive(Clone, Copy)]
+enum ReaderKind {
+    Worker,
+    RegisteredThread,
+}
+
+fn model(reader_kind: ReaderKind, free: Free) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(PREEMPTION_BOUND);
+    }
+    builder.check(move || {
+        let registry = Arc::new(QsRegistry::new(1));
+        let config = GraceConfig::default()
+            .callback_delay(Duration::ZERO)
+            .stall_timeout(Duration::from_secs(3600));
+        let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
+        let domain = GraceDomain::start(engine).expect("driver");
+        let site = Arc::new(AtomicU64::new(OLD));
+        let freed = Arc::new(AtomicBool::new(false));
+
+        // Inside code: if it is the old target, it must not have been freed.
+        let run_site = {
+            let (site, freed) = (Arc::clone(&site), Arc::clone(&freed));
+            move || {
+                if site.load(Ordering::Acquire) == OLD {
+                    assert!(
+                        !freed.load(Ordering::Acquire),
+                        "a grace period ended while a reader was inside the old target"
+                    );
+                }
+            }
+        };
+        let reader = {
+            let registry = Arc::clone(&registry);
+            loom::thread::spawn(move || match reader_kind {
+                ReaderKind::Worker => {
+                    qs::worker_started(&registry, 0);
+                    let worker = registry.worker(0);
+                    let task = std::sync::Arc::new(TaskReader::new(1, None));
+                    for _ in 0..2 {
+                        qs::switch_in(&registry, worker, &task);
+                        run_site();
+                        qs::switch_out_voluntary(&registry, worker, &task);
+                    }
+                    qs::worker_stopped();
+                }
+                ReaderKind::RegisteredThread => {
+                    let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
+                    run_site();
+                    reg.quiescent();
+                    run_site();
+                    drop(reg);
+                }
+            })
+        };
+
+        site.store(NEW, Ordering::Release);
+        match free {
+            Free::AfterSynchronize => {
+                domain.synchronize();
+                freed.store(true, Ordering::Release);
+            }
+            Free::InCallbackThenBarrier => {
+                let f = Arc::clone(&freed);
+                domain.call(move || f.store(true, Ordering::Release));
+                domain.barrier();
+                assert!(freed.load(Ordering::Acquire), "barrier ran the callback");
+            }
+        }
+        reader.join().expect("reader");
+        drop(domain);
+    });
+}
+
+#[test]
+fn loom_a_worker_past_its_switch_never_runs_code_freed_after_synchronize() {
+    model(ReaderKind::Worker, Free::AfterSynchronize);
+}
+
+#[test]
+fn loom_a_worker_past_its_switch_never_runs_code_freed_by_a_callback() {
+    model(ReaderKind::Worker, Free::InCallbackThenBarrier);
+}
+
+#[test]
+fn loom_a_registered_thread_past_quiescent_never_runs_freed_code() {
+    model(ReaderKind::RegisteredThread, Free::AfterSynchronize);
+}
+
+std::thread_local! {
+    /// Fault injection for the sequencer control: `request_next` returns the GP in progress
+    /// (or the last one) instead of the next one. Per test thread, as `SKIP_READER_BARRIER`.
+    pub(super) static WAIT_FOR_CURRENT_GP: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
+/// A control for the sequencer itself: a `synchronize` that waits for the grace period in
+/// progress instead of the next one returns before the readers were waited for.
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_waiting_for_the_current_instead_of_the_next_grace_period_is_caught() {
+    WAIT_FOR_CURRENT_GP.with(|f| f.set(true));
+    model(ReaderKind::Worker, Free::AfterSynchronize);
+}
+
+/// The control: without the reader's barrier the model checker finds the store-buffering
+/// execution in which the grace period ends under the reader.
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_without_the_reader_barrier_a_grace_period_ends_under_the_reader() {
+    qs::SKIP_READER_BARRIER.with(|skip| skip.set(true));
+    model(ReaderKind::Worker, Free::AfterSynchronize);
+}

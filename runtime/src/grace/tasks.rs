@@ -1,0 +1,92 @@
+//! The Tasks flavor's wait (RCU Tasks semantics): every reader that was active at the
+//! snapshot must pass a quiescent state, then every holdout a voluntary yield point. The
+//! steps and their cost are in the `grace` module docs; the ordering argument in the `qs`
+//! module docs.
+
+use std::sync::atomic::{fence, Ordering};
+
+use super::stall::{Backoff, Holdout};
+use crate::primitive::Arc;
+use crate::qs::{heavy_barrier, QsRegistry, QsSnapshot, ThreadReader};
+
+/// Waits until every worker and registered thread that was active at the snapshot has passed
+/// a quiescent state, then until every holdout has passed a voluntary yield point.
+pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
+    // Sites were re-pointed before this GP was requested; order those stores before the
+    // snapshot loads (the heavy half of the pairing).
+    heavy_barrier();
+
+    // Workers that were between tasks or idle at the snapshot are already quiescent.
+    let engine = backoff.engine();
+    let mut workers = registry.active_workers();
+    let mut threads = registry.online_threads();
+    backoff.wait_until(|describe| {
+        workers.retain(|(i, s)| !registry.worker_passed_since(*i, *s));
+        threads.retain(|(t, s)| !t.passed_since(*s));
+        if workers.is_empty() && threads.is_empty() {
+            return None;
+        }
+        let mut late = Vec::new();
+        if describe {
+            late.extend(workers.iter().map(|(i, _)| {
+                let task_id = registry.task_on_worker(*i);
+                Holdout::Worker {
+                    worker: *i,
+                    task_id,
+                    task_name: engine.task_name(task_id),
+                }
+            }));
+            late.extend(describe_threads(&threads));
+        }
+        Some(late)
+    });
+
+    // Every cell load above was Acquire and saw a value stored (Release) after the scheduler
+    // inserted any holdout it switched out involuntarily, so those insertions are visible to
+    // this read (qs docs, "Holdouts").
+    let mut holdouts = registry.holdouts();
+    backoff.wait_until(|describe| {
+        registry.retain_holdouts(&mut holdouts);
+        if holdouts.is_empty() {
+            return None;
+        }
+        let late = holdouts
+            .iter()
+            .filter(|_| describe)
+            .map(|(t, _)| Holdout::Task {
+                task_id: t.id,
+                task_name: t.name.clone(),
+            });
+        Some(late.collect())
+    });
+    // Order the quiescent-state observations before the callbacks' frees.
+    fence(Ordering::SeqCst);
+}
+
+/// Waits until every registered thread that was online at the snapshot has passed a
+/// quiescent state (the Rude flavor's wait for threads; Tasks does it with its workers).
+pub(super) fn wait_for_threads(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
+    heavy_barrier();
+    let mut threads = registry.online_threads();
+    backoff.wait_until(|describe| {
+        threads.retain(|(t, s)| !t.passed_since(*s));
+        if threads.is_empty() {
+            return None;
+        }
+        Some(if describe {
+            describe_threads(&threads)
+        } else {
+            Vec::new()
+        })
+    });
+    fence(Ordering::SeqCst);
+}
+
+fn describe_threads(threads: &[(Arc<ThreadReader>, QsSnapshot)]) -> Vec<Holdout> {
+    threads
+        .iter()
+        .map(|(t, _)| Holdout::Thread {
+            name: t.name.clone(),
+        })
+        .collect()
+}

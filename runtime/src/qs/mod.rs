@@ -1,0 +1,102 @@
+//! The reader side of grace periods: who may be inside JIT code, and how each reader says it
+//! is not.
+//!
+//! # Readers
+//!
+//! A *reader* is an execution context that may run JIT code:
+//!
+//! * a **worker** thread, whatever task it runs: one cell per worker. Tasks themselves have
+//!   no cell: a task parked at a voluntary yield point holds no pointer into trampoline code
+//!   (trampolines never yield), so it is quiescent and grace periods never look at it. This
+//!   is what makes a grace period cost O(workers + registered threads), not O(tasks).
+//! * a **registered OS thread** ([`ThreadRegistration`]): one cell per registration.
+//!
+//! Everything else (unregistered threads, grace-period drivers) is invisible to grace
+//! periods and must not call patch sites.
+//!
+//! # Cells
+//!
+//! A reader's cell is one word, `(transitions << 1) | active`, written only by its owner.
+//! `active == 0` means the owner runs no reader code (a worker between tasks or idle, an
+//! offline thread). Every transition increments `transitions`. A grace period snapshots every
+//! cell; a cell has *passed a quiescent state* since its snapshot when the snapshot was
+//! inactive or the value has changed since.
+//!
+//! # Transitions
+//!
+//! Reader state is written only by the named transitions of `transitions.rs`, each of which
+//! fuses the cell store, the holdout bookkeeping, the barrier and the waker notification:
+//!
+//! | transition | caller | cell | holdout set | then |
+//! |---|---|---|---|---|
+//! | switch-in | worker, before resuming a task | active, `+1` | | reader barrier |
+//! | voluntary switch-out | worker: task yielded, parked or ended | inactive, `+1` | task removed | wake waiters |
+//! | involuntary switch-out | worker: yield inside a non-yielding section | inactive, `+1` | task inserted **before** the cell store | wake waiters |
+//! | quiescent | registered thread | active, `+1` | | reader barrier, wake waiters |
+//! | offline / online | registered thread | inactive / active, `+1` | | wake waiters / reader barrier |
+//! | offline guard | task or registered thread around a blocking call | inactive, then active | | wake waiters / reader barrier |
+//! | forget a cancelled holdout | the canceller of a task at shutdown | | task removed | |
+//!
+//! Inside a [`non_yielding`] section (every JIT hook runs in one) the caller is inside a
+//! trampoline, so the transitions that would report a quiescent state (quiescent, offline,
+//! the offline guard) do nothing; a yield point there is an involuntary switch.
+//!
+//! # Holdouts
+//!
+//! A task switched out *involuntarily* may still hold a pointer into a trampoline. It is
+//! inserted into the registry's holdout set before its worker's cell store (`Release`), and
+//! removed when it next passes a voluntary yield point. A grace period reads the holdout set
+//! after it has seen every cell pass (`Acquire` loads of values stored after the insertion),
+//! so every insertion that made a worker look quiescent is visible to that read, and waits
+//! until each holdout's voluntary-yield count has moved on.
+//!
+//! # Ordering
+//!
+//! The one argument every reader barrier and grace-period barrier in tramway relies on,
+//! written only here.
+//!
+//! A reader's transition that can end a grace period's wait (switch-in of the next task after
+//! a switch-out, `quiescent`, `online`) is a **store** to its cell, followed in program order
+//! by **loads** of patch sites when it next calls JIT code. The updater's side is a store (it
+//! re-points a site) followed, in the grace period, by loads of every cell. That is the
+//! store-buffering pattern: without a full barrier on *both* sides, the grace period could
+//! read the reader's new cell value while the reader's site load still returns the old
+//! target; the grace period would end, the old trampoline would be freed, and the reader
+//! would jump into it.
+//!
+//! So the reader issues the *light* barrier after its cell store and before its next site
+//! load, and the grace period issues the *heavy* barrier after the site stores (which
+//! happen-before it: the updater queues its callback or calls `synchronize` after swapping)
+//! and before its first cell load. With `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` the
+//! light half is a compiler barrier and the heavy half makes every running thread execute a
+//! full barrier; otherwise both are `SeqCst` fences ([`BarrierMode`], chosen once per
+//! process). Either way, of the two loads at least one sees the other side's store: the
+//! reader loads the new target, or the grace period sees the reader still active (or not yet
+//! changed) and keeps waiting.
+//!
+//! Going *inactive* needs no barrier: an inactive reader loads no site until its next
+//! switch-in or online transition, which has one. At its end a grace period issues a
+//! `SeqCst` fence so that its cell observations are ordered before the callbacks' frees.
+
+mod barrier;
+mod cell;
+mod reader;
+mod registration;
+mod registry;
+mod transitions;
+mod waker;
+
+pub use barrier::{barrier_mode, BarrierMode};
+pub use reader::non_yielding;
+pub use registration::ThreadRegistration;
+
+pub(crate) use barrier::heavy_barrier;
+#[cfg(all(loom, test))]
+pub(crate) use barrier::SKIP_READER_BARRIER;
+pub(crate) use cell::QsSnapshot;
+pub(crate) use reader::{in_non_yielding, in_task};
+pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
+pub(crate) use transitions::{
+    forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,
+    switch_out_untracked, switch_out_voluntary, worker_started, worker_stopped, OfflineGuard,
+};

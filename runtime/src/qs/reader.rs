@@ -1,0 +1,123 @@
+//! The reader context of the calling thread, and non-yielding sections.
+//!
+//! Each OS thread knows which reader it is right now: none (a plain thread), a worker (with
+//! the task it runs, if any), or a registered thread. The transitions set it; everything that
+//! must ask "am I a reader, and may I be inside JIT code right now?" reads it here: the
+//! offline guard, `quiescent()`, grace-period waits, blocking waits, and later the preemption
+//! signal handler (the context is a `const` thread-local of plain pointers: reading it is
+//! async-signal-safe).
+//!
+//! **Migration.** A task may resume on another worker after any yield point, so the accessors
+//! are `#[inline(never)]`: the thread-local's address is recomputed on every call, never kept
+//! across a yield point. Per-task state (the non-yielding depth) lives in the task's
+//! [`TaskReader`], which travels with it, never in a thread-local.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+
+use super::registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
+use crate::primitive::{const_thread_local, AtomicU32};
+
+/// What the calling thread is, as a reader. The pointers are valid while the context is set:
+/// the owner of each pointee clears the context before the pointee can go away.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reader {
+    /// Not a reader (a plain OS thread, or a grace-period driver).
+    None,
+    /// A worker thread; `task` is null between tasks.
+    Worker {
+        registry: *const QsRegistry,
+        worker: *const WorkerReader,
+        task: *const TaskReader,
+    },
+    /// A registered OS thread.
+    Thread {
+        registry: *const QsRegistry,
+        thread: *const ThreadReader,
+    },
+}
+
+const_thread_local! {
+    static CURRENT: Cell<Reader> = Cell::new(Reader::None);
+}
+const_thread_local! {
+    /// Non-yielding depth of an OS thread (a task keeps its own in its `TaskReader`).
+    static THREAD_NON_YIELDING: AtomicU32 = AtomicU32::new(0);
+}
+
+/// The calling thread's reader context. `inline(never)`: see the module docs.
+#[inline(never)]
+pub(crate) fn current() -> Reader {
+    // `try_with`: the context holds no destructor, so it stays readable while the thread's
+    // other locals are destroyed; this only guards against platforms where it would not.
+    CURRENT.try_with(Cell::get).unwrap_or(Reader::None)
+}
+
+/// Sets the calling thread's reader context (transitions only).
+#[inline(never)]
+pub(super) fn set(reader: Reader) {
+    let _ = CURRENT.try_with(|c| c.set(reader));
+}
+
+/// The task the calling worker runs, if any.
+#[inline]
+pub(crate) fn current_task() -> Option<*const TaskReader> {
+    match current() {
+        Reader::Worker { task, .. } if !task.is_null() => Some(task),
+        _ => None,
+    }
+}
+
+/// Whether the caller is a green thread.
+pub(crate) fn in_task() -> bool {
+    current_task().is_some()
+}
+
+/// Runs `f` with the non-yielding depth counter of the caller: its task's, or its thread's.
+fn with_depth<R>(f: impl FnOnce(&AtomicU32) -> R) -> R {
+    match current_task() {
+        // SAFETY: the task's `TaskReader` is kept alive by the task, which outlives every
+        // frame on its own stack, including this one.
+        Some(task) => f(unsafe { &(*task).non_yielding }),
+        None => THREAD_NON_YIELDING.with(f),
+    }
+}
+
+/// Whether the caller is inside a [`non_yielding`] section (for example a JIT hook): it may
+/// then be executing on behalf of a trampoline and is *not* quiescent.
+pub(crate) fn in_non_yielding() -> bool {
+    with_depth(|d| d.load(Ordering::Relaxed) > 0)
+}
+
+/// Runs `f` as a non-yielding section: the caller may be inside JIT code for its whole
+/// duration (every hook a trampoline calls runs inside one), so it reports no quiescent state.
+///
+/// Inside it, [`offline`](crate::offline), [`ThreadRegistration::quiescent`] and
+/// [`ThreadRegistration::offline`](crate::ThreadRegistration::offline) do nothing, blocking
+/// waits keep the caller online, waiting for a grace period is refused (it would wait for
+/// itself), and a yield point panics (the default in debug builds) or is recorded as an
+/// **involuntary** switch that makes the task a grace-period holdout until its next voluntary
+/// yield point (see [`YieldInNonYielding`](crate::YieldInNonYielding)). Sections nest.
+///
+/// [`ThreadRegistration::quiescent`]: crate::ThreadRegistration::quiescent
+pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
+    /// Leaves the section even if `f` unwinds.
+    struct Leave(*const AtomicU32);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            // SAFETY: the counter is the task's (alive as long as its stack, see
+            // `with_depth`) or this OS thread's (alive as long as the thread); the task may
+            // have migrated, but the counter is the task's own, not a thread-local.
+            let d = unsafe { &*self.0 };
+            d.store(d.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        }
+    }
+    // Only the owner writes its counter (a signal handler may read it), so a load/store pair
+    // is enough: no read-modify-write on the hook path.
+    let depth = with_depth(|d| {
+        d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        d as *const AtomicU32
+    });
+    let _leave = Leave(depth);
+    f()
+}

@@ -1,0 +1,293 @@
+//! Every reader a grace period must consider, and the read API grace periods use.
+//!
+//! The registry holds one [`WorkerReader`] per worker, the [`ThreadReader`]s of registered OS
+//! threads and the holdout set (tasks switched out involuntarily, as [`TaskReader`]s). Its
+//! fields are private: readers change them only through the transitions of
+//! `transitions.rs`, grace periods read them only through the methods below.
+//!
+//! Lock order: `threads` and `holdouts` are leaf locks, never held while taking another lock
+//! or calling out.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use crossbeam_utils::CachePadded;
+
+use super::cell::{QsCell, QsSnapshot};
+use super::waker::GpWaker;
+use crate::primitive::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
+
+/// Reader state of one worker thread, whatever task it runs.
+#[derive(Debug)]
+pub(crate) struct WorkerReader {
+    pub(super) cell: QsCell,
+    /// Id of the task running on the worker, 0 when none (for stall reports only).
+    pub(super) current_task: AtomicU64,
+    /// Voluntary switches performed on this worker (statistics).
+    pub(super) voluntary_switches: AtomicU64,
+    /// Involuntary switches performed on this worker (statistics).
+    pub(super) involuntary_switches: AtomicU64,
+}
+
+impl WorkerReader {
+    fn new() -> Self {
+        WorkerReader {
+            cell: QsCell::new(),
+            current_task: AtomicU64::new(0),
+            voluntary_switches: AtomicU64::new(0),
+            involuntary_switches: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Reader state of one task; it travels with the task from worker to worker.
+///
+/// Written only by the task's current owner (the worker running it, or the canceller), except
+/// `voluntary_yields`, which grace periods read.
+#[derive(Debug)]
+pub(crate) struct TaskReader {
+    /// Task id (never 0).
+    pub(crate) id: u64,
+    /// Task name, if any (stall reports).
+    pub(crate) name: Option<std::sync::Arc<str>>,
+    /// Incremented each time the task passes a voluntary yield point.
+    pub(super) voluntary_yields: AtomicU64,
+    /// Depth of nested non-yielding sections (owner only).
+    pub(super) non_yielding: AtomicU32,
+    /// Whether the task is in the holdout set (owner only).
+    pub(super) holdout: AtomicBool,
+}
+
+impl TaskReader {
+    /// The reader state of a new task.
+    pub(crate) fn new(id: u64, name: Option<std::sync::Arc<str>>) -> Self {
+        TaskReader {
+            id,
+            name,
+            voluntary_yields: AtomicU64::new(0),
+            non_yielding: AtomicU32::new(0),
+            holdout: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the task is inside a non-yielding section (owner only).
+    #[inline]
+    pub(crate) fn in_non_yielding(&self) -> bool {
+        self.non_yielding.load(Ordering::Relaxed) > 0
+    }
+
+    /// Its non-yielding depth (owner only; for messages).
+    pub(crate) fn non_yielding_depth(&self) -> u32 {
+        self.non_yielding.load(Ordering::Relaxed)
+    }
+}
+
+/// Reader state of one registered OS thread.
+#[derive(Debug)]
+pub(crate) struct ThreadReader {
+    pub(super) cell: QsCell,
+    /// The thread's name, if any (stall reports).
+    pub(crate) name: Option<String>,
+}
+
+impl ThreadReader {
+    pub(super) fn new(name: Option<String>) -> Self {
+        ThreadReader {
+            cell: QsCell::new(),
+            name,
+        }
+    }
+
+    /// Whether the thread has passed a quiescent state since `snap`.
+    pub(crate) fn passed_since(&self, snap: QsSnapshot) -> bool {
+        self.cell.passed_since(snap)
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct QsRegistry {
+    workers: Box<[CachePadded<WorkerReader>]>,
+    threads: Mutex<Vec<Arc<ThreadReader>>>,
+    holdouts: Mutex<HashMap<u64, std::sync::Arc<TaskReader>>>,
+    pub(super) waker: GpWaker,
+}
+
+impl QsRegistry {
+    /// A registry for `workers` workers (0 for a domain of registered threads only).
+    pub(crate) fn new(workers: usize) -> Self {
+        QsRegistry {
+            workers: (0..workers)
+                .map(|_| CachePadded::new(WorkerReader::new()))
+                .collect(),
+            threads: Mutex::new(Vec::new()),
+            holdouts: Mutex::new(HashMap::new()),
+            waker: GpWaker::default(),
+        }
+    }
+
+    /// Worker `index`'s reader state (the scheduler keeps the reference for its switch path).
+    pub(crate) fn worker(&self, index: usize) -> &WorkerReader {
+        &self.workers[index]
+    }
+
+    // ---- grace periods: snapshots and checks -------------------------------------------
+
+    /// Snapshots of every worker that is running a task now (the others are quiescent).
+    pub(crate) fn active_workers(&self) -> Vec<(usize, QsSnapshot)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i, w.cell.snapshot()))
+            .filter(|(_, s)| s.was_active())
+            .collect()
+    }
+
+    /// Whether worker `index` has passed a quiescent state since `snap`.
+    pub(crate) fn worker_passed_since(&self, index: usize, snap: QsSnapshot) -> bool {
+        self.workers[index].cell.passed_since(snap)
+    }
+
+    /// The task running on worker `index` now, 0 when none (stall reports).
+    pub(crate) fn task_on_worker(&self, index: usize) -> u64 {
+        self.workers[index].current_task.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots of every registered thread that is online now.
+    pub(crate) fn online_threads(&self) -> Vec<(Arc<ThreadReader>, QsSnapshot)> {
+        lock(&self.threads)
+            .iter()
+            .map(|t| (Arc::clone(t), t.cell.snapshot()))
+            .filter(|(_, s)| s.was_active())
+            .collect()
+    }
+
+    /// The holdout set with each holdout's voluntary-yield count, read after every reader
+    /// cell was seen to pass (see "Holdouts" in the `qs` docs for why insertions made before
+    /// those cell stores are visible here).
+    pub(crate) fn holdouts(&self) -> Vec<(std::sync::Arc<TaskReader>, u64)> {
+        lock(&self.holdouts)
+            .values()
+            .map(|t| {
+                (
+                    std::sync::Arc::clone(t),
+                    t.voluntary_yields.load(Ordering::Acquire),
+                )
+            })
+            .collect()
+    }
+
+    /// Drops from `holdouts` every task that has passed a voluntary yield point since its
+    /// count was read: its count moved on, or the scheduler removed it from the set (which it
+    /// does only at a voluntary yield point or when cancelling it; the count may have moved
+    /// before it was read, and a task that then ends never bumps it again).
+    pub(crate) fn retain_holdouts(&self, holdouts: &mut Vec<(std::sync::Arc<TaskReader>, u64)>) {
+        let set = lock(&self.holdouts);
+        holdouts.retain(|(t, v)| {
+            t.voluntary_yields.load(Ordering::Acquire) == *v && set.contains_key(&t.id)
+        });
+    }
+
+    // ---- the waker -----------------------------------------------------------------------
+
+    /// Grace-period waiter: register the calling thread as one that readers unpark.
+    pub(crate) fn add_waiter_thread(&self, t: crate::primitive::thread::Thread) {
+        self.waker.add_driver(t);
+    }
+
+    /// Grace-period waiter: unregister the calling thread.
+    pub(crate) fn remove_waiter_thread(&self) {
+        self.waker.remove_driver();
+    }
+
+    /// Grace-period waiter: ask readers to unpark the registered waiters on their next
+    /// quiescent-state transition.
+    pub(crate) fn arm_waker(&self) {
+        self.waker.arm();
+    }
+
+    /// Grace-period waiter: withdraw the request (if no reader consumed it yet).
+    pub(crate) fn disarm_waker(&self) {
+        self.waker.disarm();
+    }
+
+    // ---- statistics ------------------------------------------------------------------------
+
+    /// `(voluntary, involuntary)` switch counts of every worker, by index.
+    pub(crate) fn switch_counts(&self) -> Vec<(u64, u64)> {
+        self.workers
+            .iter()
+            .map(|w| {
+                (
+                    w.voluntary_switches.load(Ordering::Relaxed),
+                    w.involuntary_switches.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    // ---- for the transitions ---------------------------------------------------------------
+
+    pub(super) fn insert_holdout(&self, task: &std::sync::Arc<TaskReader>) {
+        lock(&self.holdouts).insert(task.id, std::sync::Arc::clone(task));
+    }
+
+    pub(super) fn remove_holdout(&self, id: u64) {
+        lock(&self.holdouts).remove(&id);
+    }
+
+    pub(super) fn add_thread(&self, t: Arc<ThreadReader>) {
+        lock(&self.threads).push(t);
+    }
+
+    pub(super) fn remove_thread(&self, t: &Arc<ThreadReader>) {
+        lock(&self.threads).retain(|x| !Arc::ptr_eq(x, t));
+    }
+}
+
+/// Read access for the crate's own tests.
+#[cfg(all(test, not(loom)))]
+impl WorkerReader {
+    pub(crate) fn is_active(&self) -> bool {
+        self.cell.is_active()
+    }
+    pub(crate) fn snapshot(&self) -> QsSnapshot {
+        self.cell.snapshot()
+    }
+    pub(crate) fn passed_since(&self, snap: QsSnapshot) -> bool {
+        self.cell.passed_since(snap)
+    }
+    pub(crate) fn current_task(&self) -> u64 {
+        self.current_task.load(Ordering::Relaxed)
+    }
+    pub(crate) fn voluntary_switches(&self) -> u64 {
+        self.voluntary_switches.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+impl TaskReader {
+    pub(crate) fn voluntary_yields(&self) -> u64 {
+        self.voluntary_yields.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+impl ThreadReader {
+    pub(crate) fn is_active(&self) -> bool {
+        self.cell.is_active()
+    }
+    pub(crate) fn snapshot(&self) -> QsSnapshot {
+        self.cell.snapshot()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+impl QsRegistry {
+    pub(crate) fn holdout_set(&self) -> Vec<std::sync::Arc<TaskReader>> {
+        lock(&self.holdouts).values().cloned().collect()
+    }
+    pub(crate) fn thread_count(&self) -> usize {
+        lock(&self.threads).len()
+    }
+}

@@ -1,0 +1,303 @@
+//! The named reader transitions: the only code that writes reader state.
+//!
+//! Each function fuses the cell update, the holdout bookkeeping, the reader barrier, the
+//! reader-context update and the waker notification of one transition, in the order the `qs`
+//! module docs argue for, so that no caller can get one of them wrong. The scheduler and
+//! thread registrations call these and nothing else.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc as StdArc;
+
+use super::barrier::light_barrier;
+use super::reader::{self, in_non_yielding, Reader};
+use super::registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
+use crate::error::RegisterError;
+use crate::primitive::Arc;
+
+/// Single-writer counter bump (the owner is the only writer; grace periods read it).
+#[inline]
+fn bump(c: &crate::primitive::AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+}
+
+// ---- workers ----------------------------------------------------------------------------
+
+/// A worker thread starts: it is a reader context (running no task yet, cell inactive).
+pub(crate) fn worker_started(registry: &QsRegistry, index: usize) {
+    reader::set(Reader::Worker {
+        registry,
+        worker: registry.worker(index),
+        task: std::ptr::null(),
+    });
+}
+
+/// A worker thread leaves its loop: it is no reader any more.
+pub(crate) fn worker_stopped() {
+    reader::set(Reader::None);
+}
+
+/// **Switch-in**: the worker is about to resume `task`, which may then load patch sites.
+#[inline]
+pub(crate) fn switch_in(registry: &QsRegistry, worker: &WorkerReader, task: &TaskReader) {
+    worker.current_task.store(task.id, Ordering::Relaxed);
+    reader::set(Reader::Worker {
+        registry,
+        worker,
+        task,
+    });
+    worker.cell.advance(true);
+    // Keep the task's site loads after the cell store (qs docs, "Ordering").
+    light_barrier();
+}
+
+/// **Voluntary switch-out**: `task` came back at a voluntary yield point (yield, sleep, park,
+/// a blocking wait) or ended. It holds no pointer into JIT code: it stops being a holdout, and
+/// the worker's cell goes inactive.
+#[inline]
+pub(crate) fn switch_out_voluntary(
+    registry: &QsRegistry,
+    worker: &WorkerReader,
+    task: &TaskReader,
+) {
+    bump(&task.voluntary_yields);
+    if task.holdout.load(Ordering::Relaxed) {
+        registry.remove_holdout(task.id);
+        task.holdout.store(false, Ordering::Relaxed);
+    }
+    // No barrier: the worker loads no site until its next switch-in, which has one.
+    worker.cell.advance(false);
+    bump(&worker.voluntary_switches);
+    finish_switch_out(registry, worker);
+}
+
+/// **Involuntary switch-out**: `task` was switched out while it may be inside JIT code (a
+/// yield point inside a non-yielding section). It becomes a holdout *before* the cell store
+/// (Release), so a grace period that sees the cell change also sees the holdout.
+#[inline]
+pub(crate) fn switch_out_involuntary(
+    registry: &QsRegistry,
+    worker: &WorkerReader,
+    task: &StdArc<TaskReader>,
+) {
+    // Unconditional (idempotent) insert: correct even if the entry was removed meanwhile.
+    registry.insert_holdout(task);
+    task.holdout.store(true, Ordering::Relaxed);
+    worker.cell.advance(false);
+    bump(&worker.involuntary_switches);
+    finish_switch_out(registry, worker);
+}
+
+#[inline]
+fn finish_switch_out(registry: &QsRegistry, worker: &WorkerReader) {
+    worker.current_task.store(0, Ordering::Relaxed);
+    reader::set(Reader::Worker {
+        registry,
+        worker,
+        task: std::ptr::null(),
+    });
+    registry.waker.notify();
+}
+
+/// Switch-in without quiescent-state reporting (the `qs_reporting(false)` benchmark knob):
+/// only the reader context is kept, so non-yielding sections still work.
+#[inline]
+pub(crate) fn switch_in_untracked(registry: &QsRegistry, worker: &WorkerReader, task: &TaskReader) {
+    reader::set(Reader::Worker {
+        registry,
+        worker,
+        task,
+    });
+}
+
+/// Switch-out without quiescent-state reporting (see [`switch_in_untracked`]).
+#[inline]
+pub(crate) fn switch_out_untracked(registry: &QsRegistry, worker: &WorkerReader) {
+    reader::set(Reader::Worker {
+        registry,
+        worker,
+        task: std::ptr::null(),
+    });
+}
+
+/// **Forget a cancelled holdout**: a task dropped by shutdown will never run again, so if it
+/// was a holdout it no longer holds anything; release the grace periods waiting for it.
+/// Called by the canceller, which owns the task.
+pub(crate) fn forget_cancelled_holdout(registry: &QsRegistry, task: &TaskReader) {
+    if task.holdout.swap(false, Ordering::Relaxed) {
+        registry.remove_holdout(task.id);
+        bump(&task.voluntary_yields);
+    }
+}
+
+// ---- registered threads -----------------------------------------------------------------
+
+/// **Register**: the calling OS thread becomes an online reader of `registry`.
+pub(crate) fn register_thread(
+    registry: &Arc<QsRegistry>,
+) -> Result<Arc<ThreadReader>, RegisterError> {
+    match reader::current() {
+        Reader::None => {}
+        Reader::Worker { .. } => return Err(RegisterError::InRuntime),
+        Reader::Thread { .. } => return Err(RegisterError::AlreadyRegistered),
+    }
+    let name = crate::primitive::thread::current()
+        .name()
+        .map(str::to_owned);
+    let thread = Arc::new(ThreadReader::new(name));
+    thread.cell.advance(true);
+    light_barrier();
+    registry.add_thread(Arc::clone(&thread));
+    reader::set(Reader::Thread {
+        registry: &**registry,
+        thread: &*thread,
+    });
+    Ok(thread)
+}
+
+/// **Unregister**: the thread goes offline and leaves the registry.
+///
+/// Inside a non-yielding section the thread is inside JIT code and must stay visible to grace
+/// periods: its reader is then left online in the registry for good (every later grace period
+/// stalls on it and reports it), never dropped while it may run code.
+pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadReader>) {
+    if in_non_yielding() {
+        tracing::error!(
+            target: "tramway::qs",
+            thread = thread.name.as_deref().unwrap_or("<unnamed>"),
+            "a thread registration was dropped inside a non-yielding section (a JIT hook); \
+             the thread stays registered and online, so grace periods will stall on it"
+        );
+        // The reader context keeps pointing at the registry: keep it alive for good.
+        std::mem::forget(Arc::clone(registry));
+        return;
+    }
+    if thread.cell.is_active() {
+        thread.cell.advance(false);
+        registry.waker.notify();
+    }
+    registry.remove_thread(thread);
+    if matches!(reader::current(), Reader::Thread { thread: t, .. } if std::ptr::eq(t, &**thread)) {
+        reader::set(Reader::None);
+    }
+}
+
+/// **Quiescent**: an online thread reports that it holds no pointer into JIT code. Inside a
+/// non-yielding section it does hold one, so nothing happens there.
+pub(crate) fn thread_quiescent(registry: &QsRegistry, thread: &ThreadReader) {
+    if in_non_yielding() || !thread.cell.is_active() {
+        return;
+    }
+    thread.cell.advance(true);
+    // The thread's next site loads stay after the report (qs docs, "Ordering").
+    light_barrier();
+    registry.waker.notify();
+}
+
+/// **Offline**: the thread is quiescent until it comes back online (not inside a
+/// non-yielding section, where it is not quiescent).
+pub(crate) fn thread_offline(registry: &QsRegistry, thread: &ThreadReader) {
+    if in_non_yielding() || !thread.cell.is_active() {
+        return;
+    }
+    thread.cell.advance(false);
+    registry.waker.notify();
+}
+
+/// **Online**: the thread may load patch sites again.
+pub(crate) fn thread_online(thread: &ThreadReader) {
+    if !thread.cell.is_active() {
+        thread.cell.advance(true);
+        light_barrier();
+    }
+}
+
+// ---- the offline guard ------------------------------------------------------------------
+
+/// **Offline guard**: the caller (a task on its worker, or an online registered thread) is
+/// quiescent until the guard drops, for the length of a blocking call that runs no JIT code.
+///
+/// Inside a non-yielding section the caller is not quiescent and the guard does nothing. The
+/// guard keeps no pointer to the reader it took offline: a task may migrate to another worker
+/// meanwhile (if the blocking call yields), so the drop looks up the caller's reader again and
+/// brings *that* one back online if it is offline.
+#[must_use = "the caller is offline only while the guard lives"]
+pub(crate) struct OfflineGuard {
+    took: Took,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Took {
+    Nothing,
+    Worker,
+    Thread,
+}
+
+impl OfflineGuard {
+    /// Takes the caller offline (see the type docs).
+    pub(crate) fn new() -> Self {
+        if in_non_yielding() {
+            return OfflineGuard {
+                took: Took::Nothing,
+            };
+        }
+        let took = match reader::current() {
+            Reader::Worker {
+                registry,
+                worker,
+                task,
+            } if !task.is_null() => {
+                // SAFETY: a worker's context points into its scheduler's registry, which the
+                // worker keeps alive while the context is set.
+                let (registry, worker) = unsafe { (&*registry, &*worker) };
+                if worker.cell.is_active() {
+                    worker.cell.advance(false);
+                    registry.waker.notify();
+                    Took::Worker
+                } else {
+                    Took::Nothing
+                }
+            }
+            Reader::Thread { registry, thread } => {
+                // SAFETY: a thread's context points into its registration, which clears the
+                // context before it drops.
+                let (registry, thread) = unsafe { (&*registry, &*thread) };
+                if thread.cell.is_active() {
+                    thread.cell.advance(false);
+                    registry.waker.notify();
+                    Took::Thread
+                } else {
+                    Took::Nothing
+                }
+            }
+            _ => Took::Nothing,
+        };
+        OfflineGuard { took }
+    }
+
+    /// Whether the guard took a worker offline (its scheduler may then let idle workers
+    /// steal the worker's queued tasks).
+    pub(crate) fn took_worker_offline(&self) -> bool {
+        self.took == Took::Worker
+    }
+}
+
+impl Drop for OfflineGuard {
+    fn drop(&mut self) {
+        if self.took == Took::Nothing {
+            return;
+        }
+        match reader::current() {
+            Reader::Worker { worker, task, .. } if !task.is_null() => {
+                // SAFETY: as in `new`; this is the worker the task runs on *now*.
+                let worker = unsafe { &*worker };
+                if !worker.cell.is_active() {
+                    worker.cell.advance(true);
+                    light_barrier();
+                }
+            }
+            // SAFETY: as in `new`; a registration dropped meanwhile cleared the context.
+            Reader::Thread { thread, .. } => thread_online(unsafe { &*thread }),
+            _ => {}
+        }
+    }
+}
