@@ -61,18 +61,23 @@ mod reclaim;
 mod site;
 mod stats;
 mod trampoline;
+mod typed;
 
 pub use crate::arch::{Assembler, HookArgs};
 pub use crate::error::JitError;
 pub use crate::forwarding::{ForwardingSpec, Hook, Target};
 pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
-pub use crate::probe::{Batch, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite, Probes};
+pub use crate::probe::{
+    AttachTarget, Batch, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite, ProbedSiteRef,
+    Probes, TypedProbedSite,
+};
 pub use crate::reclaim::{
     Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim, DEFAULT_MAX_RETIRED_BYTES,
 };
 pub use crate::site::{Site, SiteKind};
 pub use crate::stats::{JitStats, JitStatsHandle};
 pub use crate::trampoline::{Retired, Trampoline};
+pub use crate::typed::{AbiFn, AbiResult, AbiValue, CallError, SiteFn, TypedSite, TypedTrampoline};
 
 /// Re-export of `dynasmrt`, so that [`Jit::custom`] users can name its traits and macros.
 pub use dynasmrt;

@@ -38,8 +38,10 @@
 //! mode (no memfd) an indirect stub occupies two pages of one slot: the code page (executable)
 //! and a data page (writable, never executable) holding the word, which is patched in place.
 //!
-//! Dropping a site retires its stub (callers may still be inside it: its free is deferred too)
-//! and releases its current trampoline as if it had been swapped out.
+//! A site's stub stays mapped, and its current trampoline installed, while the [`Site`] or any
+//! typed call handle made from it ([`SiteFn`](crate::SiteFn)) exists. When the last of them
+//! drops, the stub is retired (callers may still be inside it: its free is deferred too) and
+//! the current trampoline is released as if it had been swapped out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,9 +65,18 @@ pub enum SiteKind {
     Direct,
 }
 
-/// A stable entry point whose target can be swapped while other threads call it.
+/// A stable entry point whose target can be swapped while other threads call it (see the
+/// [module docs](self) for the patch protocol).
+///
+/// Calling it through its raw entry ([`entry`](Self::entry), [`as_fn`](Self::as_fn)) is
+/// `unsafe`; [`TypedSite`](crate::TypedSite) is the safe, typed way.
 pub struct Site {
-    core: Arc<JitCore>,
+    inner: Arc<SiteInner>,
+}
+
+/// What a site and its call handles share; dropping the last reference retires the stub.
+pub(crate) struct SiteInner {
+    pub(crate) core: Arc<JitCore>,
     kind: SiteKind,
     stub: Slot,
     /// Writable address of the 8-byte patch word a swap stores (RW alias, or the fallback
@@ -102,17 +113,24 @@ impl Site {
         }
         mem.update_stats(|s| s.sites += 1);
         Ok(Site {
-            core: core.clone(),
-            kind,
-            stub,
-            patch: stub.write_addr + layout.word_offset,
-            current: Mutex::new(initial.clone()),
+            inner: Arc::new(SiteInner {
+                core: core.clone(),
+                kind,
+                stub,
+                patch: stub.write_addr + layout.word_offset,
+                current: Mutex::new(initial.clone()),
+            }),
         })
+    }
+
+    /// The state this site shares with its call handles.
+    pub(crate) fn inner(&self) -> &Arc<SiteInner> {
+        &self.inner
     }
 
     /// The stable entry address callers call.
     pub fn entry(&self) -> *const u8 {
-        self.stub.addr as *const u8
+        self.inner.stub.addr as *const u8
     }
 
     /// The entry as a function pointer of type `F` (e.g. `extern "C" fn(u64) -> u64`).
@@ -121,8 +139,8 @@ impl Site {
     /// `F` must be an `extern "C"` function pointer type (the platform's C ABI), and every
     /// trampoline ever installed in this site must implement that signature (a forwarding
     /// trampoline implements its target's). The pointer may only be called while the site is
-    /// alive, from a thread that the reclaimer tracks (for the runtime: a registered task), and
-    /// calls must not outlive the site.
+    /// alive, from a thread that the reclaimer tracks (for the runtime: a task, or an online
+    /// registered thread), and calls must not outlive the site (nor its call handles).
     pub unsafe fn as_fn<F: Copy>(&self) -> F {
         const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<usize>()) };
         let entry = self.entry();
@@ -132,12 +150,12 @@ impl Site {
 
     /// The trampoline currently installed.
     pub fn current(&self) -> Trampoline {
-        lock(&self.current).clone()
+        lock(&self.inner.current).clone()
     }
 
     /// The site's kind.
     pub fn kind(&self) -> SiteKind {
-        self.kind
+        self.inner.kind
     }
 
     /// Points the site at `new` and retires the previous trampoline (see the module docs).
@@ -147,13 +165,19 @@ impl Site {
     /// site that cannot reach `new`. On error the site is unchanged.
     pub fn swap(&self, new: &Trampoline) -> Result<Retired, JitError> {
         let old = self.swap_unthrottled(new)?;
-        self.core.retirement.throttle_backlog();
+        self.inner.core.retirement.throttle_backlog();
         Ok(old)
     }
 
     /// [`swap`](Self::swap) without the backlog throttle, for callers that hold their own locks
     /// across swaps and throttle once after releasing them (`probe/batch.rs`).
     pub(crate) fn swap_unthrottled(&self, new: &Trampoline) -> Result<Retired, JitError> {
+        self.inner.swap_unthrottled(new)
+    }
+}
+
+impl SiteInner {
+    fn swap_unthrottled(&self, new: &Trampoline) -> Result<Retired, JitError> {
         new.check_owner(self.core.id())?;
         let word = patch_word(self.kind, self.stub.addr, new)?;
         let mut current = lock(&self.current);
@@ -187,14 +211,14 @@ fn patch_word(kind: SiteKind, entry: usize, target: &Trampoline) -> Result<u64, 
 impl std::fmt::Debug for Site {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Site")
-            .field("kind", &self.kind)
+            .field("kind", &self.kind())
             .field("entry", &self.entry())
             .field("current", &self.current())
             .finish()
     }
 }
 
-impl Drop for Site {
+impl Drop for SiteInner {
     fn drop(&mut self) {
         let mem = self.core.mem.clone();
         let stub = self.stub;

@@ -142,7 +142,8 @@ impl ManualReclaim {
     }
 }
 
-impl Reclaim for ManualReclaim {
+// SAFETY: the tests run the callbacks only when no thread executes the retired code.
+unsafe impl Reclaim for ManualReclaim {
     fn defer(&self, f: crate::Deferred) {
         self.0.lock().unwrap().push(f);
     }

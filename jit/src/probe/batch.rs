@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::dispatch::{self, Entry, Snapshot};
-use super::{Probe, ProbeError, ProbeHook, ProbedSite, Probes, SiteCell, SiteOps, SiteState};
+use super::{
+    AttachTarget, Probe, ProbeError, ProbeHook, ProbedSite, Probes, SiteCell, SiteOps, SiteState,
+};
 use crate::lock;
 use crate::reclaim::Deferred;
 use crate::trampoline::{Retired, Trampoline};
@@ -43,25 +45,30 @@ impl<'a> Batch<'a> {
         }
     }
 
-    fn check_site(&self, site: &ProbedSite) -> Result<(), ProbeError> {
-        if Arc::ptr_eq(&site.cell.mgr, &self.probes.mgr) {
+    fn check_site(&self, cell: &SiteCell) -> Result<(), ProbeError> {
+        if Arc::ptr_eq(&cell.mgr, &self.probes.mgr) {
             Ok(())
         } else {
-            Err(ProbeError::ForeignSite { site: site.id() })
+            Err(ProbeError::ForeignSite { site: cell.id })
         }
     }
 
     /// Queues attaching `hook` to `site`; the returned probe is attached once the batch commits.
     /// Fails with [`ProbeError::ForeignSite`] for a site of another manager.
-    pub fn attach(&mut self, site: &ProbedSite, hook: ProbeHook) -> Result<Probe, ProbeError> {
-        self.check_site(site)?;
+    pub fn attach(
+        &mut self,
+        site: &impl AttachTarget,
+        hook: ProbeHook,
+    ) -> Result<Probe, ProbeError> {
+        let cell = site.probed().0;
+        self.check_site(cell)?;
         let id = self.probes.mgr.next_probe_id();
         self.ops
-            .push((site.cell.clone(), Op::Attach(Entry { id, hook })));
+            .push((cell.clone(), Op::Attach(Entry { id, hook })));
         Ok(Probe {
             manager: self.probes.mgr.id,
             id,
-            site: Arc::downgrade(&site.cell),
+            site: Arc::downgrade(cell),
         })
     }
 
@@ -81,7 +88,7 @@ impl<'a> Batch<'a> {
 
     /// Queues replacing `site`'s implementation with `new`, keeping its probes.
     pub fn swap_impl(&mut self, site: &ProbedSite, new: &Trampoline) -> Result<(), ProbeError> {
-        self.check_site(site)?;
+        self.check_site(&site.cell)?;
         new.check_owner(self.probes.mgr.core.id())?;
         self.ops.push((site.cell.clone(), Op::SetImpl(new.clone())));
         Ok(())

@@ -65,12 +65,14 @@
 
 mod batch;
 mod dispatch;
+mod typed;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use self::batch::Batch;
 pub use self::dispatch::ProbeHook;
+pub use self::typed::{AttachTarget, ProbedSiteRef, TypedProbedSite};
 
 use self::batch::Op;
 use self::dispatch::{Entry, Snapshot};
@@ -255,7 +257,7 @@ impl Probes {
 
     /// Attaches `hook` to `site` (a batch of one). Calls entering the site after this returns run
     /// the hook. Fails with [`ProbeError::ForeignSite`] for a site of another manager.
-    pub fn attach(&self, site: &ProbedSite, hook: ProbeHook) -> Result<Probe, ProbeError> {
+    pub fn attach(&self, site: &impl AttachTarget, hook: ProbeHook) -> Result<Probe, ProbeError> {
         self.batch(|b| b.attach(site, hook))
     }
 

@@ -71,9 +71,16 @@ pub type Deferred = Box<dyn FnOnce() + Send>;
 
 /// Defers frees of retired code until no task can be executing it.
 ///
-/// Implementations must run each deferred callback exactly once (or leak it), never before the
-/// grace period described on [`defer`](Reclaim::defer) has ended.
-pub trait Reclaim: Send + Sync + 'static {
+/// # Safety
+/// Safe code relies on an implementation for memory safety (a typed handle calls JIT code
+/// without `unsafe`), so implementing it is a promise:
+/// - each deferred callback runs exactly once (or is leaked), never before the grace period
+///   described on [`defer`](Reclaim::defer) has ended;
+/// - [`barrier_waits_for_grace_period`](Reclaim::barrier_waits_for_grace_period) returns true
+///   only if [`barrier`](Reclaim::barrier) runs nothing early;
+/// - [`tracks_current_thread`](Reclaim::tracks_current_thread) returns true only for a calling
+///   thread that every later grace period waits for while it is inside JIT code.
+pub unsafe trait Reclaim: Send + Sync + 'static {
     /// Run `f` once every task that might be executing code retired before this call has passed a
     /// quiescent state.
     fn defer(&self, f: Box<dyn FnOnce() + Send>);
@@ -86,6 +93,14 @@ pub trait Reclaim: Send + Sync + 'static {
     /// nothing. A `Jit` only throttles patchers (see
     /// [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes)) when it is true.
     fn barrier_waits_for_grace_period(&self) -> bool {
+        false
+    }
+
+    /// Whether code retired through this reclaimer cannot be freed while the *calling thread*
+    /// is inside it, i.e. whether the caller may call the `Jit`'s code right now. Typed call
+    /// handles ([`SiteFn::call`](crate::SiteFn::call)) check it before every call. False by
+    /// default (such reclaimers' code is callable only through the `unsafe` raw entry).
+    fn tracks_current_thread(&self) -> bool {
         false
     }
 }
@@ -136,7 +151,10 @@ impl LeakUntilDrop {
     }
 }
 
-impl Reclaim for LeakUntilDrop {
+// SAFETY: callbacks run only when the reclaimer drops, after every `Jit`, site, trampoline
+// and call handle that holds it (module docs); so every thread may call code while it can
+// reach it, and the barrier runs nothing.
+unsafe impl Reclaim for LeakUntilDrop {
     fn defer(&self, f: Deferred) {
         lock(&self.queue).push(f);
     }
@@ -144,6 +162,11 @@ impl Reclaim for LeakUntilDrop {
     /// Returns at once: nothing is freed before the reclaimer itself drops, because without
     /// grace periods no moment before that is known to be safe.
     fn barrier(&self) {}
+
+    /// Any thread: nothing is freed while a handle that can reach the code exists.
+    fn tracks_current_thread(&self) -> bool {
+        true
+    }
 }
 
 impl Drop for LeakUntilDrop {
@@ -173,16 +196,26 @@ impl ImmediateReclaim {
     }
 }
 
-impl Reclaim for ImmediateReclaim {
+// SAFETY: the contract of `new_unchecked` makes its caller promise that nothing executes
+// retired code when it is freed, which is what every method here relies on.
+unsafe impl Reclaim for ImmediateReclaim {
     fn defer(&self, f: Deferred) {
         f();
     }
 
     fn barrier(&self) {}
+
+    /// Any thread, by the promise made to [`ImmediateReclaim::new_unchecked`].
+    fn tracks_current_thread(&self) -> bool {
+        true
+    }
 }
 
 /// Frees retired code after a grace period of the domain's flavor.
-impl Reclaim for tramway_runtime::grace::GraceDomain {
+// SAFETY: `call_boxed` runs each callback once, after a grace period that waits for every
+// reader that `tracks_current_thread` accepts (the domain's tasks and online registered
+// threads); `barrier` waits for those grace periods.
+unsafe impl Reclaim for tramway_runtime::grace::GraceDomain {
     fn defer(&self, f: Deferred) {
         self.call_boxed(f);
     }
@@ -193,5 +226,9 @@ impl Reclaim for tramway_runtime::grace::GraceDomain {
 
     fn barrier_waits_for_grace_period(&self) -> bool {
         true
+    }
+
+    fn tracks_current_thread(&self) -> bool {
+        tramway_runtime::grace::GraceDomain::tracks_current_thread(self)
     }
 }

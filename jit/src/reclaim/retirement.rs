@@ -105,6 +105,12 @@ impl Retirement {
         }
     }
 
+    /// Whether the calling thread may call the `Jit`'s code now (`Reclaim::tracks_current_thread`).
+    #[inline]
+    pub(crate) fn tracks_current_thread(&self) -> bool {
+        self.reclaimer.tracks_current_thread()
+    }
+
     /// Blocks the patcher while retired code exceeds the bound (only with a grace-period
     /// reclaimer, whose barrier is safe while callers run).
     pub(crate) fn throttle_backlog(&self) {

@@ -318,6 +318,16 @@ impl GraceDomain {
         self.engine.wait_for(Until::Completed, |_| cookie.0);
     }
 
+    /// Whether the calling thread is, right now, a reader this domain's grace periods wait
+    /// for: a task of its runtime (outside an [`offline`](crate::offline) scope), or one of its
+    /// registered threads that is online. Code retired through this domain is freed only
+    /// after every such reader has passed a quiescent state, so only these callers may run
+    /// JIT code whose reclamation this domain decides (`tramway-jit` checks this before a
+    /// safe call through a typed handle).
+    pub fn tracks_current_thread(&self) -> bool {
+        crate::qs::is_active_reader_of(&self.engine.registry)
+    }
+
     /// Counters.
     pub fn stats(&self) -> GraceStats {
         self.engine.stats()

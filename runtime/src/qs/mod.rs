@@ -94,7 +94,7 @@ pub(crate) use barrier::heavy_barrier;
 #[cfg(all(loom, test))]
 pub(crate) use barrier::SKIP_READER_BARRIER;
 pub(crate) use cell::QsSnapshot;
-pub(crate) use reader::{in_non_yielding, in_task};
+pub(crate) use reader::{in_non_yielding, in_task, is_active_reader_of};
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,

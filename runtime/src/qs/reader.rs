@@ -73,6 +73,31 @@ pub(crate) fn in_task() -> bool {
     current_task().is_some()
 }
 
+/// Whether the caller is, right now, a reader that grace periods over `registry` wait for:
+/// a task running on one of its workers (not inside an offline scope), or one of its
+/// registered threads that is online. Only such a caller may call JIT code safely.
+pub(crate) fn is_active_reader_of(registry: &QsRegistry) -> bool {
+    match current() {
+        Reader::Worker {
+            registry: r,
+            worker,
+            task,
+        } if !task.is_null() && std::ptr::eq(r, registry) => {
+            // SAFETY: a worker's context points into its registry, which the worker keeps
+            // alive while the context is set (and `registry` is that registry).
+            unsafe { &*worker }.cell.is_active()
+        }
+        Reader::Thread {
+            registry: r,
+            thread,
+        } if std::ptr::eq(r, registry) => {
+            // SAFETY: the registration clears the context before its reader drops.
+            unsafe { &*thread }.cell.is_active()
+        }
+        _ => false,
+    }
+}
+
 /// Runs `f` with the non-yielding depth counter of the caller: its task's, or its thread's.
 fn with_depth<R>(f: impl FnOnce(&AtomicU32) -> R) -> R {
     match current_task() {
