@@ -26,9 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let calls_in_task = calls.clone();
     // README: begin
     let tw = tramway::Builder::new().workers(2).build()?; // runtime + grace domain + Jit
-    let site = tw
-        .jit
-        .typed_site(SiteKind::Indirect, &tw.jit.forward(add_one as AddFn)?)?;
+    let first = tw.jit.forward(add_one as AddFn)?; // a trampoline typed by its target
+    let site = tw.jit.typed_site(SiteKind::Indirect, &first)?; // the stable entry
     let add = site.handle(); // owns the code it calls; clone it into every task
     let caller = tw.runtime.spawn(move || {
         for x in 0..200_000u64 {
