@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // README: end
     let stats = tw.jit.stats_handle();
     let grace_periods = tw.grace.stats().completed;
-    drop(site); // the site's stub and current trampoline retire with their last handle
+    drop((first, site)); // the last handles: the stub and its trampolines retire
     drop(tw); // the Jit's barrier reclaims everything; the runtime shuts down
     let end = stats.get();
     println!(
