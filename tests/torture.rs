@@ -1,4 +1,4 @@
-//! The torture test and its control. See `tests/support/torture.rs` for the scenario.
+//! The torture test and its control. See `tramway_harness::torture` for the scenario.
 
 use std::process::Command;
 use std::time::Duration;

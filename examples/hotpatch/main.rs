@@ -37,9 +37,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tramway::jit::{Jit, JitStats, JitStatsHandle, SiteKind};
+use tramway::jit::{JitStats, JitStatsHandle, SiteKind};
 use tramway::runtime::grace::{GraceConfig, GraceDomain, GraceStats};
-use tramway::runtime::Runtime;
 
 use crate::cli::Options;
 use crate::patcher::{PatchCounters, Patcher, ProbeCounter, Rng};
@@ -107,17 +106,15 @@ struct Sample {
 }
 
 fn run(o: &Options) -> Result<Outcome, String> {
-    let rt = Runtime::builder()
-        .workers(o.workers)
-        .stack_size(STACK_SIZE)
+    let tramway::Tramway {
+        runtime: rt,
+        grace: gp,
+        jit,
+    } = tramway::Builder::new()
+        .runtime(|b| b.workers(o.workers).stack_size(STACK_SIZE))
+        .grace(GraceConfig::default().flavor(o.flavor))
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let config = GraceConfig::default().flavor(o.flavor);
-    let gp = GraceDomain::new(&rt, config).map_err(|e| format!("grace domain: {e}"))?;
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
-        .build()
-        .map_err(|e| format!("jit: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let stats = jit.stats_handle();
     let table = Arc::new(VersionTable::new());
     // Probe hooks point into this array: it outlives the Jit (dropped at the end of `run`).

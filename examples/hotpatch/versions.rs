@@ -258,3 +258,58 @@ impl VersionTable {
         Ok(())
     }
 }
+
+/// The checker itself: JIT'd versions compute their formula, and results from a wrong site, a
+/// wrong value, an unknown tag or a reclaimed version are caught.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checker_accepts_every_formula_and_rejects_stale_or_wrong_results() {
+        use tramway::jit::Jit;
+
+        use super::{Formula, Invalid, VersionTable};
+
+        let jit = Jit::new().expect("jit");
+        let table = VersionTable::new();
+        let xs = [0, 1, 7, 1 << 40, u64::MAX];
+        let mut tags = Vec::new();
+        for (site, formula) in [Formula::Linear, Formula::Xor, Formula::Quadratic]
+            .into_iter()
+            .enumerate()
+        {
+            let (a, b) = (997, 99_999);
+            let tag = table.publish(site, formula, a, b).expect("tag");
+            let code = super::emit(&jit, formula, a, b, tag).expect("emit");
+            // SAFETY: the code implements `extern "C" fn(u64) -> u64`, the handle is held while it
+            // is called, and it is never swapped or freed meanwhile (no site, LeakUntilDrop).
+            let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(code.addr()) };
+            for x in xs {
+                let r = f(x);
+                assert_eq!(
+                    r,
+                    super::expected(formula, a, b, tag, x),
+                    "{formula:?}({x})"
+                );
+                assert_eq!(table.check(site, x, r), Ok(()));
+            }
+            tags.push((site, tag, f(5)));
+        }
+        let (site, tag, r) = tags[0];
+        assert_eq!(
+            table.check(site + 1, 5, r),
+            Err(Invalid::WrongSite { tag, owner: site })
+        );
+        assert!(matches!(
+            table.check(site, 6, r),
+            Err(Invalid::WrongValue { .. })
+        ));
+        assert_eq!(
+            table.check(site, 5, (r & !0xffff_ffff) | 12345),
+            Err(Invalid::UnknownTag { tag: 12345 })
+        );
+        table.retire(tag);
+        assert_eq!(table.check(site, 5, r), Ok(()), "retired is still valid");
+        table.reclaim(tag);
+        assert_eq!(table.check(site, 5, r), Err(Invalid::Reclaimed { tag }));
+    }
+}

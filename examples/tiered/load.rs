@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tramway::jit::{Jit, JitStats};
-use tramway::runtime::grace::{GraceConfig, GraceDomain};
-use tramway::runtime::{yield_now, Runtime};
+use tramway::jit::JitStats;
+use tramway::runtime::yield_now;
 
 use crate::ast::{resolve, resolve_redefinition, Module};
 use crate::engine::{Engine, FuncStats};
@@ -175,17 +174,15 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
         .map_err(|e| e.to_string())?;
     let valid = Arc::new(valid_results(&module)?);
 
-    let rt = Runtime::builder()
+    // Retired code is freed after a grace period of the domain (tasks flavor).
+    let tramway::Tramway {
+        runtime: rt,
+        grace: domain,
+        jit,
+    } = tramway::Builder::new()
         .workers(cfg.workers)
         .build()
-        .map_err(|e| format!("tiered: cannot start the runtime: {e}"))?;
-    let domain = GraceDomain::new(&rt, GraceConfig::default())
-        .map_err(|e| format!("tiered: cannot start the grace-period driver: {e}"))?;
-    let jit = Jit::builder()
-        // Retired code is freed after a grace period of the domain (tasks flavor).
-        .reclaimer(Arc::new(domain.clone()))
-        .build()
-        .map_err(|e| format!("tiered: cannot create the jit: {e}"))?;
+        .map_err(|e| format!("tiered: cannot start: {e}"))?;
     let stats = jit.stats_handle();
     let engine =
         Arc::new(Engine::new(jit, module, cfg.threshold).map_err(|e| format!("tiered: {e}"))?);

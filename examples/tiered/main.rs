@@ -24,6 +24,8 @@ mod interp;
 mod lexer;
 mod load;
 mod parser;
+#[cfg(test)]
+mod tests;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

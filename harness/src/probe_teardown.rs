@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tramway_jit::{Jit, Probe, ProbeHook, ProbedSite, Probes, SiteKind, Trampoline};
-use tramway_runtime::grace::{GraceConfig, GraceDomain};
+use tramway_runtime::grace::GraceDomain;
 use tramway_runtime::{yield_now, JoinHandle, Runtime};
 
 type SiteFn = extern "C" fn(u64) -> u64;
@@ -59,12 +59,11 @@ pub struct Teardown {
 impl Scenario {
     /// Starts `reader_tasks` readers over `sites` probed sites.
     pub fn new(sites: usize, reader_tasks: usize) -> Scenario {
-        let rt = Runtime::builder().workers(2).build().expect("runtime");
-        let gp = GraceDomain::new(&rt, GraceConfig::default()).expect("grace domain");
-        let jit = Jit::builder()
-            .reclaimer(Arc::new(gp.clone()))
-            .build()
-            .expect("jit");
+        let tramway::Tramway {
+            runtime: rt,
+            grace: gp,
+            jit,
+        } = tramway::Builder::new().workers(2).build().expect("tramway");
         let probes = Probes::new(&jit);
         let implementation: Trampoline = jit
             .forwarding(tramway_jit::ForwardingSpec {

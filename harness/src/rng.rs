@@ -11,4 +11,9 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    /// A value in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
 }

@@ -10,11 +10,10 @@
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tramway_jit::{ForwardingSpec, Hook, HookArgs, Jit, Site, SiteKind, Target};
-use tramway_runtime::grace::{GraceConfig, GraceDomain};
+use tramway_runtime::grace::GraceDomain;
 use tramway_runtime::{Runtime, ThreadRegistration};
 
 /// How long a hook watches for a grace period to end while it is inside.
@@ -105,13 +104,8 @@ extern "C" fn forty_two() -> u64 {
 
 /// A runtime with one worker, a Tasks grace domain and a Jit reclaiming through it.
 fn setup() -> (Runtime, GraceDomain, Jit) {
-    let rt = Runtime::builder().workers(1).build().unwrap();
-    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
-        .build()
-        .unwrap();
-    (rt, gp, jit)
+    let tw = tramway::Builder::new().workers(1).build().unwrap();
+    (tw.runtime, tw.grace, tw.jit)
 }
 
 fn watch_for(gp: &GraceDomain, attempt: Attempt) -> Box<Watch> {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tramway_jit::{CallError, Jit, ProbeHook, Probes, SiteKind};
-use tramway_runtime::grace::{GraceConfig, GraceDomain};
+use tramway_runtime::grace::GraceDomain;
 use tramway_runtime::{offline, Runtime};
 
 extern "C" fn add_one(x: u64) -> u64 {
@@ -22,14 +22,10 @@ extern "C" fn mix(a: u64, b: f64, c: i32) -> f64 {
 
 type AddFn = extern "C" fn(u64) -> u64;
 
+/// A runtime, a Tasks grace domain and a `Jit` reclaiming through it (the facade).
 fn grace_jit(workers: usize) -> (Runtime, GraceDomain, Jit) {
-    let rt = Runtime::builder().workers(workers).build().unwrap();
-    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
-        .build()
-        .unwrap();
-    (rt, gp, jit)
+    let tw = tramway::Builder::new().workers(workers).build().unwrap();
+    (tw.runtime, tw.grace, tw.jit)
 }
 
 #[test]

@@ -109,7 +109,7 @@ impl Runtime {
     }
 
     pub(crate) fn start(config: Config) -> Result<Runtime, BuildError> {
-        // Decide the barrier mode before any task can run (fence.rs).
+        // Decide the barrier mode before any task can run (`qs::barrier_mode`).
         crate::qs::barrier_mode();
         super::overflow::install();
         let n = config.workers;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{RecvError, SendError, TryRecvError};
 use crate::sched::waiter::{self, Waiter};
 
-struct State<T> {
+struct ChannelState<T> {
     queue: VecDeque<T>,
     senders: usize,
     receiver_alive: bool,
@@ -19,11 +19,11 @@ struct State<T> {
 }
 
 struct Chan<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<ChannelState<T>>,
 }
 
 impl<T> Chan<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, ChannelState<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -31,7 +31,7 @@ impl<T> Chan<T> {
 /// Creates an unbounded channel.
 pub fn channel<T: Send>() -> (Sender<T>, Receiver<T>) {
     let chan = Arc::new(Chan {
-        state: Mutex::new(State {
+        state: Mutex::new(ChannelState {
             queue: VecDeque::new(),
             senders: 1,
             receiver_alive: true,

@@ -13,7 +13,7 @@ struct Entry {
 }
 
 #[derive(Default)]
-struct State {
+struct EventState {
     /// A `notify_one` that found nobody waiting; consumed by the next `wait`.
     permit: bool,
     next_id: u64,
@@ -31,7 +31,7 @@ struct State {
 /// Waiting from a task is a voluntary yield point (a quiescent state).
 #[derive(Default)]
 pub struct Event {
-    state: Mutex<State>,
+    state: Mutex<EventState>,
 }
 
 impl std::fmt::Debug for Event {
@@ -50,7 +50,7 @@ impl Event {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, EventState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 

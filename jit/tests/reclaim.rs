@@ -1,23 +1,18 @@
 //! Retirement through grace periods: the jit's frees wait for the runtime's grace period,
 //! and `Jit::barrier` drains whole forwarding chains.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
-use tramway::runtime::grace::{GraceConfig, GraceDomain};
+use tramway::runtime::grace::GraceDomain;
 use tramway::runtime::Runtime;
 
 use tramway_harness::spinner::Spinner;
 
+/// A runtime, a Tasks grace domain over it and a `Jit` reclaiming through it (the facade).
 fn setup(workers: usize) -> (Runtime, GraceDomain, Jit) {
-    let rt = Runtime::builder().workers(workers).build().unwrap();
-    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
-        .build()
-        .unwrap();
-    (rt, gp, jit)
+    let tw = tramway::Builder::new().workers(workers).build().unwrap();
+    (tw.runtime, tw.grace, tw.jit)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tramway::jit::{
     ForwardingSpec, HookArgs, Jit, JitError, Probe, ProbeError, ProbeHook, ProbedSite, Probes,
     SiteKind, Target, Trampoline,
 };
-use tramway::runtime::grace::{GraceConfig, GraceDomain};
+use tramway::runtime::grace::GraceDomain;
 use tramway::runtime::{yield_now, Runtime, YieldInNonYielding};
 
 use tramway_harness::rng::Rng;
@@ -26,13 +26,14 @@ fn runtime(workers: usize) -> Runtime {
         .expect("runtime")
 }
 
-fn grace_jit(rt: &Runtime) -> (GraceDomain, Jit) {
-    let gp = GraceDomain::new(rt, GraceConfig::default()).expect("grace domain");
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
+/// A runtime with `workers` workers, a Tasks grace domain over it, and a `Jit` reclaiming
+/// through the domain (the facade's composition).
+fn tramway(workers: usize) -> (Runtime, GraceDomain, Jit) {
+    let tw = tramway::Builder::new()
+        .workers(workers)
         .build()
-        .expect("jit");
-    (gp, jit)
+        .expect("tramway");
+    (tw.runtime, tw.grace, tw.jit)
 }
 
 /// An implementation `f(x, _) = x + k`.
@@ -130,8 +131,7 @@ fn several_probes_on_one_site_all_see_each_call_in_attach_order() {
 
 #[test]
 fn swap_impl_keeps_probes_and_detaching_keeps_the_implementation() {
-    let rt = runtime(1);
-    let (_gp, jit) = grace_jit(&rt);
+    let (rt, _gp, jit) = tramway(1);
     let probes = Probes::new(&jit);
     let first = adder(&jit, 1);
     let site = probes.site(SiteKind::Indirect, &first).unwrap();
@@ -225,8 +225,7 @@ fn misuse_is_reported_as_typed_errors() {
 
 #[test]
 fn dropping_a_site_releases_its_hooks_after_a_grace_period() {
-    let rt = runtime(1);
-    let (_gp, jit) = grace_jit(&rt);
+    let (_rt, _gp, jit) = tramway(1);
     let probes = Probes::new(&jit);
     let site = probes.site(SiteKind::Indirect, &adder(&jit, 1)).unwrap();
     let state = Arc::new(AtomicU64::new(0));
@@ -244,8 +243,7 @@ fn dropping_a_site_releases_its_hooks_after_a_grace_period() {
 fn a_batch_is_reclaimed_after_one_grace_period() {
     const SITES: usize = 100;
     const PROBES: usize = 1000;
-    let rt = runtime(1);
-    let (gp, jit) = grace_jit(&rt);
+    let (rt, gp, jit) = tramway(1);
     let probes = Probes::new(&jit);
     let sites: Vec<ProbedSite> = (0..SITES)
         .map(|i| {
@@ -318,8 +316,7 @@ fn batched_attach_and_detach_under_load_is_safe() {
     const SITES: usize = 8;
     const READERS: usize = 4;
     const ROUNDS: usize = 5000;
-    let rt = runtime(2);
-    let (gp, jit) = grace_jit(&rt);
+    let (rt, gp, jit) = tramway(2);
     let stats = jit.stats_handle();
     let probes = Probes::new(&jit);
     let imp = |site: usize, gen: u64| adder(&jit, (site as u64 + 1) * 1_000_000 + gen);
