@@ -86,21 +86,28 @@ impl Trampoline {
         };
         let first = assemble(mem.range().0)?;
         let slot = mem.alloc(first.len())?;
-        let written = assemble(slot.addr).and_then(|bytes| {
-            if bytes.len() != first.len() {
-                return Err(JitError::EmitLengthChanged {
-                    first: first.len(),
-                    second: bytes.len(),
-                });
+        /// Frees the slot unless the emission completes, also if the final pass unwinds (a
+        /// panicking emit closure): nothing can reach the slot yet.
+        struct Unfinished<'a>(&'a crate::code_memory::CodeMemory, Option<Slot>);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if let Some(slot) = self.1.take() {
+                    // SAFETY: allocated by `emit`, never written into a site or handed out.
+                    unsafe { self.0.free(slot) };
+                }
             }
-            // SAFETY: the slot was just allocated and is unreachable from any site.
-            unsafe { mem.write(&slot, &bytes, bytes.len()) }
-        });
-        if let Err(e) = written {
-            // SAFETY: allocated above, never reachable.
-            unsafe { mem.free(slot) };
-            return Err(e);
         }
+        let mut unfinished = Unfinished(mem, Some(slot));
+        let bytes = assemble(slot.addr)?;
+        if bytes.len() != first.len() {
+            return Err(JitError::EmitLengthChanged {
+                first: first.len(),
+                second: bytes.len(),
+            });
+        }
+        // SAFETY: the slot was just allocated and is unreachable from any site.
+        unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
+        unfinished.1 = None;
         mem.update_stats(|s| {
             s.emitted += 1;
             s.live += 1;
