@@ -75,13 +75,6 @@ impl JitBuilder {
         self
     }
 
-    /// Fill freed slots with trap instructions, so that a stale call faults at once. Always on
-    /// by default in debug builds.
-    pub fn trap_fill(mut self, yes: bool) -> Self {
-        self.cfg.trap_fill = yes;
-        self
-    }
-
     /// After writing new code, and after patching a direct site, make every thread of the
     /// process serialize its instruction stream
     /// (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, registered at build). Off by
@@ -127,7 +120,6 @@ impl Jit {
                 reservation: DEFAULT_RESERVATION,
                 chunk_size: DEFAULT_CHUNK_SIZE,
                 force_fallback: false,
-                trap_fill: cfg!(debug_assertions),
                 sync_core: false,
             },
             reclaimer: None,

@@ -248,7 +248,7 @@ fn empty_chunk_that_is_not_current_is_unmapped_and_its_index_reused() {
 
 #[test]
 fn reclaim_now_fills_the_slot_with_traps() {
-    let jit = Jit::builder().trap_fill(true).build().unwrap();
+    let jit = Jit::builder().build().unwrap();
     let keep = jit.constant_return(0).unwrap(); // keeps the chunk mapped
     let a = jit.constant_return(1).unwrap();
     let site = jit.site(SiteKind::Indirect, &a).unwrap();

@@ -3,7 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tramway_jit::dynasmrt::{dynasm, DynasmApi};
+use tramway_jit::dynasmrt::dynasm;
 use tramway_jit::{Jit, JitError};
 
 const CHUNK: usize = 64 << 10;

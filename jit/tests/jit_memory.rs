@@ -181,11 +181,7 @@ fn last_freed_slot_unmaps_its_chunk() {
 fn immediate_reclaim_frees_retired_code_at_once_as_traps() {
     // SAFETY: only this thread calls the site, and never while swapping.
     let reclaimer = Arc::new(unsafe { ImmediateReclaim::new_unchecked() });
-    let jit = Jit::builder()
-        .reclaimer(reclaimer)
-        .trap_fill(true)
-        .build()
-        .unwrap();
+    let jit = Jit::builder().reclaimer(reclaimer).build().unwrap();
     let site = jit
         .site(SiteKind::Indirect, &jit.constant_return(1).unwrap())
         .unwrap();

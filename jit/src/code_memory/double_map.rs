@@ -67,6 +67,12 @@ impl CodeBackend for DoubleMap {
             os::exclude_from_fork(place.addr, place.len);
             os::exclude_from_fork(rw.addr(), place.len);
         }
+        // Fresh memfd pages read as zeros, which decode as instructions: fill the chunk with
+        // traps before any slot is handed out, so a stray jump into unused bytes faults.
+        // SAFETY: the RW view was just mapped over `place.len` bytes that nothing executes.
+        arch::fill_traps(unsafe {
+            std::slice::from_raw_parts_mut(rw.addr() as *mut u8, place.len)
+        });
         Ok(ChunkViews {
             write_base: rw.addr(),
             _alias: Some(rw),
@@ -91,12 +97,9 @@ impl CodeBackend for DoubleMap {
         Ok(())
     }
 
-    unsafe fn release(&self, slot: &Slot, trap_fill: bool) {
-        if trap_fill {
-            // SAFETY: the RW alias of a slot we own and nobody executes (caller contract).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size) };
-            arch::fill_traps(dst);
-        }
+    unsafe fn release(&self, slot: &Slot) {
+        // SAFETY: the RW alias of a slot we own and nobody executes (caller contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size) };
+        arch::fill_traps(dst);
     }
 }

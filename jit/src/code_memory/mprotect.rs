@@ -66,16 +66,13 @@ impl CodeBackend for Mprotect {
         unsafe { os::protect(slot.addr, exec.min(slot.size), Protection::ReadExec) }
     }
 
-    unsafe fn release(&self, slot: &Slot, trap_fill: bool) {
+    unsafe fn release(&self, slot: &Slot) {
         // SAFETY: nobody executes or reaches the slot (caller contract).
         if unsafe { os::protect(slot.addr, slot.size, Protection::ReadWrite) }.is_ok() {
-            if trap_fill {
-                // SAFETY: the slot's pages are RW now and nobody executes them.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size)
-                };
-                arch::fill_traps(dst);
-            }
+            // SAFETY: the slot's pages are RW now and nobody executes them.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size) };
+            arch::fill_traps(dst);
             // SAFETY: as above.
             let _ = unsafe { os::protect(slot.addr, slot.size, Protection::None) };
         }
