@@ -113,7 +113,39 @@ fn script_runs_and_both_tiers_agree() {
 fn runaway_recursion_is_an_error_not_a_crash() {
     let stderr = script_error("deep.tw", "def f(n) = f(n + 1) + 1\nrun f(0)\n");
     assert!(stderr.contains("error at 2:1"), "{stderr}");
-    assert!(stderr.contains("recursion deeper than"), "{stderr}");
+    assert!(stderr.contains("recursion too deep"), "{stderr}");
+}
+
+/// A recursion `depth` calls deep whose recursive call sits `nesting` levels inside its body.
+fn nested_recursion(depth: u64, nesting: usize) -> String {
+    let mut e = "f(n - 1)".to_string();
+    for _ in 0..nesting {
+        e = format!("({e} + 1)");
+    }
+    format!("def f(n) = if n == 0 then 0 else {e}\nrun f({depth})\n")
+}
+
+#[test]
+fn nesting_inside_a_deep_recursion_is_an_error_not_a_stack_overflow() {
+    // Within both documented limits (nesting <= 200, call depth <= 2000), but their product
+    // used to overflow the main thread's stack (SIGABRT).
+    let stderr = script_error("nested.tw", &nested_recursion(1990, 40));
+    assert!(stderr.contains("recursion too deep"), "{stderr}");
+}
+
+#[test]
+fn recursions_of_every_shape_within_the_limits_never_crash() {
+    for (depth, nesting) in [(1999, 0), (1999, 3), (600, 12), (100, 150), (40, 190)] {
+        let path = temp_file("shape.tw", &nested_recursion(depth, nesting));
+        let out = run_example(&["--script", path.to_str().unwrap(), "--seconds", "0"]);
+        let _ = std::fs::remove_file(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)) && !stderr.contains("panicked"),
+            "depth {depth}, nesting {nesting}: {}\n{stderr}",
+            out.status
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,8 @@
 //!
 //! # Calls
 //! A call evaluates its arguments (pushing each), pops them into the argument registers, passes
-//! `depth - 1` in `r8` and calls the callee's **patch site** entry (`mov rax, imm64; call rax`),
+//! `depth - call_cost(level)` in `r8` (the same charge as the interpreter's, see `interp.rs`)
+//! and calls the callee's **patch site** entry (`mov rax, imm64; call rax`),
 //! never the callee's code: a redefinition swaps that site and every caller sees it at once.
 //! The generated code never yields, never touches code memory and references only site entries
 //! (which outlive every function's code) and the `'static` overflow helper.
@@ -28,6 +29,7 @@
 //! `idiv` (which would trap on the last two and on zero).
 
 use crate::ast::{BinOp, Func, FuncId, Ir};
+use crate::interp::call_cost;
 use tramway::jit::dynasmrt::x64::Rq;
 use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::Assembler;
@@ -74,8 +76,9 @@ pub fn emit_function(ops: &mut Assembler, func: &Func, env: &Env<'_>) {
         ops,
         env,
         pushes: 0,
+        level: 0,
     };
-    g.expr(&func.body);
+    g.node(&func.body);
     dynasm!(ops
         ; .arch x64
         ; =>ret
@@ -113,6 +116,8 @@ struct Gen<'o, 'e> {
     env: &'o Env<'e>,
     /// 8-byte pushes outstanding since the prologue (rsp is aligned when this is even).
     pushes: usize,
+    /// Nesting level of the node being emitted (the body is level 0).
+    level: usize,
 }
 
 impl Gen<'_, '_> {
@@ -139,8 +144,15 @@ impl Gen<'_, '_> {
         true
     }
 
-    /// Evaluates `ir` into `rax`.
+    /// Evaluates `ir`, an operand of the node being emitted, into `rax`.
     fn expr(&mut self, ir: &Ir) {
+        self.level += 1;
+        self.node(ir);
+        self.level -= 1;
+    }
+
+    /// Evaluates `ir`, at the current level, into `rax`.
+    fn node(&mut self, ir: &Ir) {
         match ir {
             Ir::Const(v) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD *v),
             Ir::Param(slot) => {
@@ -195,7 +207,7 @@ impl Gen<'_, '_> {
         dynasm!(self.ops
             ; .arch x64
             ; mov r8, [rbp + DEPTH_SLOT]
-            ; sub r8, 1
+            ; sub r8, call_cost(self.level) as i32
         );
         if pad {
             dynasm!(self.ops ; .arch x64 ; sub rsp, 8);

@@ -6,11 +6,17 @@
 //! reference semantics for tests.
 //!
 //! # Call depth
-//! Every call carries a `depth` budget, starting at [`MAX_DEPTH`] for a top-level call and
-//! decreasing by one per nested call. A function entered with a budget `<= 0` does not run: it
-//! records the overflow for the current thread ([`note_depth_exceeded`]) and returns 0. Compiled
-//! code implements the same rule, so both tiers agree, and runaway recursion is reported instead
-//! of overflowing the stack.
+//! Every call carries a `depth` budget, starting at [`MAX_DEPTH`] for a top-level call. A call
+//! made at expression nesting level `L` of its caller's body (the body itself is level 0, the
+//! operands of a level-`L` node are at `L + 1`) passes the callee `depth - call_cost(L)`, where
+//! [`call_cost`] is 1 plus one per [`LEVELS_PER_UNIT`] levels: a call deep inside an expression
+//! leaves that many interpreter frames on the stack below the callee, so it uses more budget.
+//! The budget therefore bounds the stack a recursion can take, whatever its shape (a bound on
+//! the call depth alone let 40 levels of nesting inside a 1990-deep recursion overflow an 8 MiB
+//! stack). A function entered with a budget `<= 0` does not run: it records the overflow for
+//! the current thread ([`note_depth_exceeded`]) and returns 0. Compiled code implements the
+//! same rule, so both tiers agree, and runaway recursion is reported instead of overflowing
+//! the stack.
 
 use std::cell::Cell;
 
@@ -18,6 +24,14 @@ use crate::ast::{Func, FuncId, Ir};
 
 /// Depth budget of a top-level call.
 pub const MAX_DEPTH: i64 = 2_000;
+
+/// Expression nesting levels a call may sit below its caller's body for one budget unit.
+pub const LEVELS_PER_UNIT: usize = 4;
+
+/// Budget a call at nesting level `level` of its caller's body uses (see the module docs).
+pub fn call_cost(level: usize) -> i64 {
+    1 + (level / LEVELS_PER_UNIT) as i64
+}
 
 thread_local! {
     static DEPTH_EXCEEDED: Cell<bool> = const { Cell::new(false) };
@@ -39,31 +53,38 @@ pub trait Caller {
     fn call(&self, func: FuncId, args: [i64; 4], depth: i64) -> i64;
 }
 
-/// Evaluates `ir` with the parameters `args`, inside a function running with budget `depth`.
+/// Evaluates `ir` (a whole body or `run` expression, nesting level 0) with the parameters
+/// `args`, inside a function running with budget `depth`.
 pub fn eval(ir: &Ir, args: &[i64; 4], depth: i64, caller: &dyn Caller) -> i64 {
+    eval_at(ir, 0, args, depth, caller)
+}
+
+/// [`eval`] of a node at nesting level `level`.
+fn eval_at(ir: &Ir, level: usize, args: &[i64; 4], depth: i64, caller: &dyn Caller) -> i64 {
+    let sub = |ir: &Ir| eval_at(ir, level + 1, args, depth, caller);
     match ir {
         Ir::Const(v) => *v,
         // Resolution guarantees slot < arity <= 4.
         Ir::Param(slot) => args.get(usize::from(*slot)).copied().unwrap_or(0),
-        Ir::Neg(x) => eval(x, args, depth, caller).wrapping_neg(),
+        Ir::Neg(x) => sub(x).wrapping_neg(),
         Ir::Bin(op, a, b) => {
-            let a = eval(a, args, depth, caller);
-            let b = eval(b, args, depth, caller);
+            let a = sub(a);
+            let b = sub(b);
             op.apply(a, b)
         }
         Ir::If(c, a, b) => {
-            if eval(c, args, depth, caller) != 0 {
-                eval(a, args, depth, caller)
+            if sub(c) != 0 {
+                sub(a)
             } else {
-                eval(b, args, depth, caller)
+                sub(b)
             }
         }
         Ir::Call(f, actuals) => {
             let mut values = [0i64; 4];
             for (v, a) in values.iter_mut().zip(actuals) {
-                *v = eval(a, args, depth, caller);
+                *v = sub(a);
             }
-            caller.call(*f, values, depth - 1)
+            caller.call(*f, values, depth - call_cost(level))
         }
     }
 }

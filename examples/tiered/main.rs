@@ -164,7 +164,7 @@ fn time_run(engine: &Engine, ir: &Ir, what: &str, pos: Pos) -> Result<(i64, Dura
     while reps == 0 || (start.elapsed() < budget && reps < 100_000) {
         result = engine.eval(ir).map_err(|_| {
             format!(
-                "error at {pos}: {what}: recursion deeper than {}",
+                "error at {pos}: {what}: recursion too deep (call depth budget of {} used up)",
                 interp::MAX_DEPTH
             )
         })?;
@@ -203,7 +203,7 @@ fn speedup(module: &Module, src: &str, threshold: u64) -> Result<(), String> {
     for (pos, ir) in &module.runs {
         engine.eval(ir).map_err(|_| {
             format!(
-                "error at {pos}: recursion deeper than {}",
+                "error at {pos}: recursion too deep (call depth budget of {} used up)",
                 interp::MAX_DEPTH
             )
         })?;
