@@ -131,12 +131,6 @@ struct Observations {
     ages: [AtomicU64; 3],
 }
 
-thread_local! {
-    /// The generation the last hook on this OS thread observed (read right after the call,
-    /// before any yield, so the task is still on the same worker).
-    static SEEN: Cell<u64> = const { Cell::new(0) };
-}
-
 /// Preemption simulated inside the trampoline, chosen by the caller's second argument.
 const MODE_PLAIN: u64 = 0;
 const MODE_SPIN: u64 = 1;
@@ -163,15 +157,19 @@ unsafe extern "C" fn observe(user: *mut c_void, args: *const HookArgs) {
     if age >= 2 {
         record(age);
     }
-    SEEN.with(|s| s.set(g.gen));
+    // The caller's own slot for this call (its third argument): never a thread-local, which a
+    // task that migrated between workers would read from another worker's copy.
+    // SAFETY: `Readers::call` passes the address of a `Cell` on its stack that outlives the
+    // call; only this call's thread touches it.
+    unsafe { &*(args.int_args[2] as *const Cell<u64>) }.set(g.gen);
 }
 
-/// Emits generation `gen`: `target(x, _) = x + gen` behind a forwarding trampoline whose hook
-/// observes `g`.
+/// Emits generation `gen`: `target(x, _, _) = x + gen` behind a forwarding trampoline whose
+/// hook observes `g` and records it in the caller's slot (the third argument).
 fn emit_generation(jit: &Jit, g: &Generation) -> Trampoline {
     let gen = i32::try_from(g.gen).expect("generation fits in imm32");
     // SAFETY: the body is `lea rax, [rdi + gen]; ret`: it implements
-    // `extern "C" fn(u64, u64) -> u64`, never yields and touches no memory.
+    // `extern "C" fn(u64, u64, *const Cell<u64>) -> u64`, never yields and touches no memory.
     let target = unsafe {
         jit.custom(|ops| {
             dynasm!(ops
@@ -192,7 +190,8 @@ fn emit_generation(jit: &Jit, g: &Generation) -> Trampoline {
     .expect("emit forwarding trampoline")
 }
 
-type SiteFn = extern "C" fn(u64, u64) -> u64;
+/// `(x, mode, slot the hook records the generation in) -> x + generation`.
+type SiteFn = extern "C" fn(u64, u64, *const Cell<u64>) -> u64;
 
 /// Shared by readers.
 struct Readers {
@@ -206,9 +205,9 @@ impl Readers {
     /// One call with a check; `mode` selects simulated preemption.
     #[inline]
     fn call(&self, site: usize, x: u64, mode: u64) {
-        let r = (self.fns[site])(x, mode);
-        let seen = SEEN.with(|s| s.get());
-        if r.wrapping_sub(x) != seen {
+        let seen = Cell::new(0);
+        let r = (self.fns[site])(x, mode, &seen);
+        if r.wrapping_sub(x) != seen.get() {
             self.invalid.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -12,6 +12,7 @@ use crate::lock;
 /// Trampolines move `live -> retired -> reclaimed` (or `live -> reclaimed` when never installed);
 /// `emitted == live + retired + reclaimed` in every snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JitStats {
     /// Bytes of code memory currently mapped (RX views of all mapped chunks).
     pub mapped_bytes: usize,

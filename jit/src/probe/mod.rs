@@ -121,6 +121,7 @@ pub enum ProbeError {
 
 /// A snapshot of a [`Probes`] manager's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProbeStats {
     /// Probes currently attached.
     pub attached: u64,

@@ -38,6 +38,7 @@ use crate::qs::{QsRegistry, ThreadRegistration};
 
 /// Why [`Runtime::block_on`] produced no value.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BlockOnError {
     /// The task could not be spawned.
     #[error(transparent)]
@@ -49,6 +50,7 @@ pub enum BlockOnError {
 
 /// Switch counters of one worker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// Voluntary switches (task yielded, parked or ended).
     pub voluntary_switches: u64,
@@ -58,6 +60,7 @@ pub struct WorkerStats {
 
 /// A snapshot of the runtime's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RuntimeStats {
     /// Per worker, indexed by worker index.
     pub workers: Vec<WorkerStats>,
