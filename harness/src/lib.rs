@@ -11,4 +11,5 @@ pub mod probe_teardown;
 pub mod rng;
 pub mod spinner;
 pub mod torture;
+pub mod urcu;
 pub mod wait;
