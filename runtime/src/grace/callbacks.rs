@@ -65,13 +65,14 @@ impl PendingCallbacks {
 impl Engine {
     /// Queues `f` for the next GP to start (see the module docs).
     pub(super) fn queue_callback(&self, f: Callback) {
-        let wake = self.lock().callbacks.push(f);
+        let mut seq = self.lock();
+        if seq.callbacks.push(f) {
+            self.wake_driver(&seq);
+        }
+        drop(seq);
         self.counters
             .callbacks_queued
             .fetch_add(1, Ordering::Relaxed);
-        if wake {
-            self.work.notify_one();
-        }
     }
 
     /// Runs a GP's batch in queueing order. A panicking callback is counted and logged; the

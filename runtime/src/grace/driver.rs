@@ -1,33 +1,48 @@
-//! Grace-period sequencing: GP numbers, the driver thread and its loop.
+//! Grace-period sequencing: GP numbers, who runs a GP, and the driver thread's loop.
 //!
 //! # Numbers
 //!
 //! GPs are numbered from 1 and run one at a time, in order. `started` is the number of the
-//! last GP started (in progress while `started > completed`); `requested` is the highest
-//! number somebody waits for; `completed` (an atomic, so that `poll` takes no lock) is the
-//! last GP that ended and `callbacks_done` the last whose callbacks have all run. A caller
-//! that needs "a full GP from now" asks for `started + 1`: the GP in progress, if any, may
-//! have snapshotted the readers before the caller's updates, so only the next one counts.
+//! last GP started; `running` says whether it is still in progress; `requested` is the
+//! highest number somebody waits for; `completed` (an atomic, so that `poll` takes no lock) is
+//! the last GP that ended and `callbacks_done` the last whose callbacks have all run. A caller
+//! that needs "a full GP from now" asks for `started + 1`: the GP in progress, if any, may have
+//! snapshotted the readers before the caller's updates, so only the next one counts.
 //!
-//! # The driver loop
+//! # Who runs a GP
 //!
-//! One thread per domain. Under the state lock it waits for demand: a request beyond
-//! `started` (synchronize, a cookie, barrier) starts a GP at once; pending callbacks alone
-//! start one when the oldest has waited `callback_delay`, the batch is full, or the domain
-//! shuts down. It takes the pending callbacks as the GP's batch (everything queued before the
-//! GP starts shares it), runs the flavor's wait without the lock, stores `completed` and
-//! releases `synchronize`/cookie waiters, runs the batch, stores `callbacks_done` and releases
-//! `barrier` waiters. Callbacks queued by an updater after its swap are taken under the same
+//! Whoever claims it under the state lock: the **driver** thread (one per domain), for
+//! callbacks and for tasks that wait; or an **OS thread** waiting in `synchronize` (or a
+//! cookie, or `barrier`) whose GP has not started and no GP is running: it runs the GP itself,
+//! as liburcu's `synchronize_rcu` does, instead of paying two thread wake-ups. A task never
+//! runs one (it would hold its worker); it parks and the driver runs it. Claiming takes the
+//! pending callbacks as the GP's batch, so everything queued before a GP starts rides on it.
+//!
+//! # Batches and the driver loop
+//!
+//! Callbacks always run on the driver (they `munmap`; an inline runner must return to its
+//! caller). When a GP ends, its runner stores `completed`, releases `synchronize`/cookie
+//! waiters, and hands a non-empty batch to the driver in `ready` (GP order); `callbacks_done`
+//! advances when the driver has run it, or at once when the batch is empty and nothing is
+//! queued before it. The driver loop, under the state lock: run the oldest ready batch; else,
+//! if no GP is running, start one when a request is beyond `started` or when pending
+//! callbacks have waited `callback_delay` (or fill a batch, or the domain shuts down); else
+//! sleep until woken. Callbacks queued by an updater after its swap are taken under the same
 //! lock, so the swap happens-before the GP's heavy barrier.
 //!
+//! Wake-ups cost system calls, so they go only to somebody asleep: the driver is notified
+//! only while it waits (`driver_idle`), the `done` condition variable only while threads wait
+//! on it (`sleepers`).
+//!
 //! Lock order: the state lock is taken alone; the reader registry's leaf locks may be taken
-//! while the driver runs a GP, which it does without the state lock.
+//! while a GP runs, which is always without the state lock.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use super::callbacks::{Callback, PendingCallbacks};
-use super::waiters::TaskWaiter;
+use super::waiters::{TaskWaiter, Until};
 use super::{rude, stall, tasks, Flavor, GraceConfig, GraceStats};
 use crate::primitive::{
     self, const_thread_local, lock, thread, Arc, AtomicU64, Condvar, Mutex, MutexGuard,
@@ -38,16 +53,26 @@ use crate::Runtime;
 /// State under the engine's lock.
 #[derive(Default)]
 pub(super) struct SeqState {
-    /// GPs started so far; GP number `started` is the one in progress (if > completed).
+    /// GPs started so far; GP number `started` is in progress while `running`.
     pub(super) started: u64,
+    /// A GP is in progress (on the driver, or inline in a waiting thread).
+    pub(super) running: bool,
     /// Highest GP number somebody waits for.
     pub(super) requested: u64,
     /// Callbacks for the next GP to start.
     pub(super) callbacks: PendingCallbacks,
+    /// GPs that ended whose callbacks the driver has not run yet, oldest first.
+    ready: VecDeque<(u64, Vec<Callback>)>,
+    /// The driver is running a batch from `ready`.
+    draining: bool,
     /// Tasks blocked in synchronize()/barrier()/wait().
     pub(super) task_waiters: Vec<TaskWaiter>,
     /// Callers currently blocked on a GP: their GPs are expedited.
     pub(super) blocked_callers: usize,
+    /// OS threads waiting on `done`.
+    pub(super) sleepers: usize,
+    /// The driver waits on `work`.
+    driver_idle: bool,
     pub(super) shutdown: bool,
 }
 
@@ -64,13 +89,18 @@ impl SeqState {
     }
 
     /// The GP whose callbacks a `barrier` must wait for: the next one if callbacks are
-    /// pending (requested at once: somebody waits for them), else the one in progress.
+    /// pending (requested at once: somebody waits for them), else the last one started.
     pub(super) fn request_for_callbacks(&mut self) -> u64 {
         if self.callbacks.is_empty() {
             self.started
         } else {
             self.request_next()
         }
+    }
+
+    /// Whether the driver has something to do now.
+    fn driver_has_work(&self) -> bool {
+        !self.ready.is_empty() || self.requested > self.started || !self.callbacks.is_empty()
     }
 }
 
@@ -81,6 +111,8 @@ pub(super) struct Counters {
     pub(super) callbacks_run: std::sync::atomic::AtomicU64,
     pub(super) callbacks_panicked: std::sync::atomic::AtomicU64,
     pub(super) stalls: std::sync::atomic::AtomicU64,
+    /// GPs run inline by waiting OS threads (the rest ran on the driver).
+    pub(super) inline_grace_periods: std::sync::atomic::AtomicU64,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -92,7 +124,7 @@ pub(super) struct Engine {
     pub(super) config: GraceConfig,
     pub(super) state: Mutex<SeqState>,
     /// Wakes the driver when work arrives.
-    pub(super) work: Condvar,
+    work: Condvar,
     /// Wakes OS threads waiting for a GP number to complete.
     pub(super) done: Condvar,
     /// Highest GP number that has ended (GP numbers complete in order).
@@ -130,10 +162,25 @@ impl Engine {
         lock(&self.state)
     }
 
+    /// Wakes the driver if it sleeps (call with the state lock held, after changing it).
+    pub(super) fn wake_driver(&self, seq: &SeqState) {
+        if seq.driver_idle {
+            self.work.notify_one();
+        }
+    }
+
+    /// Wakes the OS threads waiting on `done`, if any (state lock held).
+    pub(super) fn wake_sleepers(&self, seq: &SeqState) {
+        if seq.sleepers > 0 {
+            self.done.notify_all();
+        }
+    }
+
     /// Asks the driver for a full GP from now (a cookie) and returns its number.
     pub(super) fn request_next(&self) -> u64 {
-        let target = self.lock().request_next();
-        self.work.notify_one();
+        let mut seq = self.lock();
+        let target = seq.request_next();
+        self.wake_driver(&seq);
         target
     }
 
@@ -155,49 +202,108 @@ impl Engine {
             callbacks_run: c.callbacks_run.load(Ordering::Relaxed),
             callbacks_panicked: c.callbacks_panicked.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            inline_grace_periods: c.inline_grace_periods.load(Ordering::Relaxed),
         }
     }
 
-    /// The driver loop (module docs): run GPs while somebody needs one; return on shutdown
-    /// once every queued callback has run.
-    fn drive(&self) {
-        while let Some((gp, batch, expedited)) = self.next_grace_period() {
-            self.run_grace_period(gp, expedited);
-            // `synchronize` and cookie waiters go as soon as the GP ends, before the batch
-            // of callbacks (possibly thousands of munmaps) runs; `barrier` waiters after it.
-            self.completed.store(gp, Ordering::Release);
-            self.release_waiters(super::waiters::Until::Completed, gp);
-            self.run_callbacks(batch);
-            self.callbacks_done.store(gp, Ordering::Release);
-            self.release_waiters(super::waiters::Until::CallbacksDone, gp);
-        }
+    /// Claims the next GP (no GP may be running): its number and its callback batch.
+    pub(super) fn claim(&self, seq: &mut SeqState) -> (u64, Vec<Callback>) {
+        debug_assert!(!seq.running);
+        seq.running = true;
+        seq.started += 1;
+        (seq.started, seq.callbacks.take())
     }
 
-    /// Waits for demand and starts the next GP: `(number, its callback batch, expedited)`.
-    /// `None` at shutdown with nothing left to run.
-    fn next_grace_period(&self) -> Option<(u64, Vec<Callback>, bool)> {
-        let mut seq = self.lock();
-        loop {
-            if seq.requested > seq.started {
-                break; // somebody waits: synchronize, a cookie, barrier
-            }
-            if !seq.callbacks.is_empty() {
-                // Only callbacks wait: let more join the batch (not at shutdown).
-                match seq.callbacks.time_left(self.config.callback_delay) {
-                    Some(left) if !seq.shutdown => {
-                        seq = primitive::wait_timeout(&self.work, &self.state, seq, left);
-                        continue;
-                    }
-                    _ => break,
+    /// Runs GP `gp` (claimed by the caller) without the state lock and finishes it.
+    pub(super) fn run_claimed(&self, gp: u64, batch: Vec<Callback>, expedited: bool) {
+        /// Releases the claim if the GP unwinds (nothing in it should; the stall callback's
+        /// panics are caught), so that later GPs are not blocked behind a dead runner. The
+        /// batch is then leaked: running it early would free code under readers.
+        struct Claim<'a>(&'a Engine, Option<Vec<Callback>>);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                if let Some(batch) = self.1.take() {
+                    std::mem::forget(batch);
+                    let mut seq = self.0.lock();
+                    seq.running = false;
+                    self.0.wake_driver(&seq);
+                    self.0.wake_sleepers(&seq);
                 }
             }
-            if seq.shutdown {
-                return None;
-            }
-            seq = primitive::wait(&self.work, seq);
         }
-        seq.started += 1;
-        Some((seq.started, seq.callbacks.take(), seq.blocked_callers > 0))
+        let mut claim = Claim(self, Some(batch));
+        self.run_grace_period(gp, expedited);
+        let batch = claim.1.take().unwrap_or_default();
+        self.finish(gp, batch);
+    }
+
+    /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs).
+    fn finish(&self, gp: u64, batch: Vec<Callback>) {
+        // Stored before the lock is taken: a waiter either sees it or is registered and woken.
+        self.completed.store(gp, Ordering::Release);
+        let mut seq = self.lock();
+        seq.running = false;
+        self.release_task_waiters(&mut seq, Until::Completed, gp);
+        if batch.is_empty() && seq.ready.is_empty() && !seq.draining {
+            self.callbacks_done.store(gp, Ordering::Release);
+            self.release_task_waiters(&mut seq, Until::CallbacksDone, gp);
+        } else {
+            seq.ready.push_back((gp, batch));
+        }
+        self.wake_sleepers(&seq);
+        if seq.driver_has_work() {
+            self.wake_driver(&seq);
+        }
+    }
+
+    /// The driver loop (module docs): returns on shutdown once nothing is left to run.
+    fn drive(&self) {
+        let mut seq = self.lock();
+        loop {
+            if let Some((gp, batch)) = seq.ready.pop_front() {
+                seq.draining = true;
+                drop(seq);
+                self.run_callbacks(batch);
+                self.callbacks_done.store(gp, Ordering::Release);
+                seq = self.lock();
+                seq.draining = false;
+                self.release_task_waiters(&mut seq, Until::CallbacksDone, gp);
+                self.wake_sleepers(&seq);
+                continue;
+            }
+            let start = if seq.running {
+                false
+            } else if seq.requested > seq.started {
+                true // somebody waits: synchronize, a cookie, barrier
+            } else if seq.callbacks.is_empty() {
+                false
+            } else {
+                match seq.callbacks.time_left(self.config.callback_delay) {
+                    // Only callbacks wait: let more join the batch (not at shutdown).
+                    Some(left) if !seq.shutdown => {
+                        seq.driver_idle = true;
+                        seq = primitive::wait_timeout(&self.work, &self.state, seq, left);
+                        seq.driver_idle = false;
+                        continue;
+                    }
+                    _ => true,
+                }
+            };
+            if start {
+                let expedited = seq.blocked_callers > 0;
+                let (gp, batch) = self.claim(&mut seq);
+                drop(seq);
+                self.run_claimed(gp, batch, expedited);
+                seq = self.lock();
+                continue;
+            }
+            if seq.shutdown && !seq.running && !seq.driver_has_work() {
+                return;
+            }
+            seq.driver_idle = true;
+            seq = primitive::wait(&self.work, seq);
+            seq.driver_idle = false;
+        }
     }
 
     fn run_grace_period(&self, gp: u64, expedited: bool) {
@@ -241,8 +347,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.engine.lock().shutdown = true;
-        self.engine.work.notify_one();
+        {
+            let mut seq = self.engine.lock();
+            seq.shutdown = true;
+            self.engine.wake_driver(&seq);
+        }
         if let Some(t) = self.thread.take() {
             if t.thread().id() == thread::current().id() || crate::qs::in_task() {
                 // Dropped from one of our own callbacks, or from a task (joining would block

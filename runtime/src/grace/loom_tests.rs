@@ -155,3 +155,63 @@ fn loom_control_without_the_reader_barrier_a_grace_period_ends_under_the_reader(
     qs::SKIP_READER_BARRIER.with(|skip| skip.set(true));
     model(ReaderKind::Worker, Free::AfterSynchronize);
 }
+
+/// The asleep skip of the heavy barrier (qs docs, "Ordering", "Asleep workers"), in the
+/// membarrier mode where a worker's switch-in has no fence at all (the reader barrier is
+/// dropped, as `light_barrier` is a compiler barrier there). A grace period that reads the
+/// worker's asleep flag set after its fence may skip the membarrier: the worker's wake-up swap
+/// then orders its next site load after the grace period's site store. `check_asleep: false`
+/// is the control, a grace period that trusts an inactive cell alone: the model checker must
+/// find the reader running the old target after the grace period freed it.
+fn asleep_model(check_asleep: bool) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(PREEMPTION_BOUND);
+    }
+    builder.check(move || {
+        qs::SKIP_READER_BARRIER.with(|skip| skip.set(true));
+        let registry = Arc::new(QsRegistry::new(1));
+        let site = Arc::new(AtomicU64::new(OLD));
+        let freed = Arc::new(AtomicBool::new(false));
+        // The worker starts idle and asleep (cell inactive, flag set), then wakes and runs a
+        // task that calls the site.
+        qs::worker_sleeps(registry.worker(0));
+        let reader = {
+            let (registry, site, freed) = (registry.clone(), site.clone(), freed.clone());
+            loom::thread::spawn(move || {
+                qs::worker_started(&registry, 0);
+                let worker = registry.worker(0);
+                qs::worker_wakes(worker);
+                let task = std::sync::Arc::new(TaskReader::new(1, None));
+                qs::switch_in(&registry, worker, &task);
+                if site.load(Ordering::Acquire) == OLD {
+                    assert!(
+                        !freed.load(Ordering::Acquire),
+                        "a grace period ended while a reader was inside the old target"
+                    );
+                }
+                qs::switch_out_voluntary(&registry, worker, &task);
+                qs::worker_stopped();
+            })
+        };
+        site.store(NEW, Ordering::Release);
+        // The grace period: the heavy barrier's fence, then the skip decision and the check.
+        crate::primitive::fence(Ordering::SeqCst);
+        let skip_membarrier = !check_asleep || !registry.any_worker_awake();
+        if skip_membarrier && registry.active_workers().is_empty() {
+            freed.store(true, Ordering::Release); // nobody to wait for: the GP ends at once
+        }
+        reader.join().expect("reader");
+    });
+}
+
+#[test]
+fn loom_a_grace_period_may_skip_the_membarrier_for_an_asleep_worker() {
+    asleep_model(true);
+}
+
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_trusting_an_inactive_cell_without_the_asleep_flag_is_caught() {
+    asleep_model(false);
+}

@@ -217,6 +217,9 @@ pub struct GraceStats {
     pub callbacks_panicked: u64,
     /// Stall reports issued.
     pub stalls: u64,
+    /// Grace periods run inline by an OS thread waiting for them (the others ran on the
+    /// domain's driver thread).
+    pub inline_grace_periods: u64,
 }
 
 /// A grace-period domain over one [`Runtime`]'s readers: `synchronize`, deferred callbacks,

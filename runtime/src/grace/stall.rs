@@ -9,6 +9,7 @@
 //! configured callback. It never gives up: safety over liveness.
 
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub(super) struct Backoff<'a> {
     sleep: Duration,
     next_report: Duration,
     expedited: bool,
+    /// This (non-driver) thread registered itself with the readers' waker for this GP.
+    registered: bool,
 }
 
 impl<'a> Backoff<'a> {
@@ -48,6 +51,7 @@ impl<'a> Backoff<'a> {
             },
             next_report: engine.config.stall_timeout,
             expedited,
+            registered: false,
         }
     }
 
@@ -64,7 +68,13 @@ impl<'a> Backoff<'a> {
             if self.expedited {
                 // Somebody is blocked on this GP: ask readers to unpark us on their next
                 // transition, then re-check so that a transition that happened before `arm`
-                // is not slept through.
+                // is not slept through. (The driver is registered with the waker for good; a
+                // thread running a GP inline registers for this GP only, and only once it
+                // has to wait.)
+                if !self.registered && !self.engine.on_own_driver() {
+                    registry.add_waiter_thread(thread::current());
+                    self.registered = true;
+                }
                 registry.arm_waker();
                 if late(false).is_none() {
                     registry.disarm_waker();
@@ -97,7 +107,19 @@ impl<'a> Backoff<'a> {
         };
         tracing::warn!(target: "tramway::grace", "{report}");
         if let Some(cb) = &self.engine.config.on_stall {
-            cb(&report);
+            // A panicking callback must not take the grace period down with it (the GP would
+            // never end, and every later one would wait behind it).
+            if catch_unwind(AssertUnwindSafe(|| cb(&report))).is_err() {
+                tracing::error!(target: "tramway::grace", "the stall callback panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Backoff<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.engine.registry.remove_waiter_thread();
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::qs::{heavy_barrier, QsRegistry, QsSnapshot, ThreadReader};
 pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
     // Sites were re-pointed before this GP was requested; order those stores before the
     // snapshot loads (the heavy half of the pairing).
-    heavy_barrier();
+    heavy_barrier(registry);
 
     // Workers that were between tasks or idle at the snapshot are already quiescent.
     let engine = backoff.engine();
@@ -66,7 +66,7 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
 /// Waits until every registered thread that was online at the snapshot has passed a
 /// quiescent state (the Rude flavor's wait for threads; Tasks does it with its workers).
 pub(super) fn wait_for_threads(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
-    heavy_barrier();
+    heavy_barrier(registry);
     let mut threads = registry.online_threads();
     backoff.wait_until(|describe| {
         threads.retain(|(t, s)| !t.passed_since(*s));

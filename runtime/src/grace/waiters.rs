@@ -2,30 +2,25 @@
 //! thread.
 //!
 //! * A **task** parks on its own [`Event`](crate::Event): its worker switches away, which is
-//!   the task's quiescent state, so a task never waits on itself. The driver notifies the
-//!   event when the task's target is reached.
-//! * A **registered thread** that is online goes offline while it blocks (an offline guard),
-//!   so the grace period it waits for does not wait for it.
-//! * **Any OS thread** then blocks on the engine's `done` condition variable.
+//!   the task's quiescent state, so a task never waits on itself. The driver runs the GP and
+//!   notifies the event when the task's target is reached.
+//! * An **OS thread** (registered or not) runs the GP itself when it has not started and no
+//!   other GP is running (see `driver.rs`, "Who runs a GP"); otherwise it blocks on the
+//!   engine's `done` condition variable until the GP it needs has ended (and, for `barrier`,
+//!   until the driver has run its callbacks). A registered thread that is online goes offline
+//!   for the whole wait (an offline guard), so the GP it waits for, or runs, does not wait for
+//!   it.
 //!
-//! A waiter registers its target GP under the state lock together with the request that
-//! computes it, so the driver sees the request and the blocked caller at once and expedites
-//! the GP (it then arms the readers' waker). The counters are stored before the driver takes
-//! the lock to release waiters, so a waiter either sees its counter or is registered and
-//! woken.
+//! A waiter computes its target GP under the state lock together with its registration, so
+//! the runner sees the request and the blocked caller at once and expedites the GP (it then
+//! arms the readers' waker). The counters are stored before a runner takes the lock to release
+//! waiters, so a waiter either sees its counter or is registered and woken.
 
 use std::sync::atomic::Ordering;
 
 use super::driver::{Engine, SeqState};
-#[cfg(not(loom))]
-use std::time::{Duration, Instant};
-
 use crate::primitive::{self, AtomicU64};
 use crate::qs::{in_non_yielding, in_task, OfflineGuard};
-
-/// How long an OS thread blocked on a grace period spins before it sleeps.
-#[cfg(not(loom))]
-const WAITER_SPIN: Duration = Duration::from_micros(50);
 
 /// Which counter a waiter waits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +59,16 @@ impl Engine {
             "GraceDomain: waiting for a grace period inside a non-yielding section (e.g. a JIT \
              hook) would wait for itself"
         );
+        if in_task() {
+            self.task_waits(until, target);
+        } else {
+            self.thread_waits(until, target);
+        }
+    }
+
+    fn task_waits(&self, until: Until, target: impl FnOnce(&mut SeqState) -> u64) {
         let counter = self.counter(until);
-        let event = in_task().then(|| std::sync::Arc::new(crate::Event::new()));
+        let event = std::sync::Arc::new(crate::Event::new());
         let target = {
             let mut seq = self.lock();
             let target = target(&mut seq);
@@ -73,45 +76,53 @@ impl Engine {
                 return;
             }
             seq.blocked_callers += 1;
-            if let Some(event) = &event {
-                seq.task_waiters.push(TaskWaiter {
-                    until,
-                    target,
-                    event: std::sync::Arc::clone(event),
-                });
-            }
+            seq.task_waiters.push(TaskWaiter {
+                until,
+                target,
+                event: std::sync::Arc::clone(&event),
+            });
+            self.wake_driver(&seq);
             target
         };
-        self.work.notify_one();
         // Undo the registration even if the wait unwinds (a task cancelled at shutdown).
         let _blocked = BlockedCaller(self);
-        if let Some(event) = event {
-            while counter.load(Ordering::Acquire) < target {
-                event.wait();
-            }
-            return;
-        }
-        let _offline = OfflineGuard::new();
-        // A grace period over idle or briskly switching workers ends in tens of µs; spinning
-        // that long first saves the waiter's own wake-up (on a VM an idle vCPU takes tens of
-        // µs to wake) without holding the core for long. Then block.
-        #[cfg(not(loom))]
-        {
-            let spin_until = Instant::now() + WAITER_SPIN;
-            while counter.load(Ordering::Acquire) < target && Instant::now() < spin_until {
-                std::hint::spin_loop();
-            }
-        }
-        let mut seq = self.lock();
         while counter.load(Ordering::Acquire) < target {
-            seq = primitive::wait(&self.done, seq);
+            event.wait();
         }
     }
 
-    /// Wakes the waiters on `until` whose target is `gp` or older. The counter was stored
-    /// before this takes the lock (module docs).
-    pub(super) fn release_waiters(&self, until: Until, gp: u64) {
+    fn thread_waits(&self, until: Until, target: impl FnOnce(&mut SeqState) -> u64) {
+        let counter = self.counter(until);
+        let _offline = OfflineGuard::new();
         let mut seq = self.lock();
+        let target = target(&mut seq);
+        if counter.load(Ordering::Acquire) >= target {
+            return;
+        }
+        seq.blocked_callers += 1;
+        let _blocked = BlockedCaller(self);
+        while counter.load(Ordering::Acquire) < target {
+            if !seq.running && seq.started < target {
+                // The GP this caller needs has not started and none is running: run it here.
+                let (gp, batch) = self.claim(&mut seq);
+                drop(seq);
+                self.counters
+                    .inline_grace_periods
+                    .fetch_add(1, Ordering::Relaxed);
+                self.run_claimed(gp, batch, true);
+                seq = self.lock();
+                continue;
+            }
+            seq.sleepers += 1;
+            seq = primitive::wait(&self.done, seq);
+            seq.sleepers -= 1;
+        }
+        drop(seq); // before `_blocked`, which takes the lock
+    }
+
+    /// Wakes the task waiters on `until` whose target is `gp` or older (state lock held;
+    /// `done` sleepers are woken by the caller). The counter was stored before.
+    pub(super) fn release_task_waiters(&self, seq: &mut SeqState, until: Until, gp: u64) {
         seq.task_waiters.retain(|w| {
             let due = w.until == until && w.target <= gp;
             if due {
@@ -121,8 +132,6 @@ impl Engine {
             }
             !due
         });
-        drop(seq);
-        self.done.notify_all();
     }
 }
 

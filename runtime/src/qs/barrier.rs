@@ -100,15 +100,27 @@ pub(crate) fn light_barrier() {
     }
 }
 
-/// The grace-period half: issued after sites were re-pointed and before reader cells are
-/// read. Pairs with [`light_barrier`].
-pub(crate) fn heavy_barrier() {
-    #[cfg(loom)]
+/// The reader half for registered threads: always a full fence, whatever the mode (as
+/// liburcu's QSBR readers do). Threads report rarely compared with task switches, and it lets
+/// a grace period pair with them without `membarrier`.
+#[inline]
+pub(crate) fn thread_barrier() {
     fence(Ordering::SeqCst);
+}
+
+/// The grace-period half: issued after sites were re-pointed and before reader cells are
+/// read. Pairs with [`light_barrier`] (workers) and [`thread_barrier`] (registered threads).
+///
+/// A `SeqCst` fence, plus, in membarrier mode, `membarrier(PRIVATE_EXPEDITED)` unless every
+/// worker of `registry` is asleep: an asleep worker clears its flag with a `SeqCst` swap before
+/// it runs anything, so it already pairs with the fence (qs docs, "Ordering").
+pub(crate) fn heavy_barrier(registry: &super::QsRegistry) {
+    fence(Ordering::SeqCst);
+    #[cfg(loom)]
+    let _ = registry;
     #[cfg(not(loom))]
     match barrier_mode() {
-        BarrierMode::Membarrier => {
-            fence(Ordering::SeqCst);
+        BarrierMode::Membarrier if registry.any_worker_awake() => {
             let done = crate::os::membarrier(crate::os::MembarrierCmd::PrivateExpedited);
             // Registration succeeded, so this cannot fail short of a kernel bug; readers
             // already skip their fences and cannot be downgraded. Freeing code early is the
@@ -118,6 +130,6 @@ pub(crate) fn heavy_barrier() {
                 "membarrier(PRIVATE_EXPEDITED) failed after successful registration: {done:?}"
             );
         }
-        BarrierMode::Fenced => fence(Ordering::SeqCst),
+        _ => {}
     }
 }

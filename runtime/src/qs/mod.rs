@@ -32,8 +32,9 @@
 //! | switch-in | worker, before resuming a task | active, `+1` | | reader barrier |
 //! | voluntary switch-out | worker: task yielded, parked or ended | inactive, `+1` | task removed | wake waiters |
 //! | involuntary switch-out | worker: yield inside a non-yielding section | inactive, `+1` | task inserted **before** the cell store | wake waiters |
-//! | quiescent | registered thread | active, `+1` | | reader barrier, wake waiters |
-//! | offline / online | registered thread | inactive / active, `+1` | | wake waiters / reader barrier |
+//! | quiescent | registered thread | inactive, then active, `+2` | | wake waiters, full fence |
+//! | offline / online | registered thread | inactive / active, `+1` | | wake waiters / full fence |
+//! | sleep / wake | idle worker before parking / after | (inactive) | | `SeqCst` flag store / swap |
 //! | offline guard | task or registered thread around a blocking call | inactive, then active | | wake waiters / reader barrier |
 //! | forget a cancelled holdout | the canceller of a task at shutdown | | task removed | |
 //!
@@ -64,15 +65,30 @@
 //! target; the grace period would end, the old trampoline would be freed, and the reader
 //! would jump into it.
 //!
-//! So the reader issues the *light* barrier after its cell store and before its next site
-//! load, and the grace period issues the *heavy* barrier after the site stores (which
-//! happen-before it: the updater queues its callback or calls `synchronize` after swapping)
-//! and before its first cell load. With `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` the
-//! light half is a compiler barrier and the heavy half makes every running thread execute a
-//! full barrier; otherwise both are `SeqCst` fences ([`BarrierMode`], chosen once per
-//! process). Either way, of the two loads at least one sees the other side's store: the
+//! So the reader issues a barrier after its cell store and before its next site load, and
+//! the grace period issues the *heavy* barrier after the site stores (which happen-before it:
+//! the updater queues its callback or calls `synchronize` after swapping) and before its first
+//! cell load. Either way, of the two loads at least one sees the other side's store: the
 //! reader loads the new target, or the grace period sees the reader still active (or not yet
-//! changed) and keeps waiting.
+//! changed) and keeps waiting. Which barriers:
+//!
+//! * **Workers** switch tasks millions of times per second, so their barrier is *light*:
+//!   with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` ([`BarrierMode::Membarrier`], chosen
+//!   once per process) it is a compiler barrier, and the heavy half makes every running
+//!   thread execute a full barrier; without membarrier both halves are `SeqCst` fences.
+//! * **Registered threads** report rarely (like liburcu's QSBR readers, which they mirror), so
+//!   they always issue a full `SeqCst` fence, and need nothing from the grace period but its
+//!   own fence.
+//! * **Asleep workers.** The heavy half is a `SeqCst` fence, plus the membarrier only if some
+//!   worker is awake. An idle worker sets its asleep flag (`SeqCst`) before it parks and
+//!   clears it with a `SeqCst` swap followed by a `SeqCst` fence after, before it can switch a
+//!   task in. If the grace period, after its fence, reads the flag set, the worker's swap
+//!   comes later in the flag's modification order, so the grace period's fence precedes the
+//!   swap, and so the worker's fence, in the single total order of `SeqCst` operations; then
+//!   every load the worker makes after its fence sees the site stores that precede the grace
+//!   period's fence. (The swap alone would do on x86, where it is a full barrier, but not in
+//!   the language's memory model: the loom model found the execution.) A grace period over idle workers and offline threads is then a few
+//!   loads and fences, with no system call.
 //!
 //! Going *inactive* needs no barrier: an inactive reader loads no site until its next
 //! switch-in or online transition, which has one. At its end a grace period issues a
@@ -98,5 +114,6 @@ pub(crate) use reader::{in_non_yielding, in_task, is_active_reader_of};
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,
-    switch_out_untracked, switch_out_voluntary, worker_started, worker_stopped, OfflineGuard,
+    switch_out_untracked, switch_out_voluntary, wake_sleeping_worker, worker_sleeps,
+    worker_started, worker_stopped, worker_wakes, OfflineGuard,
 };

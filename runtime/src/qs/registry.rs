@@ -27,6 +27,10 @@ pub(crate) struct WorkerReader {
     pub(super) voluntary_switches: AtomicU64,
     /// Involuntary switches performed on this worker (statistics).
     pub(super) involuntary_switches: AtomicU64,
+    /// The worker is idle and parked (or about to park): set by `worker_sleeps`, cleared with
+    /// a `SeqCst` swap before it runs anything again (see "Ordering" in the `qs` docs for why a
+    /// grace period may then skip the membarrier for it). The scheduler's wake-ups use it too.
+    pub(super) asleep: AtomicBool,
 }
 
 impl WorkerReader {
@@ -36,6 +40,7 @@ impl WorkerReader {
             current_task: AtomicU64::new(0),
             voluntary_switches: AtomicU64::new(0),
             involuntary_switches: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
         }
     }
 }
@@ -141,6 +146,15 @@ impl QsRegistry {
             .map(|(i, w)| (i, w.cell.snapshot()))
             .filter(|(_, s)| s.was_active())
             .collect()
+    }
+
+    #[cfg_attr(all(loom, not(test)), allow(dead_code))]
+    /// Whether some worker may be running (not asleep): only then does a grace period's heavy
+    /// barrier need `membarrier` (qs docs, "Ordering"). Read after the grace period's fence.
+    pub(crate) fn any_worker_awake(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| !w.asleep.load(Ordering::SeqCst))
     }
 
     /// Whether worker `index` has passed a quiescent state since `snap`.

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc as StdArc;
 
-use super::barrier::light_barrier;
+use super::barrier::{light_barrier, thread_barrier};
 use super::reader::{self, in_non_yielding, Reader};
 use super::registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 use crate::error::RegisterError;
@@ -119,6 +119,28 @@ pub(crate) fn switch_out_untracked(registry: &QsRegistry, worker: &WorkerReader)
     });
 }
 
+/// **Sleep**: the idle worker `worker` is about to park. `SeqCst`, paired with the `SeqCst`
+/// loads of [`QsRegistry::any_worker_awake`] and of the scheduler's wake-ups.
+pub(crate) fn worker_sleeps(worker: &WorkerReader) {
+    worker.asleep.store(true, Ordering::SeqCst);
+}
+
+/// **Wake** (by the worker itself, after parking): clears the flag with a `SeqCst` swap and
+/// issues a `SeqCst` fence before the worker loads anything (qs docs, "Ordering"; the fence
+/// is what the language's memory model needs on top of the swap, which on x86 is already a
+/// full barrier). Returns whether the flag was set (false if a waker cleared it first).
+pub(crate) fn worker_wakes(worker: &WorkerReader) -> bool {
+    let was_asleep = worker.asleep.swap(false, Ordering::SeqCst);
+    crate::primitive::fence(Ordering::SeqCst);
+    was_asleep
+}
+
+/// **Wake another worker**: clears `worker`'s flag if it is asleep; returns whether this call
+/// did (and so must unpark it). The worker still passes its own [`worker_wakes`] swap.
+pub(crate) fn wake_sleeping_worker(worker: &WorkerReader) -> bool {
+    worker.asleep.load(Ordering::SeqCst) && worker.asleep.swap(false, Ordering::SeqCst)
+}
+
 /// **Forget a cancelled holdout**: a task dropped by shutdown will never run again, so if it
 /// was a holdout it no longer holds anything; release the grace periods waiting for it.
 /// Called by the canceller, which owns the task.
@@ -145,7 +167,7 @@ pub(crate) fn register_thread(
         .map(str::to_owned);
     let thread = Arc::new(ThreadReader::new(name));
     thread.cell.advance(true);
-    light_barrier();
+    thread_barrier();
     registry.add_thread(Arc::clone(&thread));
     reader::set(Reader::Thread {
         registry: &**registry,
@@ -183,14 +205,19 @@ pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadR
 
 /// **Quiescent**: an online thread reports that it holds no pointer into JIT code. Inside a
 /// non-yielding section it does hold one, so nothing happens there.
+///
+/// It passes through offline: a grace period waiting for it sees the change, and one that
+/// snapshots while the waker runs (which may yield this CPU to the waiter) sees it inactive
+/// and need not wait for it at all; then it is online again, behind a full barrier.
 pub(crate) fn thread_quiescent(registry: &QsRegistry, thread: &ThreadReader) {
     if in_non_yielding() || !thread.cell.is_active() {
         return;
     }
+    thread.cell.advance(false);
+    registry.waker.notify();
     thread.cell.advance(true);
     // The thread's next site loads stay after the report (qs docs, "Ordering").
-    light_barrier();
-    registry.waker.notify();
+    thread_barrier();
 }
 
 /// **Offline**: the thread is quiescent until it comes back online (not inside a
@@ -207,7 +234,7 @@ pub(crate) fn thread_offline(registry: &QsRegistry, thread: &ThreadReader) {
 pub(crate) fn thread_online(thread: &ThreadReader) {
     if !thread.cell.is_active() {
         thread.cell.advance(true);
-        light_barrier();
+        thread_barrier();
     }
 }
 

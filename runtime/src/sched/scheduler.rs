@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use corosensei::stack::DefaultStack;
 use crossbeam_deque::{Injector, Stealer, Worker as LocalQueue};
-use crossbeam_utils::CachePadded;
 
 use super::builder::Config;
 use super::task::{Schedule, Task};
@@ -41,8 +40,8 @@ pub(crate) struct Scheduler {
     pub(crate) pinned: Box<[Injector<Arc<Task>>]>,
     /// Every task that has not finished yet (cancelled at shutdown).
     tasks: Box<[TaskShard]>,
-    /// `sleeping[i]`: worker `i` is parked (or about to) and wants an unpark on new work.
-    pub(crate) sleeping: Box<[CachePadded<AtomicBool>]>,
+    /// Workers parked (or about to park) that want an unpark on new work; each one's flag is
+    /// its `qs::WorkerReader`'s asleep flag.
     pub(crate) num_sleeping: AtomicUsize,
     pub(crate) threads: Box<[OnceLock<Thread>]>,
     pub(crate) join_handles: Mutex<Vec<JoinHandle<()>>>,
@@ -68,9 +67,6 @@ impl Scheduler {
             pinned: (0..n).map(|_| Injector::new()).collect(),
             tasks: (0..TASK_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            sleeping: (0..n)
-                .map(|_| CachePadded::new(AtomicBool::new(false)))
                 .collect(),
             num_sleeping: AtomicUsize::new(0),
             threads: (0..n).map(|_| OnceLock::new()).collect(),
@@ -155,7 +151,7 @@ impl Scheduler {
             self.injector.push(t);
         }
         if wake {
-            // Pairs with the fence in `Worker::idle`: either we see its `sleeping` flag or it
+            // Pairs with the fence in `Worker::idle`: either we see its asleep flag or it
             // sees our push (store-buffering, so SeqCst fences on both sides).
             fence(Ordering::SeqCst);
             self.wake_one();
@@ -167,7 +163,7 @@ impl Scheduler {
         if self.num_sleeping.load(Ordering::Relaxed) == 0 {
             return;
         }
-        for i in 0..self.sleeping.len() {
+        for i in 0..self.threads.len() {
             if self.wake_worker(i) {
                 return;
             }
@@ -176,8 +172,7 @@ impl Scheduler {
 
     /// Unparks worker `i` if it sleeps; returns whether it did.
     pub(crate) fn wake_worker(&self, i: usize) -> bool {
-        if self.sleeping[i].load(Ordering::SeqCst) && self.sleeping[i].swap(false, Ordering::SeqCst)
-        {
+        if crate::qs::wake_sleeping_worker(self.registry.worker(i)) {
             self.num_sleeping.fetch_sub(1, Ordering::SeqCst);
             if let Some(t) = self.threads[i].get() {
                 t.unpark();

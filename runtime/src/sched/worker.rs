@@ -14,7 +14,8 @@
 //! 4. resume it until it reaches a yield point or ends (see below);
 //! 5. with no work: spin briefly, then park (with a timeout equal to the earliest timer).
 //!
-//! Idle protocol: a worker sets its `sleeping` flag, issues a `SeqCst` fence and re-checks
+//! Idle protocol: a worker sets its asleep flag (kept by `qs`, which grace periods read too),
+//! issues a `SeqCst` fence and re-checks
 //! every queue before parking; a producer pushes, issues a `SeqCst` fence and then looks for
 //! a set flag to clear and unpark. One of the two always sees the other.
 //!
@@ -157,10 +158,10 @@ impl WorkerCtx {
 
     fn idle(&self) {
         let sh = &*self.scheduler;
-        let me = &sh.sleeping[self.index];
+        let me = self.reader();
         sh.num_sleeping.fetch_add(1, Ordering::SeqCst);
-        me.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `Shared::schedule` (see the module docs).
+        qs::worker_sleeps(me);
+        // Pairs with the fence in `Scheduler::schedule` (see the module docs).
         fence(Ordering::SeqCst);
         let wake_now = self.has_work() || sh.shutdown.load(Ordering::SeqCst) || sh.timers.any_due();
         if !wake_now {
@@ -169,7 +170,8 @@ impl WorkerCtx {
                 None => thread::park(),
             }
         }
-        if me.swap(false, Ordering::SeqCst) {
+        // Also the full barrier a grace period that saw this worker asleep relies on.
+        if qs::worker_wakes(me) {
             sh.num_sleeping.fetch_sub(1, Ordering::SeqCst);
         }
     }
