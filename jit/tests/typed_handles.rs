@@ -162,3 +162,24 @@ fn a_typed_probed_site_keeps_its_probes_for_its_handles() {
     drop(f);
     gp.barrier();
 }
+
+#[test]
+fn under_the_rude_flavor_typed_calls_are_refused() {
+    use tramway_runtime::grace::{Flavor, GraceConfig};
+    let tw = tramway::Builder::new()
+        .workers(1)
+        .grace(GraceConfig::default().flavor(Flavor::Rude))
+        .build()
+        .unwrap();
+    let site = tw
+        .jit
+        .typed_site(
+            SiteKind::Indirect,
+            &tw.jit.forward(add_one as AddFn).unwrap(),
+        )
+        .unwrap();
+    let f = site.handle();
+    // Rude does not wait for tasks switched out inside a hook, so it tracks no caller.
+    let r = tw.runtime.block_on(move || f.call((1,))).unwrap();
+    assert_eq!(r, Err(CallError::NotAReader));
+}

@@ -178,3 +178,81 @@ fn the_rude_flavor_reports_a_worker_that_does_not_reach_its_scheduler() {
     assert!(named.load(Ordering::SeqCst), "the report names worker 0");
     assert!(gp.stats().stalls >= 2);
 }
+
+#[test]
+fn a_panicking_stall_callback_does_not_take_the_grace_period_down() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(
+        &rt,
+        GraceConfig::default()
+            .stall_timeout(Duration::from_millis(10))
+            .on_stall(|_: &StallReport| panic!("a buggy stall callback")),
+    )
+    .unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    let (started, r) = (Arc::new(AtomicBool::new(false)), release.clone());
+    let s = started.clone();
+    let spinner = rt
+        .spawn(move || {
+            s.store(true, Ordering::Release);
+            while !r.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran2 = ran.clone();
+    gp.call(move || ran2.store(true, Ordering::SeqCst));
+    let cookie = gp.start_poll();
+    std::thread::sleep(Duration::from_millis(60)); // several stall reports, each panicking
+    assert!(!gp.poll(&cookie), "the grace period waits for the spinner");
+    release.store(true, Ordering::Release);
+    spinner.join().unwrap();
+    let gp2 = gp.clone();
+    let done = finishes_within(Duration::from_secs(10), move || {
+        gp2.barrier();
+        gp2.synchronize();
+    });
+    assert!(
+        done.is_some(),
+        "grace periods still end after the callback panicked"
+    );
+    assert!(
+        ran.load(Ordering::SeqCst),
+        "the callback of the stalled grace period ran"
+    );
+    assert!(gp.stats().stalls >= 1);
+}
+
+#[test]
+fn a_registration_dropped_inside_a_non_yielding_section_unregisters_when_it_ends() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let r = rt.clone();
+    std::thread::spawn(move || {
+        let reg = r.register_thread().unwrap();
+        tramway_runtime::non_yielding(|| {
+            drop(reg); // e.g. a hook taking the thread's registration out of a thread-local
+            assert_eq!(
+                r.register_thread().map(drop),
+                Err(tramway_runtime::RegisterError::AlreadyRegistered),
+                "still registered (and online) while inside the section"
+            );
+        });
+        // The section ended: the thread is unregistered, and may register again.
+        let again = r
+            .register_thread()
+            .expect("unregistered at the end of the section");
+        drop(again);
+    })
+    .join()
+    .unwrap();
+    let done = finishes_within(Duration::from_secs(10), move || gp.synchronize());
+    assert!(
+        done.is_some(),
+        "a grace period does not wait for the exited thread"
+    );
+}

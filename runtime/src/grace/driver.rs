@@ -335,7 +335,19 @@ impl Driver {
             .spawn(move || {
                 ON_DRIVER.with(|d| d.set(Arc::as_ptr(&for_driver) as usize));
                 for_driver.registry.add_waiter_thread(thread::current());
-                for_driver.drive();
+                let drove = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for_driver.drive();
+                }));
+                if drove.is_err() {
+                    // Nothing in a GP panics short of a broken invariant (a failed membarrier
+                    // after registration). Without its driver a domain would hang every later
+                    // waiter and never free retired code: stop the process instead.
+                    eprintln!(
+                        "tramway: the grace-period driver panicked; aborting (a grace period \
+                         that failed part-way cannot be trusted)"
+                    );
+                    std::process::abort();
+                }
                 for_driver.registry.remove_waiter_thread();
             })?;
         Ok(Driver {
@@ -353,10 +365,11 @@ impl Drop for Driver {
             self.engine.wake_driver(&seq);
         }
         if let Some(t) = self.thread.take() {
-            if t.thread().id() == thread::current().id() || crate::qs::in_task() {
-                // Dropped from one of our own callbacks, or from a task (joining would block
-                // its worker, and the driver's last GPs may wait for that worker): the driver
-                // exits by itself once every queued callback has run.
+            if t.thread().id() == thread::current().id() || crate::qs::on_worker_thread() {
+                // Dropped from one of our own callbacks, or on a worker thread (from a task, or
+                // while the last worker cancels tasks at shutdown): joining would block the
+                // worker, and the driver's last GPs may wait for it. The driver exits by itself
+                // once every queued callback has run.
                 return;
             }
             // The driver's last GPs may wait for this very thread if it is a registered,

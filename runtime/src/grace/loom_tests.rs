@@ -43,8 +43,16 @@ enum Free {
 /// Which kind of reader the model runs.
 #[derive(Clone, Copy)]
 enum ReaderKind {
+    /// A worker runs a task inside old code, switches (voluntarily) and runs it again.
     Worker,
+    /// A registered thread runs old code, reports `quiescent()` and runs it again.
     RegisteredThread,
+    /// A registered thread runs old code, blocks offline (the offline guard) and runs again.
+    OfflineGuard,
+    /// A task inside old code is switched out *involuntarily* on worker 0 (a yield inside a
+    /// non-yielding section), resumes on worker 1 still inside it, and only then yields
+    /// voluntarily: the holdout wait is what keeps the code alive meanwhile.
+    Holdout,
 }
 
 fn model(reader_kind: ReaderKind, free: Free) {
@@ -53,7 +61,7 @@ fn model(reader_kind: ReaderKind, free: Free) {
         builder.preemption_bound = Some(PREEMPTION_BOUND);
     }
     builder.check(move || {
-        let registry = Arc::new(QsRegistry::new(1));
+        let registry = Arc::new(QsRegistry::new(2));
         let config = GraceConfig::default()
             .callback_delay(Duration::ZERO)
             .stall_timeout(Duration::from_secs(3600));
@@ -62,16 +70,21 @@ fn model(reader_kind: ReaderKind, free: Free) {
         let site = Arc::new(AtomicU64::new(OLD));
         let freed = Arc::new(AtomicBool::new(false));
 
-        // Inside code: if it is the old target, it must not have been freed.
+        // Inside code: if it is the old target, it must not have been freed, on entry nor on
+        // the way out (`inside` runs while the reader is still inside it).
         let run_site = {
             let (site, freed) = (Arc::clone(&site), Arc::clone(&freed));
-            move || {
-                if site.load(Ordering::Acquire) == OLD {
+            move |inside: &dyn Fn()| {
+                let old = site.load(Ordering::Acquire) == OLD;
+                let check = || {
                     assert!(
-                        !freed.load(Ordering::Acquire),
+                        !(old && freed.load(Ordering::Acquire)),
                         "a grace period ended while a reader was inside the old target"
                     );
-                }
+                };
+                check();
+                inside();
+                check();
             }
         };
         let reader = {
@@ -83,17 +96,38 @@ fn model(reader_kind: ReaderKind, free: Free) {
                     let task = std::sync::Arc::new(TaskReader::new(1, None));
                     for _ in 0..2 {
                         qs::switch_in(&registry, worker, &task);
-                        run_site();
+                        run_site(&|| {});
                         qs::switch_out_voluntary(&registry, worker, &task);
                     }
                     qs::worker_stopped();
                 }
                 ReaderKind::RegisteredThread => {
                     let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
-                    run_site();
+                    run_site(&|| {});
                     reg.quiescent();
-                    run_site();
+                    run_site(&|| {});
                     drop(reg);
+                }
+                ReaderKind::OfflineGuard => {
+                    let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
+                    run_site(&|| {});
+                    drop(qs::OfflineGuard::new()); // a blocking call, quiescent
+                    run_site(&|| {});
+                    drop(reg);
+                }
+                ReaderKind::Holdout => {
+                    // One OS thread plays both workers in turn (a task migrates between them).
+                    let task = std::sync::Arc::new(TaskReader::new(1, None));
+                    let (w0, w1) = (registry.worker(0), registry.worker(1));
+                    qs::worker_started(&registry, 0);
+                    qs::switch_in(&registry, w0, &task);
+                    run_site(&|| {
+                        qs::switch_out_involuntary(&registry, w0, &task);
+                        qs::worker_started(&registry, 1);
+                        qs::switch_in(&registry, w1, &task);
+                    });
+                    qs::switch_out_voluntary(&registry, w1, &task);
+                    qs::worker_stopped();
                 }
             })
         };
@@ -129,6 +163,31 @@ fn loom_a_worker_past_its_switch_never_runs_code_freed_by_a_callback() {
 #[test]
 fn loom_a_registered_thread_past_quiescent_never_runs_freed_code() {
     model(ReaderKind::RegisteredThread, Free::AfterSynchronize);
+}
+
+#[test]
+fn loom_a_registered_thread_back_from_an_offline_guard_never_runs_freed_code() {
+    model(ReaderKind::OfflineGuard, Free::AfterSynchronize);
+}
+
+#[test]
+fn loom_a_holdout_keeps_its_code_until_its_voluntary_yield() {
+    model(ReaderKind::Holdout, Free::AfterSynchronize);
+}
+
+std::thread_local! {
+    /// Fault injection for the holdout control: the Tasks wait skips its holdout phase.
+    pub(super) static SKIP_HOLDOUT_WAIT: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
+/// A control for the holdout phase: without it the model finds the code freed under a task
+/// that was switched out inside it.
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_without_the_holdout_wait_a_grace_period_ends_under_a_holdout() {
+    SKIP_HOLDOUT_WAIT.with(|f| f.set(true));
+    model(ReaderKind::Holdout, Free::AfterSynchronize);
 }
 
 std::thread_local! {

@@ -98,7 +98,9 @@ pub enum Flavor {
     #[default]
     Tasks,
     /// Force each worker through its scheduler once. Correct only while every switch is
-    /// voluntary.
+    /// voluntary: a task switched out inside a non-yielding section (a hook that reached a
+    /// yield point) is not waited for, so safe typed call handles refuse to run under it
+    /// ([`GraceDomain::tracks_current_thread`] is false); kept for comparison and tests.
     Rude,
 }
 
@@ -327,8 +329,13 @@ impl GraceDomain {
     /// after every such reader has passed a quiescent state, so only these callers may run
     /// JIT code whose reclamation this domain decides (`tramway-jit` checks this before a
     /// safe call through a typed handle).
+    ///
+    /// Always false for [`Flavor::Rude`]: it does not wait for tasks switched out inside a
+    /// non-yielding section, so no caller is safe under it without the caller's own promise
+    /// that no such switch happens (the `unsafe` raw entry of a site).
     pub fn tracks_current_thread(&self) -> bool {
-        crate::qs::is_active_reader_of(&self.engine.registry)
+        self.engine.config.flavor == Flavor::Tasks
+            && crate::qs::is_active_reader_of(&self.engine.registry)
     }
 
     /// Counters.

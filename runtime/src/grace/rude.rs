@@ -10,16 +10,30 @@
 use std::time::Duration;
 
 use super::stall::{Backoff, Holdout};
-use crate::{Runtime, SpawnError};
+use crate::qs::{heavy_barrier, QsSnapshot};
+use crate::{JoinHandle, Runtime, SpawnError};
+
+/// How a GP learns that one worker has switched away from what it ran at the start.
+enum Passage {
+    /// The no-op pinned to it has run.
+    NoOp(JoinHandle<()>),
+    /// The runtime is shutting down and takes no spawns; the worker may still be finishing
+    /// its last task slice: wait for its quiescent-state cell instead (as the Tasks flavor).
+    Cell(QsSnapshot),
+}
 
 pub(super) fn force_every_worker_through_scheduler(backoff: &mut Backoff<'_>, runtime: &Runtime) {
     let engine = backoff.engine();
-    let mut pending: Vec<(usize, crate::JoinHandle<()>)> = (0..runtime.workers())
-        .filter_map(|w| loop {
+    let registry = &*engine.registry;
+    let mut cells_needed = false;
+    let mut pending: Vec<(usize, Passage)> = (0..runtime.workers())
+        .map(|w| loop {
             match runtime.spawn_pinned(w, || {}) {
-                Ok(h) => break Some((w, h)),
-                // Shut down: no worker runs any task any more.
-                Err(SpawnError::ShutDown) => break None,
+                Ok(h) => break (w, Passage::NoOp(h)),
+                Err(SpawnError::ShutDown) => {
+                    cells_needed = true;
+                    break (w, Passage::Cell(registry.worker_snapshot(w)));
+                }
                 // E.g. no memory for a stack: never skip a worker (that would end the GP
                 // early); try again.
                 Err(e) => {
@@ -34,13 +48,26 @@ pub(super) fn force_every_worker_through_scheduler(backoff: &mut Backoff<'_>, ru
             }
         })
         .collect();
+    if cells_needed {
+        // Order the updater's site stores before the cell loads (qs docs, "Ordering"), and
+        // take the snapshots again after the barrier.
+        heavy_barrier(registry);
+        for (w, passage) in &mut pending {
+            if let Passage::Cell(snap) = passage {
+                *snap = registry.worker_snapshot(*w);
+            }
+        }
+    }
     backoff.wait_until(|describe| {
-        pending.retain(|(_, h)| !h.is_finished());
+        pending.retain(|(w, passage)| match passage {
+            Passage::NoOp(h) => !h.is_finished(),
+            Passage::Cell(snap) => !registry.worker_passed_since(*w, *snap),
+        });
         if pending.is_empty() {
             return None;
         }
         let late = pending.iter().filter(|_| describe).map(|(w, _)| {
-            let task_id = engine.registry.task_on_worker(*w);
+            let task_id = registry.task_on_worker(*w);
             Holdout::Worker {
                 worker: *w,
                 task_id,

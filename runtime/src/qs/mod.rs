@@ -110,10 +110,11 @@ pub(crate) use barrier::heavy_barrier;
 #[cfg(all(loom, test))]
 pub(crate) use barrier::SKIP_READER_BARRIER;
 pub(crate) use cell::QsSnapshot;
-pub(crate) use reader::{in_non_yielding, in_task, is_active_reader_of};
+pub(crate) use reader::{in_non_yielding, in_task, is_active_reader_of, on_worker_thread};
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,
-    switch_out_untracked, switch_out_voluntary, wake_sleeping_worker, worker_sleeps,
-    worker_started, worker_stopped, worker_wakes, OfflineGuard,
+    switch_out_untracked, switch_out_voluntary, wake_sleeping_worker,
+    was_switched_out_involuntarily, worker_sleeps, worker_started, worker_stopped, worker_wakes,
+    OfflineGuard,
 };

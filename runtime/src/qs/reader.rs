@@ -44,6 +44,16 @@ const_thread_local! {
     /// Non-yielding depth of an OS thread (a task keeps its own in its `TaskReader`).
     static THREAD_NON_YIELDING: AtomicU32 = AtomicU32::new(0);
 }
+const_thread_local! {
+    /// A thread registration dropped inside a non-yielding section, to unregister when the
+    /// outermost section ends (see `transitions::unregister_thread`).
+    static PENDING_UNREGISTER: Cell<Option<fn()>> = Cell::new(None);
+}
+
+/// Runs `f` when the calling OS thread leaves its outermost non-yielding section.
+pub(super) fn defer_to_section_end(f: fn()) {
+    let _ = PENDING_UNREGISTER.try_with(|p| p.set(Some(f)));
+}
 
 /// The calling thread's reader context. `inline(never)`: see the module docs.
 #[inline(never)]
@@ -66,6 +76,11 @@ pub(crate) fn current_task() -> Option<*const TaskReader> {
         Reader::Worker { task, .. } if !task.is_null() => Some(task),
         _ => None,
     }
+}
+
+/// Whether the calling OS thread is a worker of some runtime (running a task or not).
+pub(crate) fn on_worker_thread() -> bool {
+    matches!(current(), Reader::Worker { .. })
 }
 
 /// Whether the caller is a green thread.
@@ -134,7 +149,13 @@ pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
             // `with_depth`) or this OS thread's (alive as long as the thread); the task may
             // have migrated, but the counter is the task's own, not a thread-local.
             let d = unsafe { &*self.0 };
-            d.store(d.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            let depth = d.load(Ordering::Relaxed) - 1;
+            d.store(depth, Ordering::Relaxed);
+            if depth == 0 {
+                if let Some(f) = PENDING_UNREGISTER.try_with(Cell::take).ok().flatten() {
+                    f();
+                }
+            }
         }
     }
     // Only the owner writes its counter (a signal handler may read it), so a load/store pair

@@ -157,6 +157,11 @@ impl QsRegistry {
             .any(|w| !w.asleep.load(Ordering::SeqCst))
     }
 
+    /// A snapshot of worker `index`'s cell (inactive ones have passed already).
+    pub(crate) fn worker_snapshot(&self, index: usize) -> QsSnapshot {
+        self.workers[index].cell.snapshot()
+    }
+
     /// Whether worker `index` has passed a quiescent state since `snap`.
     pub(crate) fn worker_passed_since(&self, index: usize, snap: QsSnapshot) -> bool {
         self.workers[index].cell.passed_since(snap)

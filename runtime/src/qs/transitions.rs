@@ -141,6 +141,12 @@ pub(crate) fn wake_sleeping_worker(worker: &WorkerReader) -> bool {
     worker.asleep.load(Ordering::SeqCst) && worker.asleep.swap(false, Ordering::SeqCst)
 }
 
+/// Whether `task` is a holdout: its last switch-out was involuntary, so it may be suspended
+/// inside JIT code (owner only: the canceller asks before dropping it).
+pub(crate) fn was_switched_out_involuntarily(task: &TaskReader) -> bool {
+    task.holdout.load(Ordering::Relaxed)
+}
+
 /// **Forget a cancelled holdout**: a task dropped by shutdown will never run again, so if it
 /// was a holdout it no longer holds anything; release the grace periods waiting for it.
 /// Called by the canceller, which owns the task.
@@ -179,18 +185,13 @@ pub(crate) fn register_thread(
 /// **Unregister**: the thread goes offline and leaves the registry.
 ///
 /// Inside a non-yielding section the thread is inside JIT code and must stay visible to grace
-/// periods: its reader is then left online in the registry for good (every later grace period
-/// stalls on it and reports it), never dropped while it may run code.
+/// periods: it then stays registered and online until its outermost section ends, and is
+/// unregistered there.
 pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadReader>) {
     if in_non_yielding() {
-        tracing::error!(
-            target: "tramway::qs",
-            thread = thread.name.as_deref().unwrap_or("<unnamed>"),
-            "a thread registration was dropped inside a non-yielding section (a JIT hook); \
-             the thread stays registered and online, so grace periods will stall on it"
-        );
-        // The reader context keeps pointing at the registry: keep it alive for good.
-        std::mem::forget(Arc::clone(registry));
+        // The reader context keeps pointing at both; they are released with the context.
+        std::mem::forget((Arc::clone(registry), Arc::clone(thread)));
+        reader::defer_to_section_end(unregister_current_thread);
         return;
     }
     if thread.cell.is_active() {
@@ -200,6 +201,17 @@ pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadR
     registry.remove_thread(thread);
     if matches!(reader::current(), Reader::Thread { thread: t, .. } if std::ptr::eq(t, &**thread)) {
         reader::set(Reader::None);
+    }
+}
+
+/// The deferred half of [`unregister_thread`]: unregisters the thread the reader context
+/// names, and releases the references that kept its registry and reader alive.
+fn unregister_current_thread() {
+    if let Reader::Thread { registry, thread } = reader::current() {
+        // SAFETY: `unregister_thread` leaked one `Arc` of each for the context to keep
+        // pointing at; these take them back, once.
+        let (registry, thread) = unsafe { (Arc::from_raw(registry), Arc::from_raw(thread)) };
+        unregister_thread(&registry, &thread);
     }
 }
 

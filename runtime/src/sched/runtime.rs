@@ -306,6 +306,9 @@ fn shutdown(shared: &Arc<Scheduler>) {
     if shared.is_own_worker() {
         return; // a worker cannot join itself; workers exit on their own
     }
+    // The workers' last tasks may wait for a grace period that waits for this thread if it is
+    // a registered, online one: stay offline while joining.
+    let _offline = crate::qs::OfflineGuard::new();
     let mut handles = shared
         .join_handles
         .lock()

@@ -275,9 +275,23 @@ impl Task {
         if !won {
             return false;
         }
-        self.completion.mark_cancelling();
         // SAFETY: winning the CAS to CANCELLED makes us the unique owner of `coro`.
         let coro = unsafe { (*self.coro.get()).take() };
+        if qs::was_switched_out_involuntarily(&self.reader) {
+            // Its stack may hold frames of JIT code (a hook, a trampoline), which have no
+            // unwind information and must not be unwound through. It never runs again: leak
+            // the coroutine and its stack (their destructors do not run) instead.
+            tracing::warn!(
+                task = self.id,
+                "cancelling a task switched out inside a non-yielding section: its stack is \
+                 leaked, not unwound"
+            );
+            std::mem::forget(coro);
+            qs::forget_cancelled_holdout(registry, &self.reader);
+            self.completion.cancelled();
+            return true;
+        }
+        self.completion.mark_cancelling();
         // Yield points reached while unwinding must see this task as current, so that they
         // suspend (and corosensei restarts the forced unwind) instead of blocking this thread.
         let prev = set_current_task(Arc::as_ptr(self));

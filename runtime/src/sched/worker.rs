@@ -65,7 +65,6 @@ pub(crate) fn run(scheduler: Arc<Scheduler>, index: usize, local: LocalQueue<Arc
     scheduler::enter_worker(&ctx.scheduler, index, &ctx.local);
     qs::worker_started(&ctx.scheduler.registry, index);
     ctx.main_loop();
-    qs::worker_stopped();
     scheduler::leave_worker();
     let WorkerCtx {
         scheduler, local, ..
@@ -73,8 +72,11 @@ pub(crate) fn run(scheduler: Arc<Scheduler>, index: usize, local: LocalQueue<Arc
     drop(local);
     if scheduler.running_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
         // Last one out: no task is running anywhere, so every unfinished task can be dropped.
+        // Still a worker thread as a reader context: what the cancelled tasks' destructors
+        // drop (a grace domain, say) must not block this thread on the runtime.
         scheduler.cancel_all();
     }
+    qs::worker_stopped();
 }
 
 impl WorkerCtx {
