@@ -97,9 +97,10 @@ impl CodeBackend for DoubleMap {
         Ok(())
     }
 
-    unsafe fn release(&self, slot: &Slot) {
+    unsafe fn release(&self, slot: &Slot) -> bool {
         // SAFETY: the RW alias of a slot we own and nobody executes (caller contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size) };
         arch::fill_traps(dst);
+        true
     }
 }

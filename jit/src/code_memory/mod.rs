@@ -128,11 +128,12 @@ trait CodeBackend: Send + Sync {
 
     /// Prepares a freed slot for reuse: filled with traps, and inaccessible where the backend
     /// can make it so. Every build does this: a stale call into freed code must fault, not
-    /// run the old bytes (it costs about 2 ns per retired trampoline).
+    /// run the old bytes (it costs about 2 ns per retired trampoline). Returns false if the
+    /// slot could be made neither (then it is never reused).
     ///
     /// # Safety
     /// `slot` is allocated, and no thread can execute or reach it.
-    unsafe fn release(&self, slot: &Slot);
+    unsafe fn release(&self, slot: &Slot) -> bool;
 }
 
 struct Chunk {
@@ -437,7 +438,11 @@ impl CodeMemory {
     /// be executing it or be able to reach it (a grace period has passed since it became unreachable).
     pub(crate) unsafe fn free(&self, slot: Slot) {
         // SAFETY: the caller's contract is the backend's.
-        unsafe { self.backend.release(&slot) };
+        if !unsafe { self.backend.release(&slot) } {
+            // Leaked: still counted as used, so its chunk stays mapped and it is never handed
+            // out again (see `CodeBackend::release`).
+            return;
+        }
         let mut st = lock(&self.state);
         let chunk = st.chunks[slot.chunk]
             .as_mut()

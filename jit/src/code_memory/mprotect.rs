@@ -66,15 +66,18 @@ impl CodeBackend for Mprotect {
         unsafe { os::protect(slot.addr, exec.min(slot.size), Protection::ReadExec) }
     }
 
-    unsafe fn release(&self, slot: &Slot) {
+    unsafe fn release(&self, slot: &Slot) -> bool {
         // SAFETY: nobody executes or reaches the slot (caller contract).
         if unsafe { os::protect(slot.addr, slot.size, Protection::ReadWrite) }.is_ok() {
             // SAFETY: the slot's pages are RW now and nobody executes them.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(slot.write_addr as *mut u8, slot.size) };
             arch::fill_traps(dst);
-            // SAFETY: as above.
-            let _ = unsafe { os::protect(slot.addr, slot.size, Protection::None) };
         }
+        // Inaccessible: a stale call faults, trap-filled or not. If even this fails (say
+        // `ENOMEM` at the mapping-count limit), the old code may stay executable, so the slot
+        // is never reused: a stale call then runs the old code, never newer code.
+        // SAFETY: as above.
+        unsafe { os::protect(slot.addr, slot.size, Protection::None) }.is_ok()
     }
 }

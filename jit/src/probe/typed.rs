@@ -15,11 +15,19 @@ use super::{ProbeError, ProbedSite, Probes, SiteCell};
 use crate::site::SiteKind;
 use crate::typed::{AbiFn, SiteFn, TypedTrampoline};
 
+mod sealed {
+    /// Keeps [`AttachTarget`](super::AttachTarget) implemented by this crate's types only.
+    pub trait Sealed {}
+    impl Sealed for super::ProbedSite {}
+    impl<F: super::AbiFn> Sealed for super::TypedProbedSite<F> {}
+}
+
 /// A site [`Probes::attach`] accepts: a [`ProbedSite`] or a [`TypedProbedSite`].
 ///
-/// Sealed: the one method returns an opaque reference, so a typed site cannot be reached as
-/// an untyped one (whose `swap_impl` would accept any trampoline).
-pub trait AttachTarget {
+/// Sealed (implemented by those two only), and its one method returns an opaque reference,
+/// so a typed site cannot be reached as an untyped one (whose `swap_impl` would accept any
+/// trampoline).
+pub trait AttachTarget: sealed::Sealed {
     /// The probed site, as an opaque reference.
     fn probed(&self) -> ProbedSiteRef<'_>;
 }
