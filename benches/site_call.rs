@@ -7,8 +7,8 @@
 //! * `fn_ptr`: a plain `extern "C" fn` pointer to the JIT'd body (floor);
 //! * `site_indirect`: through an indirect site (`jmp [rip+slot]`), tramway's default;
 //! * `site_direct`: through a direct site (`jmp rel32`);
-//! * `site_forwarding_counter`: indirect site -> forwarding trampoline (counts the call)
-//!   -> body: the cost of a counting trampoline;
+//! * `site_forwarding`: indirect site -> forwarding trampoline (a `jmp rel32`) -> body;
+//! * `site_forwarding_counter`: the same with call counting opted in (`lock inc`);
 //! * `epoch_pin_site_indirect`: `crossbeam_epoch::pin()` around the indirect-site call
 //!   (what the epoch strategy pays per call).
 //!
@@ -67,12 +67,15 @@ fn site_call(c: &mut Criterion) {
     let indirect = jit.site(SiteKind::Indirect, &body).expect("indirect site");
     let direct = jit.site(SiteKind::Direct, &body).expect("direct site");
     let fwd = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Trampoline(body.clone()),
-            hook: None,
-        })
-        .expect("forwarding trampoline");
+        .forwarding(ForwardingSpec::new(Target::Trampoline(body.clone())).counted())
+        .expect("counting forwarding trampoline");
     let counted = jit.site(SiteKind::Indirect, &fwd).expect("forwarding site");
+    let plain = jit
+        .forwarding(ForwardingSpec::new(Target::Trampoline(body.clone())))
+        .expect("forwarding trampoline");
+    let forwarded = jit
+        .site(SiteKind::Indirect, &plain)
+        .expect("forwarding site");
 
     // SAFETY (all four): every installed code implements `BodyFn`; the sites, trampolines
     // and `jit` outlive the benchmark; this thread is registered, and nothing is retired.
@@ -80,12 +83,14 @@ fn site_call(c: &mut Criterion) {
     let via_indirect: BodyFn = unsafe { indirect.as_fn() };
     let via_direct: BodyFn = unsafe { direct.as_fn() };
     let via_fwd: BodyFn = unsafe { counted.as_fn() };
+    let via_plain_fwd: BodyFn = unsafe { forwarded.as_fn() };
 
     let mut g = c.benchmark_group("site_call");
     bench_chain(&mut g, "direct_rust", direct_body);
     bench_chain(&mut g, "fn_ptr", fn_ptr);
     bench_chain(&mut g, "site_indirect", via_indirect);
     bench_chain(&mut g, "site_direct", via_direct);
+    bench_chain(&mut g, "site_forwarding", via_plain_fwd);
     bench_chain(&mut g, "site_forwarding_counter", via_fwd);
     let mut acc = 1u64;
     g.bench_function("epoch_pin_site_indirect", |b| {

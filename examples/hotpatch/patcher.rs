@@ -229,13 +229,12 @@ impl Patcher<'_> {
 
     fn probe(&self, site: usize, target: &Trampoline) -> Result<Trampoline, String> {
         self.jit
-            .forwarding(ForwardingSpec {
-                target: Target::Trampoline(target.clone()),
-                hook: Some(Hook {
+            .forwarding(
+                ForwardingSpec::new(Target::Trampoline(target.clone())).hook(Hook {
                     func: count_hit,
                     user: &self.probes[site] as *const ProbeCounter as *mut c_void,
                 }),
-            })
+            )
             .map_err(|e| format!("probe: {e}"))
     }
 

@@ -66,10 +66,9 @@ impl Scenario {
         } = tramway::Builder::new().workers(2).build().expect("tramway");
         let probes = Probes::new(&jit);
         let implementation: Trampoline = jit
-            .forwarding(tramway_jit::ForwardingSpec {
-                target: tramway_jit::Target::Address(add_one as SiteFn as *const u8),
-                hook: None,
-            })
+            .forwarding(tramway_jit::ForwardingSpec::new(
+                tramway_jit::Target::Address(add_one as SiteFn as *const u8),
+            ))
             .expect("implementation");
         let sites: Vec<ProbedSite> = (0..sites)
             .map(|_| {

@@ -180,13 +180,10 @@ fn emit_generation(jit: &Jit, g: &Generation) -> Trampoline {
         })
     }
     .expect("emit target");
-    jit.forwarding(ForwardingSpec {
-        target: Target::Trampoline(target),
-        hook: Some(Hook {
-            func: observe,
-            user: g as *const Generation as *mut c_void,
-        }),
-    })
+    jit.forwarding(ForwardingSpec::new(Target::Trampoline(target)).hook(Hook {
+        func: observe,
+        user: g as *const Generation as *mut c_void,
+    }))
     .expect("emit forwarding trampoline")
 }
 

@@ -1,4 +1,5 @@
-//! Forwarding trampolines: count the call, call a hook (if any), tail-jump to a target.
+//! Forwarding trampolines: count the call (if asked), call a hook (if any), tail-jump to a
+//! target.
 //!
 //! [`emit`] is the one way to build one, for [`Jit::forwarding`](crate::Jit::forwarding) and for
 //! the probe dispatcher alike: it checks the target (null address, foreign or retired
@@ -52,13 +53,54 @@ pub enum Target {
     Trampoline(Trampoline),
 }
 
-/// Parameters of [`Jit::forwarding`](crate::Jit::forwarding).
+/// Parameters of [`Jit::forwarding`](crate::Jit::forwarding): a target, and optionally a
+/// hook and a call counter.
+///
+/// ```
+/// # fn main() -> Result<(), tramway_jit::JitError> {
+/// use tramway_jit::{ForwardingSpec, Jit, Target};
+/// extern "C" fn id(x: u64) -> u64 { x }
+/// let jit = Jit::new()?;
+/// let t = jit.forwarding(ForwardingSpec::new(Target::Address(id as *const u8)).counted())?;
+/// assert_eq!(t.calls(), 0);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ForwardingSpec {
     /// The tail-jump target.
     pub target: Target,
     /// An optional hook called before the jump.
     pub hook: Option<Hook>,
+    /// Whether the trampoline counts its calls ([`Trampoline::calls`]). Off by default: an
+    /// atomic increment per call is the largest cost a forwarding trampoline adds (about 20
+    /// cycles; without it the trampoline is one extra jump).
+    pub count_calls: bool,
+}
+
+impl ForwardingSpec {
+    /// Forward to `target`, with no hook and no counter.
+    pub fn new(target: Target) -> Self {
+        ForwardingSpec {
+            target,
+            hook: None,
+            count_calls: false,
+        }
+    }
+
+    /// Calls `hook` before the jump.
+    #[must_use]
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Counts calls ([`Trampoline::calls`]).
+    #[must_use]
+    pub fn counted(mut self) -> Self {
+        self.count_calls = true;
+        self
+    }
 }
 
 /// A hook as its trampoline owns it: the `user` argument [`call_hook`] receives.
@@ -90,15 +132,16 @@ unsafe extern "C" fn call_hook(cell: *mut c_void, args: *const HookArgs) {
     });
 }
 
-/// Emits a forwarding trampoline to `target`, calling `hook` first if given.
+/// Emits the forwarding trampoline `spec` describes.
 ///
 /// Errors: [`JitError::NullTarget`], [`JitError::ForeignTrampoline`] and
 /// [`JitError::Retired`] for the target, and whatever emission reports.
-pub(crate) fn emit(
-    core: &Arc<JitCore>,
-    target: Target,
-    hook: Option<Hook>,
-) -> Result<Trampoline, JitError> {
+pub(crate) fn emit(core: &Arc<JitCore>, spec: ForwardingSpec) -> Result<Trampoline, JitError> {
+    let ForwardingSpec {
+        target,
+        hook,
+        count_calls,
+    } = spec;
     let (target, keepalive) = match target {
         Target::Address(p) if p.is_null() => return Err(JitError::NullTarget),
         Target::Address(p) => (p as u64, None),
@@ -108,23 +151,25 @@ pub(crate) fn emit(
             (t.addr() as u64, Some(t))
         }
     };
-    let counter = Box::new(AtomicU64::new(0));
+    let counter = count_calls.then(|| Box::new(AtomicU64::new(0)));
     let hook = hook.map(|hook| Box::new(HookCell { hook }));
     let body = ForwardingBody {
-        counter: &*counter as *const AtomicU64 as u64,
+        counter: counter.as_ref().map(|c| &**c as *const AtomicU64 as u64),
         hook: hook.as_ref().map(|cell| {
             let shim = call_hook as unsafe extern "C" fn(*mut c_void, *const HookArgs);
             (shim as usize as u64, &**cell as *const HookCell as u64)
         }),
         target,
     };
+    let len = arch::forwarding_len(body.counter.is_some(), body.hook.is_some());
     let data = CodeData {
-        calls: Some(counter),
+        calls: counter,
         referenced: hook.map(|cell| cell as Box<dyn Send + Sync>),
     };
     Trampoline::emit(
         core,
-        &|ops| arch::emit_forwarding(ops, &body),
+        &|ops, at| arch::emit_forwarding(ops, &body, at),
+        Some(len),
         data,
         keepalive,
     )

@@ -132,7 +132,8 @@ impl Jit {
         Jit::builder().build()
     }
 
-    /// Emits a forwarding trampoline: count the call, call the hook (if any), tail-jump to the target.
+    /// Emits a forwarding trampoline: count the call (if the spec asks), call the hook (if any),
+    /// tail-jump to the target.
     ///
     /// Every argument of the platform's C calling convention (argument registers and stack
     /// arguments) reaches the target unchanged, so it forwards any C signature. Without a hook
@@ -144,7 +145,7 @@ impl Jit {
     /// Errors: [`JitError::NullTarget`]; for `Target::Trampoline`,
     /// [`JitError::ForeignTrampoline`] and [`JitError::Retired`].
     pub fn forwarding(&self, spec: ForwardingSpec) -> Result<Trampoline, JitError> {
-        forwarding::emit(&self.core, spec.target, spec.hook)
+        forwarding::emit(&self.core, spec)
     }
 
     /// Emits custom code.
@@ -158,14 +159,21 @@ impl Jit {
     /// - never write to code memory, and reference only memory that outlives the trampoline's reclamation;
     /// - be position-dependent only through dynasm relocations (they are resolved at the final address).
     pub unsafe fn custom<F: Fn(&mut Assembler)>(&self, emit: F) -> Result<Trampoline, JitError> {
-        Trampoline::emit(&self.core, &emit, CodeData::default(), None)
+        Trampoline::emit(
+            &self.core,
+            &|ops, _| emit(ops),
+            None,
+            CodeData::default(),
+            None,
+        )
     }
 
     /// Emits a function `extern "C" fn(..) -> u64` that returns `value`.
     pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops| arch::emit_constant_return(ops, value),
+            &|ops, _| arch::emit_constant_return(ops, value),
+            Some(arch::CONSTANT_RETURN_LEN),
             CodeData::default(),
             None,
         )

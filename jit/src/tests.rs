@@ -45,16 +45,13 @@ fn site_entries_and_direct_words_are_aligned() {
 fn forwarding_counts_and_forwards_to_address_and_trampoline() {
     let jit = Jit::new().unwrap();
     let fwd = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Address(add2 as *const u8),
-            hook: None,
-        })
+        .forwarding(ForwardingSpec::new(Target::Address(add2 as *const u8)).counted())
         .unwrap();
     let fwd2 = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Trampoline(fwd.clone()),
-            hook: None,
-        })
+        .forwarding(ForwardingSpec::new(Target::Trampoline(fwd.clone())).counted())
+        .unwrap();
+    let uncounted = jit
+        .forwarding(ForwardingSpec::new(Target::Trampoline(fwd.clone())))
         .unwrap();
     let site = jit.site(SiteKind::Indirect, &fwd2).unwrap();
     // SAFETY: fwd2 -> fwd -> add2, which has this signature.
@@ -65,6 +62,14 @@ fn forwarding_counts_and_forwards_to_address_and_trampoline() {
     assert_eq!(fwd.calls(), 5);
     assert_eq!(fwd2.calls(), 5);
     assert_eq!(jit.constant_return(0).unwrap().calls(), 0);
+    // SAFETY: uncounted -> fwd -> add2.
+    let g: extern "C" fn(u64, u64) -> u64 = unsafe { std::mem::transmute(uncounted.addr()) };
+    assert_eq!(g(1, 2), 12);
+    assert_eq!(
+        (uncounted.calls(), fwd.calls()),
+        (0, 6),
+        "counting is opt-in"
+    );
 }
 
 #[test]
@@ -95,10 +100,7 @@ fn typed_errors() {
 
     let jit = Jit::new().unwrap();
     assert!(matches!(
-        jit.forwarding(ForwardingSpec {
-            target: Target::Address(std::ptr::null()),
-            hook: None
-        }),
+        jit.forwarding(ForwardingSpec::new(Target::Address(std::ptr::null()))),
         Err(JitError::NullTarget)
     ));
     let a = jit.constant_return(1).unwrap();
@@ -109,10 +111,7 @@ fn typed_errors() {
         jit.site(SiteKind::Direct, &a),
         Err(JitError::Retired { .. })
     ));
-    let fwd = jit.forwarding(ForwardingSpec {
-        target: Target::Trampoline(a.clone()),
-        hook: None,
-    });
+    let fwd = jit.forwarding(ForwardingSpec::new(Target::Trampoline(a.clone())));
     assert!(matches!(fwd, Err(JitError::Retired { .. })));
     let foreign = small.constant_return(3).unwrap();
     assert!(matches!(

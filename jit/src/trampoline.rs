@@ -69,23 +69,31 @@ struct TrampolineInner {
 }
 
 impl Trampoline {
-    /// Emits code with `emit` (twice: once to size it, once at its final address), copies it into
-    /// code memory, and returns the handle. The code is complete before this returns.
+    /// Emits code with `emit(ops, address it will run at)`, copies it into code memory, and
+    /// returns the handle. The code is complete before this returns.
+    ///
+    /// With `len` known (the crate's own bodies, whose length depends only on their shape) the
+    /// slot is allocated first and `emit` runs once, at the final address; otherwise (custom
+    /// code) it runs twice: once to size the code, once at its final address.
     pub(crate) fn emit(
         core: &Arc<JitCore>,
-        emit: &dyn Fn(&mut Assembler),
+        emit: &dyn Fn(&mut Assembler, usize),
+        len: Option<usize>,
         data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
         let mem = &core.mem;
-        let assemble = |base: usize| {
-            let mut ops = Assembler::new(base);
-            emit(&mut ops);
+        let assemble = |base: usize, capacity: usize| {
+            let mut ops = Assembler::new_with_capacity(base, capacity, 0, 0, 0, 0, 0);
+            emit(&mut ops, base);
             ops.finalize()
                 .map_err(|e| JitError::Assemble(e.to_string()))
         };
-        let first = assemble(mem.range().0)?;
-        let slot = mem.alloc(first.len())?;
+        let first_len = match len {
+            Some(len) => len,
+            None => assemble(mem.range().0, 64)?.len(),
+        };
+        let slot = mem.alloc(first_len)?;
         /// Frees the slot unless the emission completes, also if the final pass unwinds (a
         /// panicking emit closure): nothing can reach the slot yet.
         struct Unfinished<'a>(&'a crate::code_memory::CodeMemory, Option<Slot>);
@@ -98,10 +106,10 @@ impl Trampoline {
             }
         }
         let mut unfinished = Unfinished(mem, Some(slot));
-        let bytes = assemble(slot.addr)?;
-        if bytes.len() != first.len() {
+        let bytes = assemble(slot.addr, first_len)?;
+        if bytes.len() != first_len {
             return Err(JitError::EmitLengthChanged {
-                first: first.len(),
+                first: first_len,
                 second: bytes.len(),
             });
         }
@@ -117,7 +125,7 @@ impl Trampoline {
                 core: core.clone(),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 slot,
-                len: first.len(),
+                len: first_len,
                 data,
                 state: AtomicU64::new(0),
                 disposition: AtomicU8::new(DISPOSE_NORMAL),

@@ -347,10 +347,7 @@ impl Jit {
     /// # let _ = t; Ok(()) }
     /// ```
     pub fn forward<F: AbiFn>(&self, f: F) -> Result<TypedTrampoline<F>, JitError> {
-        let tramp = self.forwarding(ForwardingSpec {
-            target: Target::Address(f.addr()),
-            hook: None,
-        })?;
+        let tramp = self.forwarding(ForwardingSpec::new(Target::Address(f.addr())))?;
         Ok(TypedTrampoline {
             tramp,
             _f: PhantomData,

@@ -63,14 +63,12 @@ unsafe extern "C" fn record(user: *mut c_void, args: *const HookArgs) {
 }
 
 fn forwarding(jit: &Jit, target: *const u8, hook: Option<&Seen>) -> Trampoline {
-    jit.forwarding(ForwardingSpec {
-        target: Target::Address(target),
-        hook: hook.map(|s| Hook {
-            func: record,
-            user: s as *const Seen as *mut c_void,
-        }),
-    })
-    .unwrap()
+    let mut spec = ForwardingSpec::new(Target::Address(target)).counted();
+    spec.hook = hook.map(|s| Hook {
+        func: record,
+        user: s as *const Seen as *mut c_void,
+    });
+    jit.forwarding(spec).unwrap()
 }
 
 /// Every (site kind, hook or not) combination forwarding to `target`.
@@ -177,10 +175,7 @@ fn forwarding_chains_count_every_hop_and_keep_their_target_alive() {
     let jit = Jit::new().unwrap();
     let inner = forwarding(&jit, i2 as *const u8, None);
     let outer = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Trampoline(inner.clone()),
-            hook: None,
-        })
+        .forwarding(ForwardingSpec::new(Target::Trampoline(inner.clone())).counted())
         .unwrap();
     let inner_addr = inner.addr();
     drop(inner);
@@ -196,7 +191,8 @@ fn forwarding_chains_count_every_hop_and_keep_their_target_alive() {
         2,
         "the target trampoline is alive while outer targets it"
     );
-    // SAFETY: reading our RX view: still the forwarding body (mov r11, imm64 = 49 BB ..).
+    // SAFETY: reading our RX view: still the counting forwarding body (mov r11, imm64 =
+    // 49 BB ..), not trap bytes.
     assert_eq!(unsafe { *inner_addr }, 0x49);
 }
 

@@ -76,11 +76,8 @@ fn no_mapping_is_ever_writable_and_executable() {
             let t = if i % 2 == 0 {
                 jit.constant_return(i).unwrap()
             } else {
-                jit.forwarding(ForwardingSpec {
-                    target: Target::Address(seven as *const u8),
-                    hook: None,
-                })
-                .unwrap()
+                jit.forwarding(ForwardingSpec::new(Target::Address(seven as *const u8)))
+                    .unwrap()
             };
             drop(site.swap(&t).unwrap());
             if i % 50 == 0 {

@@ -33,10 +33,7 @@ fn race(jit: Jit, kind: SiteKind, swaps: u64) {
         for i in 0..swaps {
             let next = match i % 3 {
                 0 => jit.constant_return(2),
-                1 => jit.forwarding(ForwardingSpec {
-                    target: Target::Address(three as *const u8),
-                    hook: None,
-                }),
+                1 => jit.forwarding(ForwardingSpec::new(Target::Address(three as *const u8))),
                 _ => jit.constant_return(1),
             }
             .unwrap();

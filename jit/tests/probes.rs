@@ -531,10 +531,7 @@ fn forwarding_targets_of_probed_sites_are_plain_trampolines() {
     let jit = Jit::new().unwrap();
     let probes = Probes::new(&jit);
     let imp = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Address(triple as SiteFn as *const u8),
-            hook: None,
-        })
+        .forwarding(ForwardingSpec::new(Target::Address(triple as SiteFn as *const u8)).counted())
         .unwrap();
     let site = probes.site(SiteKind::Indirect, &imp).unwrap();
     let hits = Arc::new(AtomicU64::new(0));

@@ -122,13 +122,12 @@ fn watch_for(gp: &GraceDomain, attempt: Attempt) -> Box<Watch> {
 /// A site whose forwarding trampoline calls the hook with `watch`, then `forty_two`.
 fn hooked_site(jit: &Jit, watch: &Watch) -> Site {
     let t = jit
-        .forwarding(ForwardingSpec {
-            target: Target::Address(forty_two as *const u8),
-            hook: Some(Hook {
+        .forwarding(
+            ForwardingSpec::new(Target::Address(forty_two as *const u8)).hook(Hook {
                 func: attempt_a_quiescent_state,
                 user: watch as *const Watch as *mut c_void,
             }),
-        })
+        )
         .unwrap();
     jit.site(SiteKind::Indirect, &t).unwrap()
 }

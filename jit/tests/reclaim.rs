@@ -54,10 +54,7 @@ fn one_barrier_reclaims_a_whole_forwarding_chain() {
     let mut target = jit.constant_return(7).unwrap();
     for _ in 0..3 {
         target = jit
-            .forwarding(ForwardingSpec {
-                target: Target::Trampoline(target),
-                hook: None,
-            })
+            .forwarding(ForwardingSpec::new(Target::Trampoline(target)))
             .unwrap();
     }
     let site = jit.site(SiteKind::Indirect, &target).unwrap();

@@ -28,9 +28,12 @@
 //!   `JitError::TargetOutOfRange`). [`MAX_CODE_SPAN`] bounds the reservation so that every
 //!   target in it is reachable.
 //!
-//! **Bodies.** [`emit_forwarding`] (count the call, optionally call a hook with the saved
-//! argument registers as [`HookArgs`], tail-jump to the target, leaving every argument of the
-//! platform's C calling convention intact) and [`emit_constant_return`].
+//! **Bodies.** [`emit_forwarding`] (optionally count the call, optionally call a hook with
+//! the saved argument registers as [`HookArgs`], tail-jump to the target, leaving every
+//! argument of the platform's C calling convention intact) and [`emit_constant_return`].
+//! Each body's length depends only on its shape, never on the address it is emitted at
+//! ([`forwarding_len`], [`CONSTANT_RETURN_LEN`]), so the portable side allocates its slot
+//! first and assembles once, at the final address.
 //!
 //! **Hook arguments.** [`HookArgs`] is the block of saved integer argument registers a hook
 //! receives, and its docs are the public statement of what a forwarding trampoline clobbers.
@@ -63,8 +66,9 @@ compile_error!(
 );
 
 pub(crate) use self::imp::{
-    emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache, site_patch_word,
-    site_stub_image, site_stub_layout, sync_core_policy, MAX_CODE_SPAN,
+    emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache, forwarding_len,
+    site_patch_word, site_stub_image, site_stub_layout, sync_core_policy, CONSTANT_RETURN_LEN,
+    MAX_CODE_SPAN,
 };
 pub use self::imp::{Assembler, HookArgs};
 
@@ -111,8 +115,8 @@ impl SyncCorePolicy {
 /// What a forwarding trampoline embeds (all of it by address; nothing is read from code).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ForwardingBody {
-    /// Address of the `AtomicU64` call counter (heap memory, never code).
-    pub(crate) counter: u64,
+    /// Address of the `AtomicU64` call counter (heap memory, never code), if calls are counted.
+    pub(crate) counter: Option<u64>,
     /// `(function, first argument)` of the hook call, if any: the function is called as
     /// `extern "C" fn(user, *const HookArgs)`.
     pub(crate) hook: Option<(u64, u64)>,
@@ -126,8 +130,10 @@ const _: () = {
     let _: fn(SiteKind, StubMemory) -> Option<StubLayout> = site_stub_layout;
     let _: fn(SiteKind, &StubLayout, u64) -> Vec<u8> = site_stub_image;
     let _: fn(SiteKind, usize, usize) -> Option<u64> = site_patch_word;
-    let _: fn(&mut Assembler, &ForwardingBody) = emit_forwarding;
+    let _: fn(&mut Assembler, &ForwardingBody, usize) = emit_forwarding;
+    let _: fn(bool, bool) -> usize = forwarding_len;
     let _: fn(&mut Assembler, u64) = emit_constant_return;
+    let _: usize = CONSTANT_RETURN_LEN;
     let _: fn(&mut [u8]) = fill_traps;
     let _: fn(&mut [u8]) = fill_padding;
     let _: fn(usize, usize) = flush_icache;

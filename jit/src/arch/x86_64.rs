@@ -176,76 +176,151 @@ pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
     );
 }
 
-/// The forwarding trampoline body.
+/// Length of [`emit_constant_return`]'s body: `mov rax, imm64` (10) + `ret` (1).
+pub(crate) const CONSTANT_RETURN_LEN: usize = 11;
+
+/// Length of the tail jump: `jmp rel32` (5) padded with 8 `int3`, or `mov r11, imm64` (10) +
+/// `jmp r11` (3); the same either way, so a body's length never depends on its address.
+const TAIL_JUMP_LEN: usize = 13;
+
+/// Length of the counting prologue: `mov r11, imm64` (10) + `lock inc qword [r11]` (4).
+const COUNT_LEN: usize = 14;
+
+/// Length of a forwarding body with (`counted`) a call counter and (`hooked`) a hook call.
+pub(crate) fn forwarding_len(counted: bool, hooked: bool) -> usize {
+    /// The hook call's length, measured once by assembling it (it depends on no address).
+    static HOOK_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let hook = *HOOK_LEN.get_or_init(|| {
+        let mut ops = Assembler::new(0);
+        emit_hook_call(&mut ops, 0, 0);
+        ops.offset().0
+    });
+    TAIL_JUMP_LEN + if counted { COUNT_LEN } else { 0 } + if hooked { hook } else { 0 }
+}
+
+/// The forwarding trampoline body, emitted to run at address `at`.
 ///
 /// ```text
-/// mov r11, counter ; lock inc qword [r11]          ; count (counter lives in heap memory, not code)
-/// [hook:]  push rax, r9, r8, rcx, rdx, rsi, rdi    ; rsp was 8 mod 16 at entry, now 0 mod 16
-///          sub rsp, 128 ; movdqu [rsp+16*i], xmm_i ; xmm0-7 (float args)
-///          mov rdi, user ; lea rsi, [rsp+128]      ; HookArgs = saved rdi, rsi, rdx, rcx, r8, r9
-///          mov rax, hook ; call rax                ; rsp is 16-byte aligned at the call
-///          restore xmm0-7, rdi..r9, rax            ; al = vector-register count of a varargs call
-/// mov r11, target ; jmp r11                        ; tail jump: the caller's frame is untouched
+/// [counted:] mov r11, counter ; lock inc qword [r11]   ; the counter lives in heap memory
+/// [hook:]    push rax, r9, r8, rcx, rdx, rsi, rdi      ; rsp was 8 mod 16 at entry, now 0 mod 16
+///            sub rsp, 128 ; movdqu [rsp+16*i], xmm_i   ; xmm0-7 (float args)
+///            mov rdi, user ; lea rsi, [rsp+128]        ; HookArgs = saved rdi, rsi, rdx, rcx, r8, r9
+///            mov rax, hook ; call rax                  ; rsp is 16-byte aligned at the call
+///            restore xmm0-7, rdi..r9, rax              ; al = vector-register count of a varargs call
+/// jmp rel32 target ; int3 x8                           ; tail jump within +-2 GiB, else:
+/// mov r11, target ; jmp r11                            ;   the caller's frame is untouched
 /// ```
 ///
-/// Clobbers: see [`HookArgs`].
-pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody) {
-    dynasm!(ops
-        ; .arch x64
-        ; mov r11, QWORD body.counter as i64
-        ; lock inc QWORD [r11]
-    );
-    if let Some((func, user)) = body.hook {
+/// The trampoline itself clobbers only r11 (caller-saved, not an argument register), so every
+/// C-ABI argument register reaches the target unchanged, whatever the signature; stack arguments
+/// are untouched. A hook, being a C-ABI call, may also clobber r10 and the non-argument vector
+/// state (xmm8-15, upper halves), which no System V argument lives in. Without a counter or a
+/// hook the body is just the tail jump: from JIT code in the same reservation, one extra
+/// direct jump over a bare site.
+pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody, at: usize) {
+    if let Some(counter) = body.counter {
         dynasm!(ops
             ; .arch x64
-            ; push rax
-            ; push r9
-            ; push r8
-            ; push rcx
-            ; push rdx
-            ; push rsi
-            ; push rdi
-            ; sub rsp, 128
-            ; movdqu [rsp], xmm0
-            ; movdqu [rsp + 16], xmm1
-            ; movdqu [rsp + 32], xmm2
-            ; movdqu [rsp + 48], xmm3
-            ; movdqu [rsp + 64], xmm4
-            ; movdqu [rsp + 80], xmm5
-            ; movdqu [rsp + 96], xmm6
-            ; movdqu [rsp + 112], xmm7
-            ; mov rdi, QWORD user as i64
-            ; lea rsi, [rsp + 128]
-            ; mov rax, QWORD func as i64
-            ; call rax
-            ; movdqu xmm0, [rsp]
-            ; movdqu xmm1, [rsp + 16]
-            ; movdqu xmm2, [rsp + 32]
-            ; movdqu xmm3, [rsp + 48]
-            ; movdqu xmm4, [rsp + 64]
-            ; movdqu xmm5, [rsp + 80]
-            ; movdqu xmm6, [rsp + 96]
-            ; movdqu xmm7, [rsp + 112]
-            ; add rsp, 128
-            ; pop rdi
-            ; pop rsi
-            ; pop rdx
-            ; pop rcx
-            ; pop r8
-            ; pop r9
-            ; pop rax
+            ; mov r11, QWORD counter as i64
+            ; lock inc QWORD [r11]
         );
     }
+    if let Some((func, user)) = body.hook {
+        emit_hook_call(ops, func, user);
+    }
+    let jmp_at = at as i64 + ops.offset().0 as i64;
+    match i32::try_from((body.target as i64).wrapping_sub(jmp_at + 5)) {
+        Ok(rel) => {
+            let r = rel.to_le_bytes();
+            ops.extend([0xE9, r[0], r[1], r[2], r[3]]);
+            ops.extend([INT3; TAIL_JUMP_LEN - 5]);
+        }
+        Err(_) => dynasm!(ops
+            ; .arch x64
+            ; mov r11, QWORD body.target as i64
+            ; jmp r11
+        ),
+    }
+}
+
+/// Saves the argument registers, calls `func(user, &saved)`, restores them.
+fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
     dynasm!(ops
         ; .arch x64
-        ; mov r11, QWORD body.target as i64
-        ; jmp r11
+        ; push rax
+        ; push r9
+        ; push r8
+        ; push rcx
+        ; push rdx
+        ; push rsi
+        ; push rdi
+        ; sub rsp, 128
+        ; movdqu [rsp], xmm0
+        ; movdqu [rsp + 16], xmm1
+        ; movdqu [rsp + 32], xmm2
+        ; movdqu [rsp + 48], xmm3
+        ; movdqu [rsp + 64], xmm4
+        ; movdqu [rsp + 80], xmm5
+        ; movdqu [rsp + 96], xmm6
+        ; movdqu [rsp + 112], xmm7
+        ; mov rdi, QWORD user as i64
+        ; lea rsi, [rsp + 128]
+        ; mov rax, QWORD func as i64
+        ; call rax
+        ; movdqu xmm0, [rsp]
+        ; movdqu xmm1, [rsp + 16]
+        ; movdqu xmm2, [rsp + 32]
+        ; movdqu xmm3, [rsp + 48]
+        ; movdqu xmm4, [rsp + 64]
+        ; movdqu xmm5, [rsp + 80]
+        ; movdqu xmm6, [rsp + 96]
+        ; movdqu xmm7, [rsp + 112]
+        ; add rsp, 128
+        ; pop rdi
+        ; pop rsi
+        ; pop rdx
+        ; pop rcx
+        ; pop r8
+        ; pop r9
+        ; pop rax
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_lengths_do_not_depend_on_the_address() {
+        for (counted, hooked) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (at, target) in [(0x1000usize, 0x2000u64), (0x1000, 1 << 40)] {
+                let body = ForwardingBody {
+                    counter: counted.then_some(0x5000),
+                    hook: hooked.then_some((0x6000, 0x7000)),
+                    target,
+                };
+                let mut ops = Assembler::new(at);
+                emit_forwarding(&mut ops, &body, at);
+                assert_eq!(ops.offset().0, forwarding_len(counted, hooked));
+            }
+        }
+        let mut ops = Assembler::new(0);
+        emit_constant_return(&mut ops, u64::MAX);
+        assert_eq!(ops.offset().0, CONSTANT_RETURN_LEN);
+    }
+
+    #[test]
+    fn a_near_tail_jump_is_rel32() {
+        let body = ForwardingBody {
+            counter: None,
+            hook: None,
+            target: 0x1000 + 0x40,
+        };
+        let mut ops = Assembler::new(0x1000);
+        emit_forwarding(&mut ops, &body, 0x1000);
+        let bytes = ops.finalize().unwrap();
+        assert_eq!(bytes[..5], [0xE9, 0x3B, 0, 0, 0]);
+    }
 
     #[test]
     fn direct_word_encodes_jmp_rel32_and_checks_range() {

@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::error::JitError;
-use crate::forwarding::{self, Hook, Target};
+use crate::forwarding::{self, ForwardingSpec, Hook, Target};
 use crate::jit_core::JitCore;
 use crate::trampoline::Trampoline;
 use crate::HookArgs;
@@ -82,7 +82,7 @@ impl Snapshot {
     }
 }
 
-/// Emits a probe trampoline: count, call [`dispatch`] with `snapshot`, tail-jump to
+/// Emits a probe trampoline: call [`dispatch`] with `snapshot`, tail-jump to
 /// `implementation` (a forwarding trampoline like any other; `forwarding.rs`). The caller keeps
 /// `snapshot` alive until a grace period after the trampoline is unpublished.
 pub(crate) fn emit(
@@ -94,7 +94,8 @@ pub(crate) fn emit(
         func: dispatch,
         user: snapshot as *const Snapshot as *mut c_void,
     };
-    forwarding::emit(core, Target::Trampoline(implementation.clone()), Some(hook))
+    let spec = ForwardingSpec::new(Target::Trampoline(implementation.clone())).hook(hook);
+    forwarding::emit(core, spec)
 }
 
 /// The hook of every probe trampoline: runs the snapshot's hooks in order.
