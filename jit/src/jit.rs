@@ -96,7 +96,7 @@ impl JitBuilder {
         let reclaimer = self
             .reclaimer
             .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
-        let retirement = Retirement::new(reclaimer, self.max_retired_bytes, mem.stats_handle());
+        let retirement = Retirement::new(reclaimer, self.max_retired_bytes, mem.stat_counters());
         Ok(Jit {
             core: Arc::new(JitCore::new(mem, retirement)),
         })

@@ -111,7 +111,7 @@ impl Site {
             unsafe { mem.free(stub) };
             return Err(e);
         }
-        mem.update_stats(|s| s.sites += 1);
+        mem.stats().site_created();
         Ok(Site {
             inner: Arc::new(SiteInner {
                 core: core.clone(),
@@ -223,11 +223,11 @@ impl Drop for SiteInner {
         let mem = self.core.mem.clone();
         let stub = self.stub;
         // Callers may still be inside the stub: free it only after a grace period.
-        self.core.retirement.defer_free(Box::new(move || {
+        self.core.retirement.defer_free(move || {
             // SAFETY: deferred past a grace period after the site became unreachable.
             unsafe { mem.free(stub) };
-            mem.update_stats(|s| s.sites -= 1);
-        }));
+            mem.stats().site_freed();
+        });
         let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
         current.uninstall();
         // The `current` handle drops with `self`, deferring the trampoline's free if it was the last.

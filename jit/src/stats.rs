@@ -1,11 +1,20 @@
 //! Counters of a [`Jit`](crate::Jit): mapped memory and the trampoline lifecycle.
 //!
-//! The counters are kept under one small mutex (updates happen on emission, retirement and
-//! reclamation, never on calls), so every snapshot is consistent and balanced.
+//! The lifecycle is kept as monotonic *event* counters, one atomic add per event and no lock:
+//! emitted, retired (with the retired bytes), reclaimed (split by whether the trampoline had
+//! been retired), leaked. A trampoline's events happen in lifecycle order (emitted before
+//! retired before reclaimed), so a snapshot that reads the later events first and the earlier
+//! ones after (each `Acquire`) sees, for every later event it counts, the earlier events of
+//! the same trampoline too: every derived gauge (`live`, `retired`, `retired_bytes`) is then
+//! non-negative, and `emitted == live + retired + reclaimed` holds by construction. The
+//! patcher's events and the reclaimer's sit on different cache lines, so a patch storm and the
+//! grace-period thread freeing behind it do not contend. Mapped bytes, chunks and sites are
+//! plain gauges.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use crate::lock;
+use crossbeam_utils::CachePadded;
 
 /// A snapshot of a [`Jit`](crate::Jit)'s counters.
 ///
@@ -42,18 +51,144 @@ impl JitStats {
     }
 }
 
+/// Events the emitting / swapping side counts.
+#[derive(Default)]
+struct Produced {
+    emitted: AtomicU64,
+    /// Retirements, and leaks of trampolines that were never retired (they leave `live` too).
+    retired: AtomicU64,
+    retired_bytes: AtomicU64,
+}
+
+/// Events the reclaiming side counts.
+#[derive(Default)]
+struct Consumed {
+    reclaimed_retired: AtomicU64,
+    reclaimed_unretired: AtomicU64,
+    /// Bytes of retired trampolines reclaimed or leaked.
+    retired_bytes: AtomicU64,
+    leaked: AtomicU64,
+}
+
+/// The counters themselves (see the module docs).
+#[derive(Default)]
+pub(crate) struct StatCounters {
+    produced: CachePadded<Produced>,
+    consumed: CachePadded<Consumed>,
+    mapped_bytes: AtomicUsize,
+    chunks: AtomicUsize,
+    sites: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Release);
+}
+
+impl StatCounters {
+    pub(crate) fn emitted(&self) {
+        add(&self.produced.emitted, 1);
+    }
+
+    /// A trampoline left its last site, holding a slot of `bytes`.
+    pub(crate) fn retired(&self, bytes: usize) {
+        add(&self.produced.retired_bytes, bytes as u64);
+        add(&self.produced.retired, 1);
+    }
+
+    /// A trampoline's code was freed; `retired_bytes` is its slot size if it had been retired.
+    pub(crate) fn reclaimed(&self, retired_bytes: Option<usize>) {
+        match retired_bytes {
+            Some(bytes) => {
+                add(&self.consumed.retired_bytes, bytes as u64);
+                add(&self.consumed.reclaimed_retired, 1);
+            }
+            None => add(&self.consumed.reclaimed_unretired, 1),
+        }
+    }
+
+    /// A trampoline was leaked; `retired_bytes` is its slot size if it had been retired.
+    pub(crate) fn leaked(&self, retired_bytes: Option<usize>) {
+        match retired_bytes {
+            Some(bytes) => add(&self.consumed.retired_bytes, bytes as u64),
+            None => add(&self.produced.retired, 1),
+        }
+        add(&self.consumed.leaked, 1);
+    }
+
+    pub(crate) fn chunk_mapped(&self, bytes: usize) {
+        self.mapped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn chunk_unmapped(&self, bytes: usize) {
+        self.mapped_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.chunks.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The whole reservation is gone.
+    pub(crate) fn all_unmapped(&self) {
+        self.mapped_bytes.store(0, Ordering::Relaxed);
+        self.chunks.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn site_created(&self) {
+        self.sites.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn site_freed(&self) {
+        self.sites.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Retired bytes awaiting reclamation, cheaply (the backlog throttle's check).
+    pub(crate) fn retired_bytes(&self) -> usize {
+        let out = self.consumed.retired_bytes.load(Ordering::Acquire);
+        let into = self.produced.retired_bytes.load(Ordering::Acquire);
+        into.saturating_sub(out) as usize
+    }
+
+    /// A snapshot: later events first (module docs).
+    fn snapshot(&self) -> JitStats {
+        let c = &self.consumed;
+        let leaked = c.leaked.load(Ordering::Acquire);
+        let reclaimed_retired = c.reclaimed_retired.load(Ordering::Acquire);
+        let reclaimed_unretired = c.reclaimed_unretired.load(Ordering::Acquire);
+        let bytes_out = c.retired_bytes.load(Ordering::Acquire);
+        let p = &self.produced;
+        let retired = p.retired.load(Ordering::Acquire);
+        let bytes_in = p.retired_bytes.load(Ordering::Acquire);
+        let emitted = p.emitted.load(Ordering::Acquire);
+        JitStats {
+            mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            emitted,
+            live: emitted.saturating_sub(retired + reclaimed_unretired),
+            retired: retired.saturating_sub(reclaimed_retired),
+            retired_bytes: bytes_in.saturating_sub(bytes_out) as usize,
+            reclaimed: reclaimed_retired + reclaimed_unretired,
+            leaked,
+            sites: self.sites.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A handle on a [`Jit`](crate::Jit)'s counters that stays usable after the `Jit` and all its
 /// trampolines are gone (then `mapped_bytes` and `chunks` read 0).
-#[derive(Clone, Debug)]
-pub struct JitStatsHandle(Arc<Mutex<JitStats>>);
+#[derive(Clone)]
+pub struct JitStatsHandle(Arc<StatCounters>);
+
+impl std::fmt::Debug for JitStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JitStatsHandle").field(&self.get()).finish()
+    }
+}
 
 impl JitStatsHandle {
-    pub(crate) fn new(inner: Arc<Mutex<JitStats>>) -> Self {
+    pub(crate) fn new(inner: Arc<StatCounters>) -> Self {
         JitStatsHandle(inner)
     }
 
     /// The current counters.
     pub fn get(&self) -> JitStats {
-        *lock(&self.0)
+        self.0.snapshot()
     }
 }

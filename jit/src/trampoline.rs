@@ -116,10 +116,7 @@ impl Trampoline {
         // SAFETY: the slot was just allocated and is unreachable from any site.
         unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
         unfinished.1 = None;
-        mem.update_stats(|s| {
-            s.emitted += 1;
-            s.live += 1;
-        });
+        mem.stats().emitted();
         Ok(Trampoline {
             inner: Arc::new(TrampolineInner {
                 core: core.clone(),
@@ -229,12 +226,7 @@ impl Trampoline {
             })
             .expect("the closure never fails");
         if prev & INSTALLS == 1 {
-            let bytes = self.inner.slot.size;
-            self.inner.core.mem.update_stats(|s| {
-                s.live -= 1;
-                s.retired += 1;
-                s.retired_bytes += bytes;
-            });
+            self.inner.core.mem.stats().retired(self.inner.slot.size);
         }
     }
 }
@@ -266,15 +258,7 @@ impl Drop for TrampolineInner {
             DISPOSE_LEAK => {
                 // The code stays mapped for the life of the process: keep the code memory (and
                 // the heap memory the code references) alive forever.
-                mem.update_stats(|s| {
-                    if retired {
-                        s.retired_bytes -= slot.size;
-                    } else {
-                        s.live -= 1;
-                        s.retired += 1;
-                    }
-                    s.leaked += 1;
-                });
+                mem.stats().leaked(retired.then_some(slot.size));
                 std::mem::forget(data);
                 std::mem::forget(mem);
             }
@@ -284,20 +268,12 @@ impl Drop for TrampolineInner {
                     // the reclaimer's grace period (or the `reclaim_now` caller's promise).
                     unsafe { mem.free(slot) };
                     drop(data);
-                    mem.update_stats(|s| {
-                        if retired {
-                            s.retired -= 1;
-                            s.retired_bytes -= slot.size;
-                        } else {
-                            s.live -= 1;
-                        }
-                        s.reclaimed += 1;
-                    });
+                    mem.stats().reclaimed(retired.then_some(slot.size));
                 };
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
                     free();
                 } else {
-                    self.core.retirement.defer_free(Box::new(free));
+                    self.core.retirement.defer_free(free);
                 }
             }
         }

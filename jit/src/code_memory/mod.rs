@@ -40,9 +40,8 @@
 //! and fresh chunks hold only traps before code is written, so a stale call faults at once.
 //!
 //! # Counters
-//! [`JitStats`] is kept under one small mutex so that snapshots are consistent: the invariant
-//! `emitted == live + retired + reclaimed` holds in every snapshot (checked by a debug
-//! assertion on every update).
+//! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
+//! trampoline lifecycle in `trampoline.rs`.
 
 mod double_map;
 mod mprotect;
@@ -56,7 +55,7 @@ use crate::arch::{self, StubMemory, SyncCorePolicy};
 use crate::error::JitError;
 use crate::lock;
 use crate::os;
-use crate::stats::{JitStats, JitStatsHandle};
+use crate::stats::{JitStatsHandle, StatCounters};
 
 /// Parameters of a [`CodeMemory`].
 #[derive(Clone, Debug)]
@@ -168,7 +167,7 @@ pub(crate) struct CodeMemory {
     backend: Box<dyn CodeBackend>,
     sync_cores: SyncCorePolicy,
     state: Mutex<AllocState>,
-    stats: Arc<Mutex<JitStats>>,
+    stats: Arc<StatCounters>,
 }
 
 impl CodeMemory {
@@ -242,7 +241,7 @@ impl CodeMemory {
                 next_index: 0,
                 classes,
             }),
-            stats: Arc::new(Mutex::new(JitStats::default())),
+            stats: Arc::new(StatCounters::default()),
         })
     }
 
@@ -281,11 +280,14 @@ impl CodeMemory {
         JitStatsHandle::new(self.stats.clone())
     }
 
-    /// Applies `f` to the counters under their lock and checks the balance invariant.
-    pub(crate) fn update_stats(&self, f: impl FnOnce(&mut JitStats)) {
-        let mut s = lock(&self.stats);
-        f(&mut s);
-        debug_assert!(s.balanced(), "unbalanced counters: {s:?}");
+    /// The counters, shared (the retirement state reads `retired_bytes` for the backlog bound).
+    pub(crate) fn stat_counters(&self) -> Arc<StatCounters> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The counters, for the lifecycle events `trampoline.rs` and `site.rs` count.
+    pub(crate) fn stats(&self) -> &StatCounters {
+        &self.stats
     }
 
     /// Allocates a slot for an object of `len` bytes.
@@ -374,10 +376,7 @@ impl CodeMemory {
             bump: 0,
             used: 0,
         });
-        self.update_stats(|s| {
-            s.mapped_bytes += self.chunk_size;
-            s.chunks += 1;
-        });
+        self.stats.chunk_mapped(self.chunk_size);
         Ok(idx)
     }
 
@@ -388,10 +387,7 @@ impl CodeMemory {
         // SAFETY: the views come from mapping this place, and its last slot was just freed.
         unsafe { self.backend.unmap_chunk(self.place(idx), chunk.views) };
         st.free_indices.push(idx);
-        self.update_stats(|s| {
-            s.mapped_bytes -= self.chunk_size;
-            s.chunks -= 1;
-        });
+        self.stats.chunk_unmapped(self.chunk_size);
     }
 
     /// Writes `bytes` at the start of `slot` and fills the rest of the slot with traps.
@@ -477,9 +473,7 @@ impl Drop for CodeMemory {
         // could reach code held an `Arc` of `self`). Unmapping it also removes every
         // executable view inside it.
         unsafe { os::release_reservation(self.base, self.reservation) };
-        let mut s = lock(&self.stats);
-        s.mapped_bytes = 0;
-        s.chunks = 0;
+        self.stats.all_unmapped();
         // The backend (and its memfd) drops after this.
     }
 }

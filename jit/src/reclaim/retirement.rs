@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{collect, Deferred, Reclaim};
-use crate::stats::JitStatsHandle;
+use crate::stats::StatCounters;
 
 /// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
 pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
@@ -33,14 +33,14 @@ pub(crate) struct Retirement {
     /// Frees handed to the reclaimer that have not run yet.
     pending_frees: Arc<AtomicU64>,
     /// Where `retired_bytes` is read for the backlog bound.
-    stats: JitStatsHandle,
+    stats: Arc<StatCounters>,
 }
 
 impl Retirement {
     pub(crate) fn new(
         reclaimer: Arc<dyn Reclaim>,
         max_retired_bytes: usize,
-        stats: JitStatsHandle,
+        stats: Arc<StatCounters>,
     ) -> Self {
         Retirement {
             reclaimer,
@@ -50,10 +50,11 @@ impl Retirement {
         }
     }
 
-    /// Hands a free of possibly reachable code to the reclaimer, counting it until it runs.
-    /// Inside a collection scope ([`retire_together`](Self::retire_together)) on this thread,
-    /// the free joins the scope's single callback instead.
-    pub(crate) fn defer_free(&self, free: Deferred) {
+    /// Hands a free of possibly reachable code to the reclaimer, counting it until it runs
+    /// (boxed once, with the count). Inside a collection scope
+    /// ([`retire_together`](Self::retire_together)) on this thread, the free joins the scope's
+    /// single callback instead.
+    pub(crate) fn defer_free(&self, free: impl FnOnce() + Send + 'static) {
         let pending = Arc::clone(&self.pending_frees);
         pending.fetch_add(1, Ordering::Relaxed);
         let free: Deferred = Box::new(move || {
@@ -118,7 +119,7 @@ impl Retirement {
             return;
         }
         for _ in 0..MAX_THROTTLE_ROUNDS {
-            if self.stats.get().retired_bytes <= self.max_retired_bytes {
+            if self.stats.retired_bytes() <= self.max_retired_bytes {
                 return;
             }
             self.reclaimer.barrier();
