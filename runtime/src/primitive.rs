@@ -49,6 +49,14 @@ pub(crate) mod thread {
     #[cfg(not(loom))]
     pub(crate) use std::thread::{current, yield_now, Builder, JoinHandle, Thread};
 
+    /// A spin-wait hint (under loom: a yield, which loom needs in every spin loop).
+    pub(crate) fn spin_hint() {
+        #[cfg(loom)]
+        loom::thread::yield_now();
+        #[cfg(not(loom))]
+        std::hint::spin_loop();
+    }
+
     /// Parks the calling thread for at most `dur` (may return early).
     pub(crate) fn park_timeout(dur: Duration) {
         #[cfg(loom)]

@@ -1,10 +1,11 @@
 //! How a grace period waits for its readers: backoff sleeps, wake-ups, and stall reports.
 //!
-//! [`Backoff::wait_until`] polls a flavor's "who is still late?" check. Between polls it
-//! parks with exponential backoff (5 µs to 1 ms when a caller is blocked on the GP, 100 µs to
-//! 1 ms otherwise). While a caller is blocked it also *arms* the readers' waker, so the next
-//! reader transition unparks it at once; a GP that only serves callbacks just sleeps, so
-//! workers never pay for waking it. Every [`GraceConfig::stall_timeout`](super::GraceConfig)
+//! [`Backoff::wait_until`] polls a flavor's "who is still late?" check. When a caller is
+//! blocked on the GP it first spins for a few microseconds (`SPIN_CHECKS` checks, as
+//! liburcu's `synchronize_rcu` does: readers that report every few microseconds are caught
+//! without any wake-up); then it *arms* the readers' waker, so that the next reader
+//! transition unparks it, and parks with exponential backoff (5 µs to 1 ms). A GP that only
+//! serves callbacks just parks (100 µs to 1 ms), so readers never pay for waking it. Every [`GraceConfig::stall_timeout`](super::GraceConfig)
 //! it asks the check to name who is late and reports them: through `tracing` at WARN and the
 //! configured callback. It never gives up: safety over liveness.
 
@@ -16,6 +17,13 @@ use std::time::{Duration, Instant};
 
 use super::driver::Engine;
 use crate::primitive::thread;
+
+/// Checks a GP that somebody waits for makes, spinning, before it first parks (a few
+/// microseconds; one under loom, where every spin is an explored step).
+#[cfg(not(loom))]
+const SPIN_CHECKS: u32 = 128;
+#[cfg(loom)]
+const SPIN_CHECKS: u32 = 1;
 
 /// First sleep of a waiting GP when a caller is blocked on it.
 const EXPEDITED_FIRST_SLEEP: Duration = Duration::from_micros(5);
@@ -64,6 +72,14 @@ impl<'a> Backoff<'a> {
     /// must name who is late (for a stall report); `late(false)` may return an empty list.
     pub(super) fn wait_until(&mut self, mut late: impl FnMut(bool) -> Option<Vec<Holdout>>) {
         let registry = &*self.engine.registry;
+        if self.expedited {
+            for _ in 0..SPIN_CHECKS {
+                if late(false).is_none() {
+                    return;
+                }
+                thread::spin_hint();
+            }
+        }
         while late(false).is_some() {
             if self.expedited {
                 // Somebody is blocked on this GP: ask readers to unpark us on their next

@@ -35,9 +35,12 @@ impl GpWaker {
             }
             // When every core runs a busy worker, the freshly woken waiter may wait for a
             // whole scheduler time slice (milliseconds) before it gets a CPU, and the grace
-            // period with it. Offer this CPU now: cheap (at most once per `arm`), and a no-op
-            // when the waiter already runs elsewhere.
-            thread::yield_now();
+            // period with it. A worker offers its CPU now (cheap: at most once per `arm`, and
+            // a no-op when the waiter already runs elsewhere). A registered thread does not:
+            // it is an application thread whose time is its own, and liburcu's readers do not.
+            if super::reader::on_worker_thread() {
+                thread::yield_now();
+            }
         }
     }
 
