@@ -88,6 +88,7 @@ use self::driver::Engine;
 use self::waiters::Until;
 use crate::error::DomainError;
 use crate::primitive::Arc;
+use crate::qs::QsRegistry;
 use crate::Runtime;
 
 /// Which grace-period algorithm a [`GraceDomain`] runs; see the module docs.
@@ -224,8 +225,9 @@ pub struct GraceStats {
     pub inline_grace_periods: u64,
 }
 
-/// A grace-period domain over one [`Runtime`]'s readers: `synchronize`, deferred callbacks,
-/// `barrier`, polled cookies (see the [module docs](self) for the algorithm).
+/// A grace-period domain over one [`Runtime`]'s readers ([`GraceDomain::new`]) or over
+/// registered OS threads alone ([`GraceDomain::for_threads`]): `synchronize`, deferred
+/// callbacks, `barrier`, polled cookies (see the [module docs](self) for the algorithm).
 ///
 /// Cheap to clone. The driver thread stops (after running every queued callback) when the
 /// last clone is dropped. A domain keeps its runtime alive.
@@ -251,6 +253,47 @@ impl GraceDomain {
             config,
         ));
         GraceDomain::start(engine)
+    }
+
+    /// Starts a domain whose readers are registered OS threads only, with no green-thread
+    /// runtime: liburcu QSBR's model. Threads join with
+    /// [`register_thread`](Self::register_thread) and report with
+    /// [`ThreadRegistration::quiescent`](crate::ThreadRegistration::quiescent), `offline` and
+    /// `online`; the domain runs the same Tasks (or Rude) grace periods, with no worker to
+    /// wait for. It starts one driver thread (for callbacks) and no worker thread.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tramway_runtime::grace::{GraceConfig, GraceDomain};
+    ///
+    /// let gp = GraceDomain::for_threads(GraceConfig::default())?;
+    /// let reader = std::thread::spawn({
+    ///     let gp = gp.clone();
+    ///     move || {
+    ///         let reg = gp.register_thread().expect("register");
+    ///         for _ in 0..1000 {
+    ///             // ... read shared data or call patch sites ...
+    ///             reg.quiescent();
+    ///         }
+    ///     }
+    /// });
+    /// gp.synchronize();
+    /// reader.join().unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn for_threads(config: GraceConfig) -> Result<GraceDomain, DomainError> {
+        let engine = Arc::new(Engine::new(Arc::new(QsRegistry::new(0)), None, config));
+        GraceDomain::start(engine)
+    }
+
+    /// Registers the calling OS thread as a reader of this domain (for a domain over a
+    /// runtime, the same as [`Runtime::register_thread`]): see [`ThreadRegistration`] for
+    /// the protocol. Fails on a worker thread or inside a task, and if the thread is already
+    /// registered (with any domain or runtime).
+    ///
+    /// [`ThreadRegistration`]: crate::ThreadRegistration
+    pub fn register_thread(&self) -> Result<crate::ThreadRegistration, crate::RegisterError> {
+        crate::ThreadRegistration::register(&self.engine.registry)
     }
 
     /// Starts the driver of `engine` (also used by the loom model with fake readers).

@@ -1,0 +1,88 @@
+//! A grace domain over registered OS threads alone (liburcu QSBR's model): no runtime, no
+//! worker threads, the same grace-period semantics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tramway_runtime::grace::{GraceConfig, GraceDomain};
+use tramway_runtime::RegisterError;
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn a_threads_only_domain_starts_its_driver_and_no_worker() {
+    let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
+    let names = thread_names();
+    assert!(names.iter().any(|n| n == "tramway-gp"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("tramway-worker")),
+        "no worker threads: {names:?}"
+    );
+    gp.synchronize();
+}
+
+#[test]
+fn a_grace_period_waits_for_an_online_thread_until_it_reports() {
+    let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
+    let (registered, report) = (mpsc::channel(), mpsc::channel::<()>());
+    let (reg_tx, reg_rx) = registered;
+    let (report_tx, report_rx) = report;
+    let g = gp.clone();
+    let reader = std::thread::spawn(move || {
+        let reg = g.register_thread().unwrap();
+        assert_eq!(
+            g.register_thread().map(drop),
+            Err(RegisterError::AlreadyRegistered)
+        );
+        reg_tx.send(()).unwrap();
+        report_rx.recv().unwrap();
+        reg.quiescent();
+        // Stay online (not quiescent) until told, after the grace period ended.
+        report_rx.recv().unwrap();
+    });
+    reg_rx.recv().unwrap();
+    let cookie = gp.start_poll();
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(
+        !gp.poll(&cookie),
+        "the reader is online and has not reported"
+    );
+    report_tx.send(()).unwrap();
+    gp.wait(&cookie);
+    report_tx.send(()).unwrap();
+    reader.join().unwrap();
+}
+
+#[test]
+fn callbacks_barrier_and_offline_threads_work_without_a_runtime() {
+    let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (g, s) = (gp.clone(), stop.clone());
+    // A thread that is registered but offline for good does not hold anything up.
+    let idle = std::thread::spawn(move || {
+        let reg = g.register_thread().unwrap();
+        reg.offline();
+        while !s.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    gp.call(move || r.store(true, Ordering::SeqCst));
+    gp.barrier();
+    assert!(ran.load(Ordering::SeqCst));
+    for _ in 0..100 {
+        gp.synchronize();
+    }
+    assert!(gp.stats().completed >= 100);
+    stop.store(true, Ordering::Relaxed);
+    idle.join().unwrap();
+}
