@@ -168,6 +168,19 @@ impl Jit {
         )
     }
 
+    /// [`custom`](Self::custom), with the address each pass assembles at passed to `emit`
+    /// (for code that encodes its own address, or bytes produced outside dynasm, such as a C
+    /// embedder's code generator). The second pass's address is where the code runs.
+    ///
+    /// # Safety
+    /// As [`custom`](Self::custom).
+    pub unsafe fn custom_at<F: Fn(&mut Assembler, usize)>(
+        &self,
+        emit: F,
+    ) -> Result<Trampoline, JitError> {
+        Trampoline::emit(&self.core, &emit, None, CodeData::default(), None)
+    }
+
     /// Emits a function `extern "C" fn(..) -> u64` that returns `value`.
     pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
         Trampoline::emit(
