@@ -23,6 +23,12 @@ pub enum BuildError {
     /// A worker thread could not be started.
     #[error("failed to spawn worker thread: {0}")]
     SpawnWorker(#[source] std::io::Error),
+    /// Preemption was asked for and cannot work here (see [`crate::preempt`]).
+    #[error(transparent)]
+    Preempt(#[from] crate::preempt::PreemptError),
+    /// The preemption signal handler or monitor thread could not be set up.
+    #[error("failed to set up preemption: {0}")]
+    PreemptSetup(#[source] std::io::Error),
 }
 
 /// Why [`crate::Runtime::spawn`] refused a task.

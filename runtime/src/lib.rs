@@ -35,6 +35,7 @@ pub mod error;
 pub mod grace;
 #[doc(hidden)]
 pub mod os;
+pub mod preempt;
 mod primitive;
 pub mod qs;
 mod sched;
@@ -44,6 +45,7 @@ pub use error::{
     BuildError, DomainError, JoinError, PanicPayload, RecvError, RegisterError, SendError,
     SpawnError, TryRecvError,
 };
+pub use preempt::preemptible;
 pub use qs::{barrier_mode, non_yielding, BarrierMode, ThreadRegistration};
 pub use sched::api::{current, offline, sleep, yield_now, TaskInfo};
 pub use sched::builder::{

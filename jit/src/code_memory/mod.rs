@@ -168,6 +168,10 @@ pub(crate) struct CodeMemory {
     sync_cores: SyncCorePolicy,
     state: Mutex<AllocState>,
     stats: Arc<StatCounters>,
+    /// The reservation as code the runtime may preempt a task in (see
+    /// `tramway_runtime::preempt`); `None` if the runtime's range table is full (the code is
+    /// then simply never preempted).
+    preemptible: Option<tramway_runtime::preempt::CodeRange>,
 }
 
 impl CodeMemory {
@@ -242,6 +246,7 @@ impl CodeMemory {
                 classes,
             }),
             stats: Arc::new(StatCounters::default()),
+            preemptible: tramway_runtime::preempt::CodeRange::register(base, reservation).ok(),
         })
     }
 
@@ -464,6 +469,8 @@ impl CodeMemory {
 
 impl Drop for CodeMemory {
     fn drop(&mut self) {
+        // No task can be in this code any more; withdraw it before it is unmapped.
+        drop(self.preemptible.take());
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for chunk in st.chunks.iter_mut() {
             // Dropping the views unmaps the RW aliases.

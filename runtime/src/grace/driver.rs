@@ -113,6 +113,8 @@ pub(super) struct Counters {
     pub(super) stalls: std::sync::atomic::AtomicU64,
     /// GPs run inline by waiting OS threads (the rest ran on the driver).
     pub(super) inline_grace_periods: std::sync::atomic::AtomicU64,
+    /// Holdouts GPs waited for that had been preempted (in JIT code).
+    pub(super) preempted_holdouts: std::sync::atomic::AtomicU64,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -203,6 +205,7 @@ impl Engine {
             callbacks_panicked: c.callbacks_panicked.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
             inline_grace_periods: c.inline_grace_periods.load(Ordering::Relaxed),
+            preempted_holdouts: c.preempted_holdouts.load(Ordering::Relaxed),
         }
     }
 

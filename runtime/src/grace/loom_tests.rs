@@ -122,7 +122,7 @@ fn model(reader_kind: ReaderKind, free: Free) {
                     qs::worker_started(&registry, 0);
                     qs::switch_in(&registry, w0, &task);
                     run_site(&|| {
-                        qs::switch_out_involuntary(&registry, w0, &task);
+                        qs::switch_out_involuntary(&registry, w0, &task, false);
                         qs::worker_started(&registry, 1);
                         qs::switch_in(&registry, w1, &task);
                     });

@@ -223,6 +223,9 @@ pub struct GraceStats {
     /// Grace periods run inline by an OS thread waiting for them (the others ran on the
     /// domain's driver thread).
     pub inline_grace_periods: u64,
+    /// Holdouts grace periods waited for because they had been preempted inside JIT code
+    /// (see [`preempt`](crate::preempt)); each counted once per grace period.
+    pub preempted_holdouts: u64,
 }
 
 /// A grace-period domain over one [`Runtime`]'s readers ([`GraceDomain::new`]) or over

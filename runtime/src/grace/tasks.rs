@@ -45,6 +45,11 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     // inserted any holdout it switched out involuntarily, so those insertions are visible to
     // this read (qs docs, "Holdouts").
     let mut holdouts = registry.holdouts();
+    let preempted = holdouts.iter().filter(|(t, _)| t.was_preempted()).count();
+    engine
+        .counters
+        .preempted_holdouts
+        .fetch_add(preempted as u64, std::sync::atomic::Ordering::Relaxed);
     #[cfg(all(loom, test))]
     if super::loom_tests::SKIP_HOLDOUT_WAIT.with(std::cell::Cell::get) {
         holdouts.clear(); // the injected bug: holdouts are not waited for

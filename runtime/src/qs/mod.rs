@@ -110,7 +110,9 @@ pub(crate) use barrier::heavy_barrier;
 #[cfg(all(loom, test))]
 pub(crate) use barrier::SKIP_READER_BARRIER;
 pub(crate) use cell::QsSnapshot;
-pub(crate) use reader::{in_non_yielding, in_task, is_active_reader_of, on_worker_thread};
+pub(crate) use reader::{
+    in_non_yielding, in_task, is_active_reader_of, on_worker_thread, preemptible,
+};
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,

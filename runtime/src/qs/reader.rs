@@ -129,6 +129,29 @@ pub(crate) fn in_non_yielding() -> bool {
     with_depth(|d| d.load(Ordering::Relaxed) > 0)
 }
 
+/// Runs `f` in a preemptible scope of the calling task (see `crate::preempt::preemptible`);
+/// outside a task it just runs `f`.
+pub(crate) fn preemptible<R>(f: impl FnOnce() -> R) -> R {
+    let Some(task) = current_task() else {
+        return f();
+    };
+    /// Leaves the scope even if `f` unwinds.
+    struct Leave(*const TaskReader);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            // SAFETY: the task's reader outlives its own stack frames (see `with_depth`);
+            // the task may have migrated, but the counter is its own.
+            let d = &unsafe { &*self.0 }.preemptible;
+            d.store(d.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: as in `Leave::drop`.
+    let d = &unsafe { &*task }.preemptible;
+    d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    let _leave = Leave(task);
+    f()
+}
+
 /// Runs `f` as a non-yielding section: the caller may be inside JIT code for its whole
 /// duration (every hook a trampoline calls runs inside one), so it reports no quiescent state.
 ///

@@ -61,6 +61,11 @@ pub(crate) struct TaskReader {
     pub(super) non_yielding: AtomicU32,
     /// Whether the task is in the holdout set (owner only).
     pub(super) holdout: AtomicBool,
+    /// Whether its last involuntary switch was a preemption (for statistics).
+    pub(super) preempted: AtomicBool,
+    /// Depth of nested preemptible scopes (owner only; the preemption handler reads it on the
+    /// task's own thread).
+    pub(super) preemptible: AtomicU32,
 }
 
 impl TaskReader {
@@ -72,7 +77,22 @@ impl TaskReader {
             voluntary_yields: AtomicU64::new(0),
             non_yielding: AtomicU32::new(0),
             holdout: AtomicBool::new(false),
+            preempted: AtomicBool::new(false),
+            preemptible: AtomicU32::new(0),
         }
+    }
+
+    /// Whether the task is inside a preemptible scope (owner only, or its own thread's signal
+    /// handler).
+    #[inline]
+    pub(crate) fn in_preemptible(&self) -> bool {
+        self.preemptible.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether the task became a holdout by preemption (rather than by a yield inside a
+    /// non-yielding section).
+    pub(crate) fn was_preempted(&self) -> bool {
+        self.preempted.load(Ordering::Relaxed)
     }
 
     /// Whether the task is inside a non-yielding section (owner only).

@@ -78,7 +78,9 @@ pub(crate) fn switch_out_involuntary(
     registry: &QsRegistry,
     worker: &WorkerReader,
     task: &StdArc<TaskReader>,
+    preempted: bool,
 ) {
+    task.preempted.store(preempted, Ordering::Relaxed);
     // Unconditional (idempotent) insert: correct even if the entry was removed meanwhile.
     registry.insert_holdout(task);
     task.holdout.store(true, Ordering::Relaxed);

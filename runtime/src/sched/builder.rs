@@ -38,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) yield_mode: YieldInNonYielding,
     pub(crate) qs_reporting: bool,
     pub(crate) thread_name: String,
+    pub(crate) preempt: Option<crate::preempt::PreemptConfig>,
 }
 
 /// Configures and builds a [`Runtime`].
@@ -48,6 +49,7 @@ pub struct Builder {
     yield_mode: YieldInNonYielding,
     qs_reporting: bool,
     thread_name: String,
+    preempt: Option<crate::preempt::PreemptConfig>,
 }
 
 impl Default for Builder {
@@ -58,6 +60,7 @@ impl Default for Builder {
             yield_mode: YieldInNonYielding::default(),
             qs_reporting: true,
             thread_name: "tramway-worker".into(),
+            preempt: None,
         }
     }
 }
@@ -93,6 +96,22 @@ impl Builder {
         self
     }
 
+    /// Turns on asynchronous preemption of JIT code: a task that has run JIT code inside a
+    /// [`preemptible`](crate::preemptible) scope for `quantum` without switching is switched
+    /// out at the instruction it is at, and becomes a grace-period holdout until its next
+    /// voluntary yield point (see [`preempt`](crate::preempt) for the protocol and its rules).
+    /// Off by default. [`build`](Self::build) fails with [`BuildError::Preempt`] where it
+    /// cannot work.
+    pub fn preempt(self, quantum: std::time::Duration) -> Self {
+        self.preempt_with(crate::preempt::PreemptConfig::new(quantum))
+    }
+
+    /// [`preempt`](Self::preempt) with a full configuration (for example another signal).
+    pub fn preempt_with(mut self, config: crate::preempt::PreemptConfig) -> Self {
+        self.preempt = Some(config);
+        self
+    }
+
     /// Benchmark knob: turn QS reporting off (workers skip the cell updates). **Unsound** for
     /// grace periods ([`GraceDomain::new`](crate::grace::GraceDomain::new) refuses such a
     /// runtime); exists only to measure the cost of QS reporting. Not part of the API: only
@@ -118,12 +137,18 @@ impl Builder {
                 max: MAX_STACK_SIZE,
             });
         }
+        if let Some(preempt) = &self.preempt {
+            preempt
+                .validate(self.stack_size)
+                .map_err(BuildError::Preempt)?;
+        }
         Runtime::start(Config {
             workers,
             stack_size: self.stack_size,
             yield_mode: self.yield_mode,
             qs_reporting: self.qs_reporting,
             thread_name: self.thread_name,
+            preempt: self.preempt,
         })
     }
 }

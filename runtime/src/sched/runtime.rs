@@ -72,6 +72,8 @@ pub struct RuntimeStats {
     pub tasks_cancelled: u64,
     /// Tasks spawned and neither finished nor cancelled.
     pub tasks_live: u64,
+    /// Asynchronous preemption (all zero when it is off).
+    pub preempt: crate::preempt::PreemptStats,
 }
 
 struct Handle {
@@ -119,6 +121,10 @@ impl Runtime {
         let locals: Vec<LocalQueue<Arc<Task>>> = (0..n).map(|_| LocalQueue::new_fifo()).collect();
         let stealers = locals.iter().map(LocalQueue::stealer).collect();
         let name = config.thread_name.clone();
+        let preempt_signal = config.preempt.map(|p| p.signal);
+        if let Some(signal) = preempt_signal {
+            crate::preempt::install(signal).map_err(BuildError::PreemptSetup)?;
+        }
         let shared = Arc::new(Scheduler::new(config, stealers));
         let rt = Runtime {
             handle: Arc::new(Handle {
@@ -146,6 +152,12 @@ impl Runtime {
                     drop(rt); // shuts down and joins the started workers
                     return Err(BuildError::SpawnWorker(e));
                 }
+            }
+        }
+        if let Some(preempt) = &shared.preempt {
+            if let Err(e) = preempt.monitor.start(&shared) {
+                drop(rt); // shuts down and joins the workers
+                return Err(BuildError::PreemptSetup(e));
             }
         }
         Ok(rt)
@@ -275,6 +287,11 @@ impl Runtime {
             tasks_finished: finished,
             tasks_cancelled: cancelled,
             tasks_live: spawned.saturating_sub(finished + cancelled),
+            preempt: sh
+                .preempt
+                .as_ref()
+                .map(|p| p.counters.snapshot())
+                .unwrap_or_default(),
         }
     }
 
@@ -303,6 +320,9 @@ impl Runtime {
 
 fn shutdown(shared: &Arc<Scheduler>) {
     shared.begin_shutdown();
+    if let Some(preempt) = &shared.preempt {
+        preempt.monitor.stop_and_join();
+    }
     if shared.is_own_worker() {
         return; // a worker cannot join itself; workers exit on their own
     }

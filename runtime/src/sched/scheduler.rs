@@ -38,6 +38,11 @@ pub(crate) struct Scheduler {
     pub(crate) stealers: Box<[Stealer<Arc<Task>>]>,
     /// Per-worker queues of pinned tasks; only their worker pops them.
     pub(crate) pinned: Box<[Injector<Arc<Task>>]>,
+    /// Per-worker queues of preempted tasks; only their worker pops them (a preempted task
+    /// resumes where it was switched out; see `crate::preempt`).
+    pub(crate) preempted: Box<[Injector<Arc<Task>>]>,
+    /// Asynchronous preemption, if on.
+    pub(crate) preempt: Option<crate::preempt::PreemptState>,
     /// Every task that has not finished yet (cancelled at shutdown).
     tasks: Box<[TaskShard]>,
     /// Workers parked (or about to park) that want an unpark on new work; each one's flag is
@@ -65,6 +70,10 @@ impl Scheduler {
             injector: Injector::new(),
             stealers: stealers.into_boxed_slice(),
             pinned: (0..n).map(|_| Injector::new()).collect(),
+            preempted: (0..n).map(|_| Injector::new()).collect(),
+            preempt: config
+                .preempt
+                .map(|c| crate::preempt::PreemptState::new(c, n)),
             tasks: (0..TASK_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
@@ -218,7 +227,7 @@ impl Scheduler {
             }
         }
         while !self.injector.steal().is_empty() {}
-        for q in self.pinned.iter() {
+        for q in self.pinned.iter().chain(self.preempted.iter()) {
             while !q.steal().is_empty() {}
         }
         for s in self.stealers.iter() {
@@ -256,7 +265,6 @@ impl Schedule for Scheduler {
 #[derive(Clone, Copy)]
 struct CurrentWorker {
     scheduler: *const Scheduler,
-    #[cfg_attr(any(not(test), loom), allow(dead_code))] // read by the scheduler's tests
     index: usize,
     local: *const LocalQueue<Arc<Task>>,
 }
@@ -290,6 +298,17 @@ pub(crate) fn leave_worker() {
 pub(crate) fn current_worker() -> Option<(*const Scheduler, usize)> {
     CURRENT_WORKER
         .with(Cell::get)
+        .map(|w| (w.scheduler, w.index))
+}
+
+/// [`current_worker`] for the preemption signal handler: a plain read of a `const`
+/// thread-local of `Copy` data (async-signal-safe; written only at worker start and exit,
+/// when no signal is requested for the thread).
+pub(crate) fn current_worker_for_signal() -> Option<(*const Scheduler, usize)> {
+    CURRENT_WORKER
+        .try_with(Cell::get)
+        .ok()
+        .flatten()
         .map(|w| (w.scheduler, w.index))
 }
 

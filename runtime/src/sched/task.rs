@@ -53,6 +53,9 @@ pub(crate) enum SwitchKind {
     Yield,
     /// Waiting for an unpark (sleep, event, channel, join).
     Park,
+    /// Switched out by asynchronous preemption inside JIT code (`crate::preempt`): runnable
+    /// again, on the same worker only.
+    Preempted,
 }
 
 /// The value a task hands to its worker when it suspends.
@@ -98,6 +101,10 @@ pub(crate) struct Task {
     pub(crate) local: TaskLocal,
     /// Lowest address of the stack mapping (its guard page); for overflow reports.
     pub(crate) guard: usize,
+    /// Lowest usable stack address (above the guard page) and the stack's top, for the
+    /// preemption handler's room check.
+    pub(crate) stack_limit: usize,
+    pub(crate) stack_base: usize,
     completion: Arc<dyn Completion>,
 }
 
@@ -175,6 +182,8 @@ impl Task {
     {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let guard = stack.limit().get();
+        let stack_base = stack.base().get();
+        let stack_limit = guard + page_size();
         let slot = Arc::new(JoinSlot::<T>::new());
         let body_slot = slot.clone();
         let coro = Coroutine::with_stack(stack, move |yielder: &TaskYielder, ()| {
@@ -202,6 +211,8 @@ impl Task {
                 yielder: Cell::new(ptr::null()),
             },
             guard,
+            stack_limit,
+            stack_base,
             completion: slot.clone(),
         });
         (task, slot)
@@ -263,6 +274,21 @@ impl Task {
         unsafe { (*y).suspend(Switch { kind, involuntary }) };
     }
 
+    /// Task side of a preemption (called by the preemption stub's entry, on the task's own
+    /// stack): gives the worker back as an involuntary switch.
+    pub(crate) fn preempt_out(&self) {
+        let y = self.local.yielder.get();
+        debug_assert!(!y.is_null());
+        // SAFETY: as in `switch_out`: the yielder is valid while the coroutine exists, and we
+        // run on its stack (the stub was injected into this task's code).
+        unsafe {
+            (*y).suspend(Switch {
+                kind: SwitchKind::Preempted,
+                involuntary: true,
+            })
+        };
+    }
+
     /// Cancels a task that is parked or queued (never running): drops its coroutine, which
     /// unwinds its stack on this thread, and completes its join handle with `Cancelled`.
     /// Returns false if the task is running, done or already cancelled.
@@ -309,4 +335,10 @@ impl Task {
         self.completion.cancelled();
         true
     }
+}
+
+/// The system page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }

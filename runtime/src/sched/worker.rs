@@ -52,6 +52,8 @@ struct WorkerCtx {
     index: usize,
     local: LocalQueue<Arc<Task>>,
     tick: Cell<u32>,
+    /// Whether the next pick should be a preempted task (they alternate with other work).
+    preempted_turn: Cell<bool>,
 }
 
 /// Body of worker thread `index`.
@@ -61,9 +63,15 @@ pub(crate) fn run(scheduler: Arc<Scheduler>, index: usize, local: LocalQueue<Arc
         index,
         local,
         tick: Cell::new(0),
+        preempted_turn: Cell::new(false),
     };
     scheduler::enter_worker(&ctx.scheduler, index, &ctx.local);
     qs::worker_started(&ctx.scheduler.registry, index);
+    if let Some(preempt) = &ctx.scheduler.preempt {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        preempt.slots[index].tid.store(tid, Ordering::Release);
+    }
     ctx.main_loop();
     scheduler::leave_worker();
     let WorkerCtx {
@@ -110,6 +118,28 @@ impl WorkerCtx {
                 return Some(t);
             }
         }
+        // Preempted tasks resume only here, taking every other turn: they neither starve
+        // behind tasks that keep yielding nor shut them out.
+        let preempted = &sh.preempted[self.index];
+        if !preempted.is_empty() {
+            let turn = self.preempted_turn.replace(false);
+            if turn {
+                if let Some(t) = steal(|| preempted.steal()) {
+                    return Some(t);
+                }
+            }
+            if let Some(t) = self.find_other_task() {
+                self.preempted_turn.set(true);
+                return Some(t);
+            }
+            return steal(|| preempted.steal());
+        }
+        self.find_other_task()
+    }
+
+    /// A task from the local queue, the injector, or another worker.
+    fn find_other_task(&self) -> Option<Arc<Task>> {
+        let sh = &*self.scheduler;
         let tick = self.tick.get();
         if tick == 0 {
             self.tick.set(INJECTOR_EVERY);
@@ -143,6 +173,7 @@ impl WorkerCtx {
     fn has_work(&self) -> bool {
         let sh = &*self.scheduler;
         !sh.pinned[self.index].is_empty()
+            || !sh.preempted[self.index].is_empty()
             || !self.local.is_empty()
             || !sh.injector.is_empty()
             || sh.stealers.iter().any(|s| !s.is_empty())
@@ -205,9 +236,12 @@ impl WorkerCtx {
             task::set_current_task(prev);
             match result {
                 CoroutineResult::Yield(sw) => {
+                    let preempted = sw.kind == SwitchKind::Preempted;
                     match (qs_on, sw.involuntary) {
                         (true, false) => qs::switch_out_voluntary(registry, reader, &task.reader),
-                        (true, true) => qs::switch_out_involuntary(registry, reader, &task.reader),
+                        (true, true) => {
+                            qs::switch_out_involuntary(registry, reader, &task.reader, preempted)
+                        }
                         (false, _) => qs::switch_out_untracked(registry, reader),
                     }
                     match sw.kind {
@@ -224,6 +258,13 @@ impl WorkerCtx {
                             if task.finish_park() {
                                 self.requeue(task);
                             }
+                        }
+                        SwitchKind::Preempted => {
+                            if let Some(p) = &self.scheduler.preempt {
+                                p.counters.preemptions.fetch_add(1, Ordering::Relaxed);
+                            }
+                            task.state.store(SCHEDULED, Ordering::Release);
+                            self.scheduler.preempted[self.index].push(task);
                         }
                     }
                 }
@@ -251,6 +292,7 @@ impl WorkerCtx {
         let sh = &*self.scheduler;
         self.local.is_empty()
             && sh.pinned[self.index].is_empty()
+            && sh.preempted[self.index].is_empty()
             && sh.injector.is_empty()
             && task.pinned.is_none_or(|w| w == self.index)
             && !sh.timers.any_due()
