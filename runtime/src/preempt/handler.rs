@@ -76,7 +76,7 @@ unsafe fn try_preempt(sig: libc::c_int, uc: *mut libc::c_void) -> bool {
         let mut ctx = ctx;
         // SAFETY: `decide` checked that the stack below the interrupted rsp belongs to the
         // current task, with room for the stub.
-        unsafe { ctx.inject_call(super::x86_64::stub_address()) };
+        unsafe { ctx.inject_call(super::x86_64::stub()) };
     }
     true
 }

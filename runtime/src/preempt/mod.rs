@@ -208,6 +208,18 @@ impl PreemptState {
     }
 }
 
+/// Test knobs (not part of the API; only with the `unstable-bench-knobs` feature).
+#[cfg(feature = "unstable-bench-knobs")]
+#[doc(hidden)]
+pub mod testing {
+    /// Makes every later preemption use a deliberately broken stub that does not skip the
+    /// red zone: the register-preservation test's control, which must catch it.
+    pub fn use_stub_without_red_zone_skip(yes: bool) {
+        super::x86_64::USE_STUB_WITHOUT_RED_ZONE_SKIP
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Per-worker state of the preemption protocol.
 #[derive(Debug, Default)]
 pub(crate) struct PreemptSlot {

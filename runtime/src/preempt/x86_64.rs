@@ -158,13 +158,91 @@ global_asm!(
     ".size tramway_preempt_stub, . - tramway_preempt_stub",
 );
 
+// A deliberately broken stub for the register-preservation test's control (only with the
+// `unstable-bench-knobs` feature): it does not skip the red zone (the handler stores the PC
+// right below the interrupted rsp, and the pushes land in the red zone) and returns with a
+// plain `ret`. Everything else is the same.
+#[cfg(feature = "unstable-bench-knobs")]
+global_asm!(
+    ".text",
+    ".globl tramway_preempt_stub_no_red_zone",
+    ".p2align 4",
+    "tramway_preempt_stub_no_red_zone:",
+    "pushfq",
+    "push rax",
+    "push rbx",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push rbp",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "cld",
+    "mov rbx, rsp",
+    "and rsp, -64",
+    "sub rsp, qword ptr [rip + TRAMWAY_XSAVE_SIZE]",
+    "xor eax, eax",
+    "mov qword ptr [rsp + 512], rax",
+    "mov qword ptr [rsp + 520], rax",
+    "mov qword ptr [rsp + 528], rax",
+    "mov qword ptr [rsp + 536], rax",
+    "mov qword ptr [rsp + 544], rax",
+    "mov qword ptr [rsp + 552], rax",
+    "mov qword ptr [rsp + 560], rax",
+    "mov qword ptr [rsp + 568], rax",
+    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
+    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "xsave64 [rsp]",
+    "call tramway_preempt_entry",
+    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
+    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "xrstor64 [rsp]",
+    "mov rsp, rbx",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rbp",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rbx",
+    "pop rax",
+    "popfq",
+    "ret",
+);
+
 extern "C" {
     fn tramway_preempt_stub();
+    #[cfg(feature = "unstable-bench-knobs")]
+    fn tramway_preempt_stub_no_red_zone();
 }
 
-/// Where the handler sends a preempted thread.
-pub(crate) fn stub_address() -> usize {
-    tramway_preempt_stub as *const () as usize
+/// Test knob: the handler injects the broken stub (see above) instead of the real one.
+#[cfg(feature = "unstable-bench-knobs")]
+pub(crate) static USE_STUB_WITHOUT_RED_ZONE_SKIP: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Where the handler sends a preempted thread, and how far below the interrupted `rsp` it
+/// stores the return address.
+pub(crate) fn stub() -> (usize, usize) {
+    #[cfg(feature = "unstable-bench-knobs")]
+    if USE_STUB_WITHOUT_RED_ZONE_SKIP.load(Ordering::Relaxed) {
+        return (tramway_preempt_stub_no_red_zone as *const () as usize, 8);
+    }
+    (tramway_preempt_stub as *const () as usize, 136)
 }
 
 /// What [`init`] found out about the CPU.
@@ -268,14 +346,15 @@ impl Interrupted {
     }
 
     /// Makes the thread, when the handler returns, call `target` with the interrupted PC as
-    /// its return address, leaving the red zone below the interrupted `rsp` untouched.
+    /// its return address stored `below` bytes under the interrupted `rsp` (136 leaves the
+    /// 128-byte red zone untouched).
     ///
     /// # Safety
-    /// The interrupted `rsp - 136 ..` must be writable stack memory of the interrupted code,
+    /// The interrupted `rsp - below ..` must be writable stack memory of the interrupted code,
     /// with room below it for whatever `target` pushes.
-    pub(crate) unsafe fn inject_call(&mut self, target: usize) {
+    pub(crate) unsafe fn inject_call(&mut self, (target, below): (usize, usize)) {
         let (pc, sp) = (self.pc(), self.sp());
-        let slot = sp - 136;
+        let slot = sp - below;
         // SAFETY: the caller guarantees the slot is writable stack; `uc` is valid (as above).
         unsafe {
             (slot as *mut usize).write(pc);
