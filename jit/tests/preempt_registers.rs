@@ -5,6 +5,9 @@
 //! everything; then it stores what it holds and the test compares. The control uses a
 //! deliberately broken stub (no red-zone skip) and must be caught.
 
+// dynasm's dynamic registers (`Rq(n)`, `Ry(n)`) expand to `.into()` conversions.
+#![allow(clippy::useless_conversion)]
+
 use std::arch::asm;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
