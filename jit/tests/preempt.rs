@@ -233,3 +233,197 @@ fn rude_flavor_control_frees_the_trampoline_under_the_preempted_task() {
         out.status
     );
 }
+
+/// Thread ids of this process's worker threads.
+fn worker_tids() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("tramway-worker")
+                .then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn a_signal_flood_changes_nothing_and_preempts_only_where_allowed() {
+    use tramway_jit::{ProbeHook, Probes};
+    let rt = Runtime::builder()
+        .workers(2)
+        .preempt(Duration::from_micros(20))
+        .build()
+        .unwrap();
+    let jit = Jit::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stray signals too (not the monitor's): they must be passed on, and ignored.
+    let s = stop.clone();
+    let flooder = std::thread::spawn(move || {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let mut sent = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            for tid in worker_tids() {
+                // SAFETY: tgkill takes integers; the targets are this process's threads.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGURG) };
+                sent += 1;
+            }
+        }
+        sent
+    });
+    // Spinning JIT code inside a scope (preemptible), hooks (non-yielding), Rust work and
+    // switches (not JIT code), sleeping tasks (idle workers).
+    let body = spin_until_set(&jit, 3);
+    let probes = Probes::new(&jit);
+    let probed = probes
+        .site(SiteKind::Indirect, &jit.constant_return(5).unwrap())
+        .unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    probes
+        .attach(
+            &probed,
+            ProbeHook::new(move |_| {
+                h.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(30) {} // long enough to be signalled
+            }),
+        )
+        .unwrap();
+    // SAFETY: `body` is a `SpinFn`; `probed` returns 5 as `extern "C" fn() -> u64`; both
+    // outlive the tasks (joined below).
+    let (spin, five): (SpinFn, extern "C" fn() -> u64) =
+        unsafe { (std::mem::transmute(body.addr()), probed.as_fn()) };
+    let mut tasks = Vec::new();
+    for k in 0..6u64 {
+        let stop = stop.clone();
+        tasks.push(
+            rt.spawn(move || {
+                let (mut ok, mut n) = (true, 0u64);
+                let flag = AtomicU64::new(1); // the spin loop returns at once
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    ok &= match (k + n) % 4 {
+                        0 => preemptible(|| spin(&flag)) == 3,
+                        1 => preemptible(|| five()) == 5,
+                        2 => (0..1000u64).map(|x| x * x).sum::<u64>() == 332_833_500,
+                        _ => {
+                            tramway_runtime::sleep(Duration::from_micros(200));
+                            true
+                        }
+                    };
+                    yield_now();
+                }
+                ok
+            })
+            .unwrap(),
+        );
+    }
+    // A long spin in JIT code, preempted many times.
+    let release = Arc::new(AtomicU64::new(0));
+    let r = release.clone();
+    let long = rt.spawn(move || preemptible(|| spin(&*r))).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    release.store(1, Ordering::Release);
+    assert_eq!(long.join().unwrap(), 3);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        assert!(t.join().unwrap(), "a task computed a wrong value under the flood");
+    }
+    let stray = flooder.join().unwrap();
+    let stats = rt.stats().preempt;
+    assert!(stray > 1000, "stray signals sent: {stray}");
+    assert!(stats.preemptions > 0, "{stats:?}");
+    assert!(stats.ignored_outside_code > 0, "{stats:?}");
+    assert!(hits.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn blocking_system_calls_in_tasks_survive_preemption_signals() {
+    let rt = Runtime::builder()
+        .workers(2)
+        .preempt(Duration::from_micros(50))
+        .build()
+        .unwrap();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rd, wr) = (fds[0], fds[1]);
+    // A task blocked in read(2) (restarted after each signal: SA_RESTART) ...
+    let reader = rt
+        .spawn(move || {
+            let mut buf = [0u8; 5];
+            // SAFETY: reads into a local buffer from a pipe this test owns.
+            let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
+            (n, buf)
+        })
+        .unwrap();
+    // ... and one in nanosleep(2) (EINTR, which std's sleep retries).
+    let sleeper = rt
+        .spawn(|| {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(100));
+            t.elapsed()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: writes 5 bytes of a static buffer to the pipe.
+    assert_eq!(unsafe { libc::write(wr, b"hello".as_ptr().cast(), 5) }, 5);
+    let (n, buf) = reader.join().unwrap();
+    assert_eq!((n, &buf), (5, b"hello"));
+    assert!(sleeper.join().unwrap() >= Duration::from_millis(100));
+    assert!(rt.stats().preempt.signals_sent > 0, "the blocked workers were signalled");
+    // SAFETY: closing the test's own descriptors.
+    unsafe {
+        libc::close(rd);
+        libc::close(wr);
+    }
+}
+
+const CANCEL_CHILD: &str = "TRAMWAY_PREEMPT_CANCEL_CHILD";
+
+/// The child: shuts the runtime down while a task is preempted inside JIT code.
+#[test]
+fn cancel_preempted_child() {
+    if std::env::var_os(CANCEL_CHILD).is_none() {
+        return;
+    }
+    let rt = preemptive_runtime(1);
+    let jit = Jit::new().unwrap();
+    let site = jit
+        .site(SiteKind::Indirect, &spin_until_set(&jit, 1))
+        .unwrap();
+    let spinner = spin_in_site(&rt, &site);
+    assert!(eventually(Duration::from_secs(10), || rt
+        .stats()
+        .preempt
+        .preemptions
+        >= 1));
+    // An unrelated task keeps the worker switching, so the spinner sits in the preempted
+    // queue when shutdown comes; it is cancelled there, never unwound through JIT frames.
+    let _busy = rt.spawn(|| loop {
+        yield_now();
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    rt.shutdown();
+    let joined = spinner.task.join();
+    println!("child: clean exit ({})", if joined.is_err() { "cancelled" } else { "finished" });
+    std::mem::forget(spinner.release);
+}
+
+#[test]
+fn shutdown_cancels_a_preempted_task_without_unwinding_jit_frames() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cancel_preempted_child", "--nocapture"])
+        .env(CANCEL_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("child: clean exit (cancelled)"),
+        "{} {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
