@@ -66,7 +66,13 @@ typedef uint64_t (*unary_fn)(uint64_t);
 static uint64_t add_one(uint64_t x) { return x + 1; }
 static uint64_t add_two(uint64_t x) { return x + 2; }
 
-enum { READERS = 3, SWAPS = 3000, CALLS_BETWEEN_QS = 64, PROBED_CALLS = 1000 };
+enum {
+    READERS = 3,
+    MIN_SWAPS = 3000,    /* at least this many swaps, */
+    MAX_SWAPS = 3000000, /* and more until every reader has seen both functions */
+    CALLS_BETWEEN_QS = 64,
+    PROBED_CALLS = 1000
+};
 
 struct reader {
     pthread_t thread;
@@ -75,8 +81,18 @@ struct reader {
     tw_site_t *site;
     atomic_bool *stop;
     atomic_int *started;
+    atomic_bool saw_both; /* has seen a result of each function */
     uint64_t calls, ones, twos, bad;
 };
+
+static bool all_saw_both(struct reader *readers) {
+    for (int i = 0; i < READERS; i++) {
+        if (!atomic_load_explicit(&readers[i].saw_both, memory_order_relaxed)) {
+            return false;
+        }
+    }
+    return true;
+}
 
 /* A registered reader: calls the site until told to stop, reporting a quiescent state
  * between batches of calls (it holds no pointer into JIT code there). */
@@ -98,6 +114,9 @@ static void *reader_main(void *arg) {
             }
         }
         EXPECT(tw_quiescent());
+        if (r->ones > 0 && r->twos > 0) {
+            atomic_store_explicit(&r->saw_both, true, memory_order_relaxed);
+        }
         if (r->calls == CALLS_BETWEEN_QS) {
             atomic_fetch_add(r->started, 1);
         }
@@ -190,9 +209,12 @@ int main(void) {
         tw_quiescent();
         sched_yield();
     }
-    for (int i = 1; i <= SWAPS; i++) {
+    int swaps = 0;
+    while (swaps < MIN_SWAPS || !all_saw_both(readers)) {
+        EXPECT(swaps < MAX_SWAPS);
+        swaps++;
         tw_code_t *next = NULL;
-        CHECK(tw_jit_forward(jit, (tw_fn_t)(i % 2 ? add_two : add_one), &next));
+        CHECK(tw_jit_forward(jit, (tw_fn_t)(swaps % 2 ? add_two : add_one), &next));
         CHECK(tw_site_swap(site, next));
         tw_code_delete(next); /* the site keeps it while installed */
         tw_quiescent();       /* the main thread holds no pointer into JIT code here */
@@ -206,7 +228,7 @@ int main(void) {
         ones += readers[i].ones;
         twos += readers[i].twos;
     }
-    EXPECT(calls > 0 && ones + twos == calls);
+    EXPECT(ones > 0 && twos > 0 && ones + twos == calls);
     /* The first code was swapped out: retired, it cannot be installed again. */
     EXPECT(tw_code_is_retired(first));
     EXPECT_ERROR(tw_site_swap(site, first), TW_ERROR_RETIRED);
@@ -289,7 +311,7 @@ int main(void) {
 
     printf("calls %llu (add_one %llu, add_two %llu) during %d swaps\n",
            (unsigned long long)calls, (unsigned long long)ones, (unsigned long long)twos,
-           SWAPS);
+           swaps);
     printf("OK\n");
     return 0;
 }

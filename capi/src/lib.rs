@@ -28,6 +28,9 @@ pub mod runtime;
 pub mod site;
 pub mod thread;
 
+#[cfg(test)]
+mod tests;
+
 /// A C function pointer of unspecified signature: cast it to the function type it has (as
 /// `dlsym` results are), e.g. `((uint64_t (*)(uint64_t))tw_site_entry(site))(41)`.
 pub type tw_fn_t = Option<unsafe extern "C" fn()>;
