@@ -12,6 +12,9 @@
 //! age 2: seeing it means a grace period ended too early (a "stale" observation). The
 //! hook reads the age when it starts and again when it ends, after optionally simulating
 //! preemption inside the trampoline (spinning or sleeping in the OS without yielding).
+//! Some calls spin inside the target's JIT code instead: with [`TortureConfig::preempt`],
+//! that is where readers are preempted, switched out inside code the patcher then retires;
+//! freeing it too early makes the reader resume into trap-filled code and crash.
 //!
 //! With [`Reclaim::Immediate`] (the control) the old generation is freed at once: readers
 //! then observe age 2 or execute trap-filled/unmapped code and crash.
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tramway_jit::{
-    dynasmrt::{dynasm, DynasmApi},
+    dynasmrt::{dynasm, DynasmApi, DynasmLabelApi},
     ForwardingSpec, Hook, HookArgs, ImmediateReclaim, Jit, JitStats, Site, SiteKind, Target,
     Trampoline,
 };
@@ -62,6 +65,12 @@ pub struct TortureConfig {
     pub reclaim: Reclaim,
     /// Also read from a registered OS thread.
     pub registered_reader: bool,
+    /// Preempt reader tasks inside JIT code every this long (their call bursts run inside a
+    /// preemptible scope), or not at all.
+    pub preempt: Option<Duration>,
+    /// The grace domain's lazy-callback delay (`None`: its default). Zero starts a grace
+    /// period as soon as something is retired.
+    pub callback_delay: Option<Duration>,
 }
 
 impl Default for TortureConfig {
@@ -76,6 +85,8 @@ impl Default for TortureConfig {
             max_duration: Duration::from_secs(120),
             reclaim: Reclaim::Grace(Flavor::Tasks),
             registered_reader: true,
+            preempt: None,
+            callback_delay: None,
         }
     }
 }
@@ -110,6 +121,8 @@ pub struct TortureReport {
     pub gp: GraceStats,
     /// Wall time.
     pub elapsed: Duration,
+    /// Reader tasks preempted inside JIT code.
+    pub preemptions: u64,
 }
 
 impl TortureReport {
@@ -135,6 +148,12 @@ struct Observations {
 const MODE_PLAIN: u64 = 0;
 const MODE_SPIN: u64 = 1;
 const MODE_SLEEP: u64 = 2;
+/// Spins inside the generation's *JIT code* (its target body), where a task can be preempted
+/// when the run preempts: a preempted reader then sits switched out inside retired code.
+const MODE_JIT_SPIN: u64 = 3;
+/// Iterations of the target body's spin loop (one `dec`/`jnz` each: tens of microseconds,
+/// more than the preemption quantum the tests use).
+const JIT_SPIN_ITERATIONS: i32 = 1 << 18;
 
 unsafe extern "C" fn observe(user: *mut c_void, args: *const HookArgs) {
     // SAFETY: `user` is a `Generation` kept alive by the harness until every reader and
@@ -164,16 +183,25 @@ unsafe extern "C" fn observe(user: *mut c_void, args: *const HookArgs) {
     unsafe { &*(args.int_args[2] as *const Cell<u64>) }.set(g.gen);
 }
 
-/// Emits generation `gen`: `target(x, _, _) = x + gen` behind a forwarding trampoline whose
-/// hook observes `g` and records it in the caller's slot (the third argument).
+/// Emits generation `gen`: `target(x, mode, _) = x + gen` (spinning first when `mode` is
+/// [`MODE_JIT_SPIN`]) behind a forwarding trampoline whose hook observes `g` and records it in
+/// the caller's slot (the third argument).
 fn emit_generation(jit: &Jit, g: &Generation) -> Trampoline {
     let gen = i32::try_from(g.gen).expect("generation fits in imm32");
-    // SAFETY: the body is `lea rax, [rdi + gen]; ret`: it implements
-    // `extern "C" fn(u64, u64, *const Cell<u64>) -> u64`, never yields and touches no memory.
+    // SAFETY: the body spins on `ecx` (caller-saved) when `rsi == MODE_JIT_SPIN`, then returns
+    // `rdi + gen`: it implements `extern "C" fn(u64, u64, *const Cell<u64>) -> u64`, never
+    // yields and touches no memory.
     let target = unsafe {
         jit.custom(|ops| {
             dynasm!(ops
                 ; .arch x64
+                ; cmp rsi, MODE_JIT_SPIN as i32
+                ; jne >done
+                ; mov ecx, JIT_SPIN_ITERATIONS
+                ; spin:
+                ; dec ecx
+                ; jnz <spin
+                ; done:
                 ; lea rax, [rdi + gen]
                 ; ret
             );
@@ -219,15 +247,20 @@ fn reader_task(readers: &Readers, seed: u64, rounds: u64) {
         let r = rng.next_u64();
         // Mostly short bursts; sometimes a long run of calls without any yield point.
         let burst = if r % 16 == 0 { 5_000 } else { 64 };
-        for i in 0..burst {
-            let r = rng.next_u64();
-            let mode = match r % 4096 {
-                0 => MODE_SLEEP,
-                1..=7 => MODE_SPIN,
-                _ => MODE_PLAIN,
-            };
-            readers.call((r >> 20) as usize % readers.fns.len(), i, mode);
-        }
+        // The burst may be preempted inside JIT code (when the run preempts): it holds no
+        // lock and reads no thread-local.
+        tramway_runtime::preemptible(|| {
+            for i in 0..burst {
+                let r = rng.next_u64();
+                let mode = match r % 4096 {
+                    0 => MODE_SLEEP,
+                    1..=7 => MODE_SPIN,
+                    8..=15 => MODE_JIT_SPIN,
+                    _ => MODE_PLAIN,
+                };
+                readers.call((r >> 20) as usize % readers.fns.len(), i, mode);
+            }
+        });
         readers.calls.fetch_add(burst, Ordering::Relaxed);
         match r % 8 {
             0 => tramway_runtime::sleep(Duration::from_micros(50)),
@@ -258,15 +291,20 @@ fn registered_reader(readers: &Readers, reg: ThreadRegistration) {
 /// Runs the torture test and reports; the caller asserts.
 pub fn run(cfg: &TortureConfig) -> TortureReport {
     let start = Instant::now();
-    let rt = Runtime::builder()
-        .workers(cfg.workers)
-        .build()
-        .expect("runtime");
+    let mut builder = Runtime::builder().workers(cfg.workers);
+    if let Some(quantum) = cfg.preempt {
+        builder = builder.preempt(quantum);
+    }
+    let rt = builder.build().expect("runtime");
     let flavor = match cfg.reclaim {
         Reclaim::Grace(f) => f,
         Reclaim::Immediate => Flavor::Tasks,
     };
-    let gp = GraceDomain::new(&rt, GraceConfig::default().flavor(flavor)).expect("grace domain");
+    let mut grace = GraceConfig::default().flavor(flavor);
+    if let Some(delay) = cfg.callback_delay {
+        grace = grace.callback_delay(delay);
+    }
+    let gp = GraceDomain::new(&rt, grace).expect("grace domain");
     let reclaimer: Arc<dyn tramway_jit::Reclaim> = match cfg.reclaim {
         Reclaim::Grace(_) => Arc::new(gp.clone()),
         // SAFETY: deliberately unsound: this is the control run, expected to crash or to
@@ -426,6 +464,7 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
     drop(jit);
     gp.barrier();
     let gp_stats = gp.stats();
+    let rt_stats_preemptions = rt.stats().preempt.preemptions;
     drop(gp);
     drop(rt);
     let report = TortureReport {
@@ -441,6 +480,7 @@ pub fn run(cfg: &TortureConfig) -> TortureReport {
         mapped_bytes_after_drop: stats.get().mapped_bytes,
         gp: gp_stats,
         elapsed: start.elapsed(),
+        preemptions: rt_stats_preemptions,
     };
     drop(generations);
     report
