@@ -3,7 +3,7 @@
 //! # Versioning (the rule of Linux's `copy_struct_from_user`, as `clone3` and `openat2` use)
 //! A caller fills a config with its `*_init` function, which writes `size = sizeof(struct)` as
 //! the caller's header knows it and every default. Fields are only ever appended. Reading a
-//! config ([`read`]):
+//! config (`read`):
 //! - `size` smaller than the first version of the struct: rejected
 //!   (`TW_ERROR_INVALID_ARGUMENT`);
 //! - `size` up to what this library knows: the caller's fields are taken, any later field

@@ -201,7 +201,8 @@ pub unsafe extern "C" fn tw_call(
 }
 
 /// Waits until every callback queued on the domain before this call has run (including code
-/// frees queued by swaps). A registered caller goes offline while it waits.
+/// frees queued by swaps). With nothing queued it returns without waiting for a grace period
+/// (`tw_synchronize` waits for one). A registered caller goes offline while it waits.
 ///
 /// Errors: as `tw_synchronize` (inside a callback it returns at once, successfully).
 ///
