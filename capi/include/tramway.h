@@ -39,9 +39,10 @@
  *
  * # Hooks, callbacks and finalizers
  * - A probe hook runs on the calling thread, inside the trampoline, before the site's
- *   implementation: it must not block, wait for a grace period (`tw_synchronize`, `tw_barrier`,
- *   `tw_jit_barrier` fail inside it), call `tw_quiescent` / `tw_thread_offline` (they do
- *   nothing there), attach or detach probes, or swap sites. It must not unwind.
+ *   implementation: it must not block or unwind. Waiting for a grace period (`tw_synchronize`,
+ *   `tw_barrier`, `tw_jit_barrier`), registering or unregistering the thread, attaching or
+ *   detaching probes and swapping sites fail there with `TW_ERROR_IN_HOOK`; `tw_quiescent` and
+ *   `tw_thread_offline` do nothing there.
  * - A hook's `finalizer(user)` runs exactly once, after the probe is detached (or its site
  *   deleted) *and* a grace period has passed, so no call can still be inside the hook. It runs
  *   on an unspecified thread (usually the grace domain's driver thread) and must not wait for
@@ -142,6 +143,11 @@ typedef enum tw_error_code_t {
      * Anything else.
      */
     TW_ERROR_OTHER = 16,
+    /**
+     * Called inside a probe hook, where it is not allowed (registering, unregistering,
+     * waiting for grace periods, attaching, detaching, swapping).
+     */
+    TW_ERROR_IN_HOOK = 17,
 } tw_error_code_t;
 
 /**
@@ -464,8 +470,8 @@ void tw_grace_domain_delete(struct tw_grace_domain_t *domain);
  * Waits for a full grace period: every reader online when it is called has since reported a
  * quiescent state or gone offline. A registered caller goes offline while it waits.
  *
- * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_PANICKED` when called where it would
- * wait for itself forever (inside a hook, a finalizer or a `tw_call` callback).
+ * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_IN_HOOK`, `TW_ERROR_PANICKED` when
+ * called where it would wait for itself forever (a finalizer or a `tw_call` callback).
  *
  * # Safety
  * `domain` is NULL or a live domain.
@@ -560,7 +566,8 @@ void tw_jit_delete(struct tw_jit_t *jit);
  * and with it every probe hook finalizer that was due. A registered caller goes offline
  * while it waits.
  *
- * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_PANICKED` inside a hook or callback.
+ * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_IN_HOOK`, `TW_ERROR_PANICKED` inside
+ * a callback or finalizer.
  *
  * # Safety
  * `jit` is NULL or a live jit.
@@ -659,7 +666,8 @@ struct tw_error_t *tw_probes_site(const struct tw_probes_t *probes,
  * returns.
  *
  * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL, or a site not made by `tw_probes_site`),
- * `TW_ERROR_FOREIGN` (a site of another manager), `TW_ERROR_OUT_OF_CODE_SPACE`.
+ * `TW_ERROR_FOREIGN` (a site of another manager), `TW_ERROR_OUT_OF_CODE_SPACE`,
+ * `TW_ERROR_IN_HOOK`.
  *
  * # Safety
  * `probes` and `site` are NULL or live handles; `out` is NULL or writable. `hook(user, ..)`
@@ -680,7 +688,8 @@ struct tw_error_t *tw_probe_attach(const struct tw_probes_t *probes,
  * `tw_probe_delete`).
  *
  * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_NOT_ATTACHED` (detached before),
- * `TW_ERROR_SITE_DELETED`, `TW_ERROR_FOREIGN` (a probe of another manager).
+ * `TW_ERROR_SITE_DELETED`, `TW_ERROR_FOREIGN` (a probe of another manager),
+ * `TW_ERROR_IN_HOOK`.
  *
  * # Safety
  * `probes` and `probe` are NULL or live handles.
@@ -770,7 +779,7 @@ tw_fn_t tw_site_entry(const struct tw_site_t *site);
  * finish first). For a probed site this replaces the implementation and keeps the probes.
  *
  * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_FOREIGN`, `TW_ERROR_RETIRED`,
- * `TW_ERROR_OUT_OF_RANGE`; on error the site is unchanged.
+ * `TW_ERROR_OUT_OF_RANGE`, `TW_ERROR_IN_HOOK`; on error the site is unchanged.
  *
  * # Safety
  * `site` and `code` are NULL or live handles; `code` implements the signature the site's
@@ -784,7 +793,7 @@ struct tw_error_t *tw_site_swap(const struct tw_site_t *site, const struct tw_co
  * call JIT code.
  *
  * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_ALREADY_REGISTERED` (with any
- * domain), `TW_ERROR_IN_RUNTIME` (a runtime worker thread).
+ * domain), `TW_ERROR_IN_RUNTIME` (a runtime worker thread), `TW_ERROR_IN_HOOK`.
  *
  * # Safety
  * `domain` is NULL or a live domain.
@@ -795,7 +804,7 @@ struct tw_error_t *tw_register_thread(const struct tw_grace_domain_t *domain);
  * Ends the calling thread's registration: it goes offline and grace periods stop waiting
  * for it. It must not call JIT code afterwards.
  *
- * Errors: `TW_ERROR_NOT_A_READER` if the thread is not registered.
+ * Errors: `TW_ERROR_NOT_A_READER` if the thread is not registered, `TW_ERROR_IN_HOOK`.
  */
 struct tw_error_t *tw_unregister_thread(void);
 

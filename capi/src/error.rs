@@ -52,6 +52,9 @@ pub enum tw_error_code_t {
     TW_ERROR_PANICKED = 15,
     /// Anything else.
     TW_ERROR_OTHER = 16,
+    /// Called inside a probe hook, where it is not allowed (registering, unregistering,
+    /// waiting for grace periods, attaching, detaching, swapping).
+    TW_ERROR_IN_HOOK = 17,
 }
 
 /// An error: a code, a message and, for `TW_ERROR_OS`, an errno. Owned by the caller that

@@ -152,14 +152,15 @@ pub unsafe extern "C" fn tw_grace_domain_delete(domain: *mut tw_grace_domain_t) 
 /// Waits for a full grace period: every reader online when it is called has since reported a
 /// quiescent state or gone offline. A registered caller goes offline while it waits.
 ///
-/// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_PANICKED` when called where it would
-/// wait for itself forever (inside a hook, a finalizer or a `tw_call` callback).
+/// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_IN_HOOK`, `TW_ERROR_PANICKED` when
+/// called where it would wait for itself forever (a finalizer or a `tw_call` callback).
 ///
 /// # Safety
 /// `domain` is NULL or a live domain.
 #[no_mangle]
 pub unsafe extern "C" fn tw_synchronize(domain: *const tw_grace_domain_t) -> *mut tw_error_t {
     catch("tw_synchronize", || {
+        crate::thread::forbid_in_hook("tw_synchronize")?;
         // SAFETY: forwarded from the caller.
         unsafe { handle(domain, "domain") }?.domain.synchronize();
         Ok(())
@@ -211,6 +212,7 @@ pub unsafe extern "C" fn tw_call(
 #[no_mangle]
 pub unsafe extern "C" fn tw_barrier(domain: *const tw_grace_domain_t) -> *mut tw_error_t {
     catch("tw_barrier", || {
+        crate::thread::forbid_in_hook("tw_barrier")?;
         // SAFETY: forwarded from the caller.
         unsafe { handle(domain, "domain") }?.domain.barrier();
         Ok(())

@@ -74,13 +74,15 @@ pub unsafe extern "C" fn tw_jit_delete(jit: *mut tw_jit_t) {
 /// and with it every probe hook finalizer that was due. A registered caller goes offline
 /// while it waits.
 ///
-/// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_PANICKED` inside a hook or callback.
+/// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_IN_HOOK`, `TW_ERROR_PANICKED` inside
+/// a callback or finalizer.
 ///
 /// # Safety
 /// `jit` is NULL or a live jit.
 #[no_mangle]
 pub unsafe extern "C" fn tw_jit_barrier(jit: *const tw_jit_t) -> *mut tw_error_t {
     catch("tw_jit_barrier", || {
+        crate::thread::forbid_in_hook("tw_jit_barrier")?;
         // SAFETY: forwarded from the caller.
         unsafe { handle(jit, "jit") }?.jit.barrier();
         Ok(())

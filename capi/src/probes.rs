@@ -16,6 +16,7 @@ use crate::boundary::{catch, delete, handle, put};
 use crate::error::{tw_error_t, Error};
 use crate::jit::{tw_code_t, tw_jit_t};
 use crate::site::{self, tw_site_kind_t, tw_site_t, SiteInner};
+use crate::thread::forbid_in_hook;
 
 /// The integer argument registers of the call a hook sees (x86-64 System V: `rdi, rsi, rdx,
 /// rcx, r8, r9`, in that order).
@@ -62,10 +63,12 @@ unsafe impl Sync for CHook {}
 
 impl CHook {
     fn call(&self, args: &tw_hook_args_t) {
-        // SAFETY: the contract of `tw_probe_attach`: `hook(user, ..)` may be called from any
-        // registered thread until the finalizer runs, which only `drop` (after the last
-        // call) does; `args` is a live reference.
-        unsafe { (self.hook)(self.user, args) }
+        crate::thread::in_hook(|| {
+            // SAFETY: the contract of `tw_probe_attach`: `hook(user, ..)` may be called from
+            // any registered thread until the finalizer runs, which only `drop` (after the last
+            // call) does; `args` is a live reference.
+            unsafe { (self.hook)(self.user, args) }
+        })
     }
 }
 
@@ -152,7 +155,8 @@ pub unsafe extern "C" fn tw_probes_site(
 /// returns.
 ///
 /// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL, or a site not made by `tw_probes_site`),
-/// `TW_ERROR_FOREIGN` (a site of another manager), `TW_ERROR_OUT_OF_CODE_SPACE`.
+/// `TW_ERROR_FOREIGN` (a site of another manager), `TW_ERROR_OUT_OF_CODE_SPACE`,
+/// `TW_ERROR_IN_HOOK`.
 ///
 /// # Safety
 /// `probes` and `site` are NULL or live handles; `out` is NULL or writable. `hook(user, ..)`
@@ -168,6 +172,7 @@ pub unsafe extern "C" fn tw_probe_attach(
     out: *mut *mut tw_probe_t,
 ) -> *mut tw_error_t {
     catch("tw_probe_attach", || {
+        forbid_in_hook("tw_probe_attach")?;
         // Owned first, so the finalizer runs on every failure path below (drop).
         let owned = hook.map(|hook| CHook {
             hook,
@@ -205,7 +210,8 @@ pub unsafe extern "C" fn tw_probe_attach(
 /// `tw_probe_delete`).
 ///
 /// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_NOT_ATTACHED` (detached before),
-/// `TW_ERROR_SITE_DELETED`, `TW_ERROR_FOREIGN` (a probe of another manager).
+/// `TW_ERROR_SITE_DELETED`, `TW_ERROR_FOREIGN` (a probe of another manager),
+/// `TW_ERROR_IN_HOOK`.
 ///
 /// # Safety
 /// `probes` and `probe` are NULL or live handles.
@@ -215,6 +221,7 @@ pub unsafe extern "C" fn tw_probe_detach(
     probe: *const tw_probe_t,
 ) -> *mut tw_error_t {
     catch("tw_probe_detach", || {
+        forbid_in_hook("tw_probe_detach")?;
         // SAFETY: forwarded from the caller.
         let (probes, probe) = unsafe { (handle(probes, "probes")?, handle(probe, "probe")?) };
         probes.probes.detach(&probe.probe)?;

@@ -105,7 +105,7 @@ pub unsafe extern "C" fn tw_site_entry(site: *const tw_site_t) -> tw_fn_t {
 /// finish first). For a probed site this replaces the implementation and keeps the probes.
 ///
 /// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_FOREIGN`, `TW_ERROR_RETIRED`,
-/// `TW_ERROR_OUT_OF_RANGE`; on error the site is unchanged.
+/// `TW_ERROR_OUT_OF_RANGE`, `TW_ERROR_IN_HOOK`; on error the site is unchanged.
 ///
 /// # Safety
 /// `site` and `code` are NULL or live handles; `code` implements the signature the site's
@@ -116,6 +116,7 @@ pub unsafe extern "C" fn tw_site_swap(
     code: *const tw_code_t,
 ) -> *mut tw_error_t {
     catch("tw_site_swap", || {
+        crate::thread::forbid_in_hook("tw_site_swap")?;
         // SAFETY: forwarded from the caller.
         let (site, code) = unsafe { (handle(site, "site")?, handle(code, "code")?) };
         match &site.inner {

@@ -9,8 +9,13 @@
 //!
 //! `tw_quiescent`, `tw_thread_offline` and `tw_thread_online` are on readers' hot paths: they
 //! return a `bool` (was the thread registered?) instead of allocating an error object.
+//!
+//! `HOOK_DEPTH` counts the C probe hooks running on this thread (`probes.rs` wraps each call
+//! in [`in_hook`]), so calls a hook must not make fail with `TW_ERROR_IN_HOOK`
+//! ([`forbid_in_hook`]) instead of unregistering a thread that is inside a trampoline or
+//! waiting for a grace period that waits for the hook.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use tramway_runtime::ThreadRegistration;
 
@@ -20,6 +25,31 @@ use crate::grace::tw_grace_domain_t;
 
 thread_local! {
     static REGISTRATION: RefCell<Option<ThreadRegistration>> = const { RefCell::new(None) };
+    static HOOK_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs the C hook call `f`, counted in `HOOK_DEPTH` (restored also if `f` unwinds).
+pub(crate) fn in_hook<R>(f: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            let _ = HOOK_DEPTH.try_with(|d| d.set(d.get() - 1));
+        }
+    }
+    let _ = HOOK_DEPTH.try_with(|d| d.set(d.get() + 1));
+    let _leave = Leave;
+    f()
+}
+
+/// `TW_ERROR_IN_HOOK` naming `what` if the calling thread is running a probe hook.
+pub(crate) fn forbid_in_hook(what: &str) -> Result<(), Error> {
+    if HOOK_DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+        return Err(Error::new(
+            tw_error_code_t::TW_ERROR_IN_HOOK,
+            format!("{what} must not be called inside a probe hook"),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `f` on the calling thread's registration; `None` if it has none (or its thread-local
@@ -36,13 +66,14 @@ fn with_registration<R>(f: impl FnOnce(&ThreadRegistration) -> R) -> Option<R> {
 /// call JIT code.
 ///
 /// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL), `TW_ERROR_ALREADY_REGISTERED` (with any
-/// domain), `TW_ERROR_IN_RUNTIME` (a runtime worker thread).
+/// domain), `TW_ERROR_IN_RUNTIME` (a runtime worker thread), `TW_ERROR_IN_HOOK`.
 ///
 /// # Safety
 /// `domain` is NULL or a live domain.
 #[no_mangle]
 pub unsafe extern "C" fn tw_register_thread(domain: *const tw_grace_domain_t) -> *mut tw_error_t {
     catch("tw_register_thread", || {
+        forbid_in_hook("tw_register_thread")?;
         // SAFETY: forwarded from the caller.
         let domain = unsafe { handle(domain, "domain") }?;
         REGISTRATION
@@ -64,10 +95,11 @@ pub unsafe extern "C" fn tw_register_thread(domain: *const tw_grace_domain_t) ->
 /// Ends the calling thread's registration: it goes offline and grace periods stop waiting
 /// for it. It must not call JIT code afterwards.
 ///
-/// Errors: `TW_ERROR_NOT_A_READER` if the thread is not registered.
+/// Errors: `TW_ERROR_NOT_A_READER` if the thread is not registered, `TW_ERROR_IN_HOOK`.
 #[no_mangle]
 pub extern "C" fn tw_unregister_thread() -> *mut tw_error_t {
     catch("tw_unregister_thread", || {
+        forbid_in_hook("tw_unregister_thread")?;
         let registration = REGISTRATION
             .try_with(|slot| slot.borrow_mut().take())
             .ok()
