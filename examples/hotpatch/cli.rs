@@ -1,31 +1,41 @@
 //! Command-line flags. Hand-rolled: every bad flag or value is a message, never a panic.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tramway::jit::SiteKind;
-use tramway::runtime::grace::Flavor;
+use tramway::runtime::grace::{Flavor, DEFAULT_CALLBACK_DELAY};
 
 /// Printed for `--help` (stdout) and after a bad flag (stderr).
 pub const USAGE: &str = "\
 usage: hotpatch [--seconds N] [--workers N] [--tasks N] [--sites N] [--swap-interval T]
-                [--flavor tasks|rude] [--site-kind indirect|direct]
+                [--flavor tasks|rude] [--site-kind indirect|direct] [--callback-delay T]
+                [--csv FILE] [--plot FILE.svg] [--explain]
 
 A live service: green-thread tasks call JIT'd patch sites while a patcher thread re-JITs them and
 attaches/detaches tracing probes; retired code is unmapped after RCU Tasks-style grace periods.
+Once a second it prints a status line (`--explain` says what every column means).
 
-  --seconds N         how long to run, may be fractional (default 10)
-  --workers N         runtime worker threads, 1..=1024 (default: available cores)
-  --tasks N           green threads calling the sites, 1..=20000 (default 1000)
-  --sites N           patch sites (services), 1..=16 (default 4)
-  --swap-interval T   time between swaps: milliseconds (`2`, `0.25`) or with a unit
-                      (`500us`, `2ms`, `1s`); 0 = back to back; at most 10s (default 2)
-  --flavor F          grace periods: `tasks` (default) or `rude` (force every worker through
-                      its scheduler; correct only while every switch is voluntary)
-  --site-kind K       `indirect` (default; jmp through a data slot) or `direct` (patched jmp rel32)
-  -h, --help          this message
+  --seconds N          how long to run, may be fractional (default 10)
+  --workers N          runtime worker threads, 1..=1024 (default: available cores)
+  --tasks N            green threads calling the sites, 1..=20000 (default 1000)
+  --sites N            patch sites (services), 1..=16 (default 4)
+  --swap-interval T    time between swaps: milliseconds (`2`, `0.25`) or with a unit
+                       (`500us`, `2ms`, `1s`); 0 = back to back; at most 10s (default 2)
+  --flavor F           grace periods: `tasks` (default) or `rude` (force every worker through
+                       its scheduler; correct only while every switch is voluntary)
+  --site-kind K        `indirect` (default; jmp through a data slot) or `direct` (patched jmp rel32)
+  --callback-delay T   how long a retired version's free callback may wait for others to batch
+                       with it before its grace period starts (GraceConfig::callback_delay),
+                       same units as --swap-interval, at most 1s (default 1ms)
+  --csv FILE           also write the per-second series as CSV to FILE
+  --plot FILE.svg      also draw calls/s, swaps/s and GP latency over time as an SVG chart
+  --explain            print what each status-line column and summary row means, and exit
+  -h, --help           this message
 
 Exit status: 0 if every call returned a value of a valid version, the counters balanced and all
-code was unmapped at the end; 1 if a check failed; 2 for bad flags.";
+code was unmapped at the end; 1 if a check failed; 2 for bad flags or an output file that cannot
+be created.";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -44,10 +54,27 @@ pub struct Options {
     pub flavor: Flavor,
     /// Site kind.
     pub site_kind: SiteKind,
+    /// `GraceConfig::callback_delay` of the demo's grace domain.
+    pub callback_delay: Duration,
+    /// Where to write the per-second series as CSV.
+    pub csv: Option<PathBuf>,
+    /// Where to write the SVG chart.
+    pub plot: Option<PathBuf>,
 }
 
-/// `Some(options)`, or `None` for `--help`.
-pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the demo.
+    Run(Options),
+    /// `--help`: print [`USAGE`].
+    Help,
+    /// `--explain`: print what the columns mean.
+    Explain,
+}
+
+/// Parses the flags (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut o = Options {
         duration: Duration::from_secs(10),
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -56,11 +83,17 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
         swap_interval: Duration::from_millis(2),
         flavor: Flavor::Tasks,
         site_kind: SiteKind::Indirect,
+        callback_delay: DEFAULT_CALLBACK_DELAY,
+        csv: None,
+        plot: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
-            return Ok(None);
+            return Ok(Command::Help);
+        }
+        if arg == "--explain" {
+            return Ok(Command::Explain);
         }
         // Both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -75,6 +108,9 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--swap-interval",
             "--flavor",
             "--site-kind",
+            "--callback-delay",
+            "--csv",
+            "--plot",
         ];
         if !known.contains(&flag) {
             return Err(format!("unknown argument `{arg}`"));
@@ -88,7 +124,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--workers" => o.workers = integer(flag, value, 1, 1024)?,
             "--tasks" => o.tasks = integer(flag, value, 1, 20_000)?,
             "--sites" => o.sites = integer(flag, value, 1, 16)?,
-            "--swap-interval" => o.swap_interval = interval(value)?,
+            "--swap-interval" => o.swap_interval = duration(flag, value, 10.0)?,
+            "--callback-delay" => o.callback_delay = duration(flag, value, 1.0)?,
+            "--csv" => o.csv = Some(path(flag, value)?),
+            "--plot" => o.plot = Some(path(flag, value)?),
             "--flavor" => {
                 o.flavor = match value {
                     "tasks" => Flavor::Tasks,
@@ -109,7 +148,14 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
             }
         }
     }
-    Ok(Some(o))
+    Ok(Command::Run(o))
+}
+
+fn path(flag: &str, s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err(format!("{flag} needs a file name"));
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn integer(flag: &str, s: &str, min: usize, max: usize) -> Result<usize, String> {
@@ -128,16 +174,17 @@ fn seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn interval(s: &str) -> Result<Duration, String> {
+/// A duration in `0..=max_s` seconds: milliseconds without a unit, or with `us`/`µs`/`ms`/`s`.
+fn duration(flag: &str, s: &str, max_s: f64) -> Result<Duration, String> {
     let (number, scale) = [("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)]
         .iter()
         .find_map(|&(unit, scale)| s.strip_suffix(unit).map(|n| (n, scale)))
         .unwrap_or((s, 1e-3));
     match number.trim().parse::<f64>() {
-        Ok(v) if (0.0..=10.0).contains(&(v * scale)) => Ok(Duration::from_secs_f64(v * scale)),
-        Ok(_) => Err(format!("--swap-interval: {s} is not between 0 and 10s")),
+        Ok(v) if (0.0..=max_s).contains(&(v * scale)) => Ok(Duration::from_secs_f64(v * scale)),
+        Ok(_) => Err(format!("{flag}: {s} is not between 0 and {max_s}s")),
         Err(_) => Err(format!(
-            "--swap-interval: `{s}` is not a duration (e.g. `2`, `0.5ms`, `500us`)"
+            "{flag}: `{s}` is not a duration (e.g. `2`, `0.5ms`, `500us`)"
         )),
     }
 }
@@ -152,6 +199,7 @@ mod tests {
 
     #[test]
     fn intervals() {
+        let interval = |s: &str| duration("--swap-interval", s, 10.0);
         let ms = |s: &str| interval(s).map(|d| d.as_secs_f64() * 1e3);
         assert_eq!(ms("2"), Ok(2.0));
         assert_eq!(ms("500us"), Ok(0.5));
@@ -159,18 +207,23 @@ mod tests {
         assert!(interval("-1").is_err());
         assert!(interval("NaN").is_err());
         assert!(interval("fast").is_err());
+        assert!(duration("--callback-delay", "2s", 1.0).is_err());
     }
 
     #[test]
     fn flags() {
-        let o = parse(&args("--workers=3 --tasks 7 --flavor rude"))
-            .unwrap()
-            .unwrap();
+        let Ok(Command::Run(o)) = parse(&args("--workers=3 --tasks 7 --flavor rude --csv a.csv"))
+        else {
+            panic!("flags rejected")
+        };
         assert_eq!((o.workers, o.tasks, o.flavor), (3, 7, Flavor::Rude));
+        assert_eq!(o.csv, Some(PathBuf::from("a.csv")));
         assert!(parse(&args("--workers zero")).is_err());
         assert!(parse(&args("--workers 0")).is_err());
         assert!(parse(&args("--bogus")).is_err());
         assert!(parse(&args("--seconds")).is_err());
-        assert!(parse(&args("--help")).unwrap().is_none());
+        assert!(parse(&args("--csv=")).is_err());
+        assert!(matches!(parse(&args("--help")), Ok(Command::Help)));
+        assert!(matches!(parse(&args("--explain")), Ok(Command::Explain)));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example hotpatch -- [--seconds N] [--workers N] [--tasks N] [--sites N]
-//!                                           [--swap-interval T] [--flavor tasks|rude]
+//!     [--swap-interval T] [--flavor tasks|rude] [--site-kind indirect|direct]
+//!     [--callback-delay T] [--csv FILE] [--plot FILE.svg] [--explain] [--help]
 //! ```
 //!
 //! `--tasks` green threads (default 1000) on `--workers` workers handle "requests": bursts of calls
@@ -13,36 +14,47 @@
 //! forwarding trampoline with a counting hook in front of the current implementation, as ftrace
 //! does). Retired code is unmapped only after a grace period of the chosen flavor.
 //!
-//! Once a second a status line shows throughput, probes, the trampoline lifecycle, mapped code and
-//! grace-period latency. At the end a summary checks that
+//! Once a second a status line shows rates (calls, swaps, probe hits), current values (probes,
+//! live and retired trampolines, mapped code), running totals, and two latencies: retire -> free
+//! (one grace period plus the callback batching delay) and one `synchronize()` timed by a side
+//! thread (a grace period alone). `--explain` describes every column; `--csv` and `--plot` save
+//! the series. At the end a summary checks that
 //! - every call returned the value of a valid version (each result encodes its version's tag;
 //!   see `versions.rs`) whose grace period had not ended,
 //! - the jit's counters balanced (`emitted == live + retired + reclaimed`) and everything was
 //!   reclaimed once the sites were dropped,
 //! - no code memory is mapped after the `Jit` is dropped,
 //!
-//! and exits with 0 (`OK: ...`) or 1 (`FAILED: ...`); bad flags exit with 2.
+//! and exits with 0 (`OK: ...`) or 1 (`FAILED: ...`); bad flags (or an output file that cannot be
+//! created) exit with 2.
 //!
 //! Modules: `cli` (flags), `versions` (what each version computes, its code, the tag table),
-//! `service` (the caller tasks), `patcher` (re-JIT and probes), `report` (histogram, formatting).
+//! `service` (the caller tasks), `patcher` (re-JIT and probes), `monitor` (the status line and
+//! the `synchronize()` timer), `report` (histogram, columns, formatting, CSV), `plot` (the SVG).
 
 mod cli;
+mod monitor;
 mod patcher;
+mod plot;
 mod report;
 mod service;
 mod versions;
 
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tramway::jit::{JitStats, JitStatsHandle, SiteKind};
-use tramway::runtime::grace::{GraceConfig, GraceDomain, GraceStats};
+use tramway::jit::{JitStats, SiteKind};
+use tramway::runtime::grace::{GraceConfig, GraceStats};
 
-use crate::cli::Options;
+use crate::cli::{Command, Options};
+use crate::monitor::{monitor, time_synchronize, Watch};
 use crate::patcher::{PatchCounters, Patcher, ProbeCounter, Rng};
-use crate::report::{group, kib, nanos, rate, si, Histogram, StatusLine};
+use crate::report::{group, kib, nanos, rate, si, Histogram, Latencies, Second};
 use crate::service::{Service, SiteFn, SITE_NAMES};
 use crate::versions::VersionTable;
 
@@ -52,19 +64,41 @@ const STACK_SIZE: usize = 64 * 1024;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(&args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
+        Ok(Command::Run(o)) => o,
+        Ok(Command::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Explain) => {
+            println!("{}", report::EXPLAIN);
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("hotpatch: {e}\n\n{}", cli::USAGE);
+            let synopsis = cli::USAGE.split("\n\n").next().unwrap_or(cli::USAGE);
+            eprintln!("hotpatch: {e}\n\n{synopsis}\n(--help describes every flag)");
             return ExitCode::from(2);
         }
     };
+    // Created before the run, so a path that cannot be written costs no run.
+    let mut outputs = match Outputs::create(&opts) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("hotpatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "hotpatch: {}, for {:.1} s\n",
+        describe(&opts),
+        opts.duration.as_secs_f64()
+    );
     match run(&opts) {
-        Ok(outcome) => {
-            outcome.print(&opts);
+        Ok(mut outcome) => {
+            outcome.print_summary(&opts);
+            outcome
+                .failures
+                .extend(outputs.write(&outcome.series, &opts));
+            outcome.print_verdict();
             if outcome.failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -79,6 +113,85 @@ fn main() -> ExitCode {
     }
 }
 
+/// `1000 tasks on 2 workers, 4 indirect sites, tasks grace periods, ...`.
+fn describe(o: &Options) -> String {
+    format!(
+        "{} tasks on {} workers, {} {} sites, {} grace periods ({}), swaps {}",
+        o.tasks,
+        o.workers,
+        o.sites,
+        match o.site_kind {
+            SiteKind::Indirect => "indirect",
+            SiteKind::Direct => "direct",
+        },
+        o.flavor.name(),
+        match o.callback_delay.as_nanos() {
+            0 => "no callback delay".to_string(),
+            ns => format!("callback delay {}", nanos(ns as u64)),
+        },
+        report::interval(o.swap_interval),
+    )
+}
+
+/// The `--csv` and `--plot` files, open from the start.
+struct Outputs {
+    csv: Option<(PathBuf, File)>,
+    plot: Option<(PathBuf, File)>,
+}
+
+impl Outputs {
+    fn create(o: &Options) -> Result<Outputs, String> {
+        let open =
+            |flag: &str, path: &Option<PathBuf>| -> Result<Option<(PathBuf, File)>, String> {
+                path.as_ref()
+                    .map(|p| {
+                        File::create(p)
+                            .map(|f| (p.clone(), f))
+                            .map_err(|e| format!("{flag}: cannot create `{}`: {e}", p.display()))
+                    })
+                    .transpose()
+            };
+        Ok(Outputs {
+            csv: open("--csv", &o.csv)?,
+            plot: open("--plot", &o.plot)?,
+        })
+    }
+
+    /// Writes the series; returns what failed.
+    fn write(&mut self, series: &[Second], o: &Options) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut put = |path: &Path, file: &mut File, text: &str, what: &str| match file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.flush())
+        {
+            Ok(()) => println!("  wrote {what} to {}", path.display()),
+            Err(e) => failures.push(format!("writing {}: {e}", path.display())),
+        };
+        if let Some((path, file)) = &mut self.csv {
+            let mut text = String::from(report::CSV_HEADER);
+            text.push('\n');
+            for s in series {
+                text.push_str(&report::csv_row(s));
+                text.push('\n');
+            }
+            put(
+                path,
+                file,
+                &text,
+                &format!("{} rows of per-second series", series.len()),
+            );
+        }
+        if let Some((path, file)) = &mut self.plot {
+            let title = "hotpatch: calls, swaps and grace-period latency per second";
+            match plot::svg(series, title, &describe(o)) {
+                Ok(svg) => put(path, file, &svg, "the chart (calls/s, swaps/s, GP latency)"),
+                Err(e) => failures.push(e),
+            }
+        }
+        failures
+    }
+}
+
 /// Everything the summary reports.
 struct Outcome {
     elapsed: Duration,
@@ -87,22 +200,15 @@ struct Outcome {
     counters: PatchCounters,
     versions: u64,
     hits: u64,
-    latency: Histogram,
+    free: Histogram,
+    sync: Histogram,
+    series: Vec<Second>,
     gp: GraceStats,
     peak_mapped: usize,
     after_teardown: JitStats,
     mapped_after_drop: usize,
     final_versions: Vec<String>,
     failures: Vec<String>,
-}
-
-/// Counters sampled once a second.
-struct Sample {
-    at: Instant,
-    calls: u64,
-    swaps: u64,
-    hits: u64,
-    latency: Histogram,
 }
 
 fn run(o: &Options) -> Result<Outcome, String> {
@@ -112,14 +218,19 @@ fn run(o: &Options) -> Result<Outcome, String> {
         jit,
     } = tramway::Builder::new()
         .runtime(|b| b.workers(o.workers).stack_size(STACK_SIZE))
-        .grace(GraceConfig::default().flavor(o.flavor))
+        .grace(
+            GraceConfig::default()
+                .flavor(o.flavor)
+                .callback_delay(o.callback_delay),
+        )
         .build()
         .map_err(|e| e.to_string())?;
     let stats = jit.stats_handle();
     let table = Arc::new(VersionTable::new());
     // Probe hooks point into this array: it outlives the Jit (dropped at the end of `run`).
     let probes: Arc<[ProbeCounter]> = (0..o.sites).map(|_| ProbeCounter::default()).collect();
-    let latency = Arc::new(Mutex::new(Histogram::default()));
+    let latency = Arc::new(Mutex::new(Latencies::default()));
+    let sync = Mutex::new(Latencies::default());
     let counters = PatchCounters::default();
     let patcher = Patcher {
         jit: &jit,
@@ -160,23 +271,37 @@ fn run(o: &Options) -> Result<Outcome, String> {
         }
     }
 
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     let stop = &service.stop;
     let (patched, monitored) = std::thread::scope(|s| {
         let patcher_thread = std::thread::Builder::new()
             .name("hotpatch-patcher".into())
             .spawn_scoped(s, || patcher.run(&mut sites, o.swap_interval, stop, 0x5eed));
+        let sync_thread = std::thread::Builder::new()
+            .name("hotpatch-sync".into())
+            .spawn_scoped(s, || time_synchronize(&gp, &sync, start, stop));
         let monitored = monitor(Watch {
             o,
             start,
             service: &service,
             counters: &counters,
             probes: &probes,
-            latency: &latency,
+            free: &latency,
+            sync: &sync,
             stats: &stats,
             gp: &gp,
         });
         stop.store(true, Ordering::Relaxed);
+        let mut monitored = monitored;
+        match sync_thread.map(|h| h.join()) {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => monitored
+                .failures
+                .push("the synchronize() timer panicked".into()),
+            Err(e) => monitored
+                .failures
+                .push(format!("spawning the synchronize() timer: {e}")),
+        }
         let patched = match patcher_thread {
             Ok(h) => h
                 .join()
@@ -187,7 +312,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
     });
     let elapsed = start.elapsed();
     failures.extend(patched.err());
-    failures.extend(monitored.1);
+    failures.extend(monitored.failures);
     for h in tasks {
         if let Err(e) = h.join() {
             failures.push(format!("a service task failed: {e}"));
@@ -224,7 +349,8 @@ fn run(o: &Options) -> Result<Outcome, String> {
     let mapped_after_drop = stats.get().mapped_bytes;
     if mapped_after_drop != 0 {
         failures.push(format!(
-            "{mapped_after_drop} bytes of code still mapped after the Jit dropped"
+            "{} of code still mapped after the Jit dropped",
+            kib(mapped_after_drop)
         ));
     }
     if gp_stats.callbacks_panicked > 0 {
@@ -252,7 +378,12 @@ fn run(o: &Options) -> Result<Outcome, String> {
     if counters.swaps.load(Ordering::Relaxed) == 0 {
         failures.push("no swaps were made".into());
     }
-    let latency = latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let free = latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .all()
+        .clone();
+    let sync = sync.lock().unwrap_or_else(|e| e.into_inner()).all().clone();
     Ok(Outcome {
         elapsed,
         calls,
@@ -262,9 +393,11 @@ fn run(o: &Options) -> Result<Outcome, String> {
         peak_mapped: counters
             .peak_mapped
             .load(Ordering::Relaxed)
-            .max(monitored.0),
+            .max(monitored.peak_mapped),
         counters,
-        latency,
+        free,
+        sync,
+        series: monitored.series,
         gp: gp_stats,
         after_teardown,
         mapped_after_drop,
@@ -273,100 +406,13 @@ fn run(o: &Options) -> Result<Outcome, String> {
     })
 }
 
-/// What the status line reads.
-struct Watch<'a> {
-    o: &'a Options,
-    start: Instant,
-    service: &'a Service,
-    counters: &'a PatchCounters,
-    probes: &'a [ProbeCounter],
-    latency: &'a Mutex<Histogram>,
-    stats: &'a JitStatsHandle,
-    gp: &'a GraceDomain,
-}
-
-/// Prints a status line every second until the run time is over or `stop` is set. Returns the
-/// peak mapped size it saw and any failed check.
-fn monitor(w: Watch<'_>) -> (usize, Vec<String>) {
-    let Watch {
-        o,
-        start,
-        service,
-        counters,
-        probes,
-        latency,
-        stats,
-        gp,
-    } = w;
-    let take = || Sample {
-        at: Instant::now(),
-        calls: service.calls.load(Ordering::Relaxed),
-        swaps: counters.swaps.load(Ordering::Relaxed),
-        hits: probes.iter().map(|p| p.0.load(Ordering::Relaxed)).sum(),
-        latency: latency.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-    };
-    let (mut failures, mut peak_mapped) = (Vec::new(), 0);
-    let mut prev = take();
-    let deadline = start + o.duration;
-    let mut tick = start + Duration::from_secs(1);
-    println!("{}", report::header());
-    loop {
-        let wake = tick.min(deadline);
-        while Instant::now() < wake && !service.stop.load(Ordering::Relaxed) {
-            std::thread::sleep((wake - Instant::now()).min(Duration::from_millis(20)));
-        }
-        let now = Instant::now();
-        let done = now >= deadline || service.stop.load(Ordering::Relaxed);
-        let partial = now.duration_since(prev.at) >= Duration::from_millis(100);
-        if now >= tick || (done && partial) {
-            let cur = take();
-            let s = stats.get();
-            peak_mapped = peak_mapped.max(s.mapped_bytes);
-            if !s.balanced() && failures.is_empty() {
-                failures.push(format!("jit counters do not balance: {s:?}"));
-            }
-            let dt = cur.at.duration_since(prev.at).as_secs_f64().max(1e-9);
-            let line = StatusLine {
-                t: now.duration_since(start).as_secs_f64(),
-                calls: (cur.calls - prev.calls) as f64 / dt,
-                swaps: (cur.swaps - prev.swaps) as f64 / dt,
-                probes: (counters.attached_now.load(Ordering::Relaxed), o.sites),
-                hits: (cur.hits - prev.hits) as f64 / dt,
-                tramps: (s.live, s.retired, s.reclaimed),
-                mapped: s.mapped_bytes,
-                gp: cur.latency.since(&prev.latency),
-                stalls: gp.stats().stalls,
-                invalid: service.invalid.load(Ordering::Relaxed),
-            };
-            println!("{}", line.render());
-            prev = cur;
-            tick += Duration::from_secs(1);
-        }
-        if done {
-            return (peak_mapped, failures);
-        }
-    }
-}
-
 impl Outcome {
-    fn print(&self, o: &Options) {
+    fn print_summary(&self, o: &Options) {
         let c = &self.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let swaps = load(&c.swaps);
-        let flavor = o.flavor.name();
-        println!(
-            "\nsummary: {:.1} s, {} workers, {} tasks, {} sites ({}), {flavor} grace periods, swaps {}",
-            secs,
-            o.workers,
-            o.tasks,
-            o.sites,
-            match o.site_kind {
-                SiteKind::Indirect => "indirect",
-                SiteKind::Direct => "direct",
-            },
-            report::interval(o.swap_interval)
-        );
+        println!("\nsummary after {secs:.1} s: {}", describe(o));
         println!("  final versions: {}", self.final_versions.join(", "));
         let row = |label: &str, value: String, note: String| {
             println!(
@@ -422,19 +468,29 @@ impl Outcome {
                 group(g.callbacks_run)
             ),
         );
-        let q = |q| self.latency.quantile(q).map_or_else(|| "-".into(), nanos);
+        let q = |h: &Histogram, q| h.quantile(q).map_or_else(|| "-".into(), nanos);
         row(
-            "GP latency p50",
-            q(0.5),
+            "retire->free p50",
+            q(&self.free, 0.5),
             format!(
-                "call() to callback, {} samples",
-                group(self.latency.count())
+                "retired version to its free: one GP + up to {} callback delay; {} samples",
+                nanos(o.callback_delay.as_nanos() as u64),
+                group(self.free.count())
             ),
         );
         row(
-            "GP latency p99",
-            q(0.99),
-            format!("max {}", nanos(self.latency.max())),
+            "retire->free p99",
+            q(&self.free, 0.99),
+            format!("max {}", nanos(self.free.max())),
+        );
+        row(
+            "synchronize() p50",
+            q(&self.sync, 0.5),
+            format!(
+                "a grace period alone, timed once a second; {} samples, max {}",
+                self.sync.count(),
+                nanos(self.sync.max())
+            ),
         );
         row("stalls", group(g.stalls), "GP stall reports".into());
         row(
@@ -461,12 +517,17 @@ impl Outcome {
         );
         row(
             "mapped after drop",
-            self.mapped_after_drop.to_string(),
-            "bytes of code mapped after the Jit dropped (must be 0)".into(),
+            kib(self.mapped_after_drop),
+            "code mapped after the Jit dropped (must be 0)".into(),
         );
         if self.counters.tags_exhausted.load(Ordering::Relaxed) {
             println!("  note: version tags ran out; the patcher only toggled probes afterwards");
         }
+    }
+
+    fn print_verdict(&self) {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let (swaps, s) = (load(&self.counters.swaps), &self.after_teardown);
         if self.failures.is_empty() {
             println!(
                 "OK: {} calls, each from a valid version; {} swaps; {} trampolines emitted, all reclaimed; no code left mapped",

@@ -13,7 +13,8 @@
 //!   copy of the same formula under a new tag, and the old tag is retired.
 //!
 //! Retiring a tag marks it `RETIRED` and queues a grace-period callback that marks it
-//! `RECLAIMED`, records the latency from `call()` to the callback, and drops the `Retired`
+//! `RECLAIMED`, records the latency from `call()` to the callback (retire -> free: one grace
+//! period plus the domain's callback delay, during which retirements batch), and drops the `Retired`
 //! handle (which defers the code's free behind one more grace period). The patcher never calls a
 //! site, so it need not be registered with the runtime.
 
@@ -28,7 +29,7 @@ use tramway::jit::{
 };
 use tramway::runtime::grace::GraceDomain;
 
-use crate::report::Histogram;
+use crate::report::Latencies;
 use crate::versions::{self, Formula, VersionTable};
 
 /// Retired trampolines beyond which the patcher waits for reclamation (`GraceDomain::barrier`)
@@ -99,8 +100,9 @@ pub struct Patcher<'a> {
     pub table: &'a Arc<VersionTable>,
     /// One hit counter per site; must outlive every probe's reclamation.
     pub probes: &'a Arc<[ProbeCounter]>,
-    /// `call()` to callback latencies (ns).
-    pub latency: &'a Arc<Mutex<Histogram>>,
+    /// Retire -> free latencies (ns): from `GraceDomain::call` to the callback, so one grace
+    /// period plus the domain's callback delay.
+    pub latency: &'a Arc<Mutex<Latencies>>,
     /// Shared counters.
     pub counters: &'a PatchCounters,
     /// Jit counters.
