@@ -80,12 +80,16 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         strategies: Strategy::ALL.to_vec(),
     };
     let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let flag = flag.as_str();
-        if matches!(flag, "-h" | "--help") {
+    while let Some(arg) = it.next() {
+        if matches!(arg.as_str(), "-h" | "--help") {
             return Ok(None);
         }
-        if flag == "--quick" {
+        // Both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg.as_str(), None),
+        };
+        if flag == "--quick" && inline.is_none() {
             o.rounds = 1;
             o.warmup = Duration::from_millis(20);
             o.measure = Duration::from_millis(100);
@@ -103,13 +107,33 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--strategies",
         ];
         if !VALUED.contains(&flag) {
-            return Err(format!("unknown flag {flag:?}"));
+            return Err(format!("unknown flag `{arg}`"));
         }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?
-            .as_str();
-        let bad = || format!("invalid value for {flag}: {value:?}");
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?
+                .as_str(),
+        };
+        // Why a value is refused, per flag.
+        let expected = match flag {
+            "--rounds" => "a number in 1..=100".to_string(),
+            "--warmup-ms" => "a whole number of milliseconds".to_string(),
+            "--measure-ms" => "milliseconds in 1..=60000".to_string(),
+            "--burst" => "a number of calls in 1..=1048576".to_string(),
+            "--workers" => "a comma-separated list of numbers in 1..=64".to_string(),
+            "--tasks" => "a comma-separated list of numbers in 1..=1024".to_string(),
+            "--rates" => {
+                "a comma-separated list of swap rates in 0..=10M (k/M suffixes)".to_string()
+            }
+            "--strategies" => format!(
+                "a comma-separated subset of {}",
+                Strategy::ALL.map(|s| s.name()).join(",")
+            ),
+            _ => "a value".to_string(),
+        };
+        let bad = || format!("{flag}: `{value}` is not {expected}");
         let small = |max: u64| {
             move |x: &str| {
                 parse_count(x)
@@ -118,6 +142,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
         };
         match flag {
+            "--csv" if value.is_empty() => return Err("--csv needs a file name".into()),
             "--csv" => o.csv = Some(value.to_string()),
             "--rounds" => o.rounds = small(100)(value).ok_or_else(bad)?,
             "--warmup-ms" => {
@@ -149,10 +174,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("bench-report: {e}\n\n{USAGE}");
+            let synopsis = USAGE.lines().next().unwrap_or(USAGE);
+            eprintln!("bench-report: {e}\n{synopsis}\n(--help describes every flag)");
             return ExitCode::from(2);
         }
     };
+    // Fail before the run, not after it, when the CSV cannot be written.
+    if let Some(path) = &opts.csv {
+        if let Err(e) = std::fs::File::create(path) {
+            eprintln!("bench-report: --csv: cannot create `{path}`: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
