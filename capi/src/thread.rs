@@ -11,8 +11,8 @@
 //! return a `bool` (was the thread registered?) instead of allocating an error object.
 //!
 //! `HOOK_DEPTH` counts the C probe hooks running on this thread (`probes.rs` wraps each call
-//! in [`in_hook`]), so calls a hook must not make fail with `TW_ERROR_IN_HOOK`
-//! ([`forbid_in_hook`]) instead of unregistering a thread that is inside a trampoline or
+//! in `in_hook`), so calls a hook must not make fail with `TW_ERROR_IN_HOOK`
+//! (`forbid_in_hook`) instead of unregistering a thread that is inside a trampoline or
 //! waiting for a grace period that waits for the hook.
 
 use std::cell::{Cell, RefCell};
