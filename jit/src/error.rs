@@ -65,6 +65,11 @@ pub enum JitError {
     /// The assembler reported an error (for example an impossible relocation).
     #[error("assembler error: {0}")]
     Assemble(String),
+    /// The runtime's table of registered code ranges is full
+    /// ([`tramway_runtime::code::MAX_CODE_RANGES`] live `Jit`s): a `Jit` whose code the runtime
+    /// does not know could be neither preempted in nor scanned for, so none is built.
+    #[error("cannot register the Jit's code with the runtime: {0}")]
+    CodeRange(#[from] tramway_runtime::code::CodeRangeError),
     /// The emit closure produced a different length at the final address than at the provisional one.
     #[error("emitted length changed from {first} to {second} bytes between the sizing and the final pass")]
     EmitLengthChanged {

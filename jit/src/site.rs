@@ -223,11 +223,13 @@ impl Drop for SiteInner {
         let mem = self.core.mem.clone();
         let stub = self.stub;
         // Callers may still be inside the stub: free it only after a grace period.
-        self.core.retirement.defer_free(move || {
-            // SAFETY: deferred past a grace period after the site became unreachable.
-            unsafe { mem.free(stub) };
-            mem.stats().site_freed();
-        });
+        self.core
+            .retirement
+            .defer_free(stub.addr..stub.addr + stub.size, move || {
+                // SAFETY: deferred past a grace period after the site became unreachable.
+                unsafe { mem.free(stub) };
+                mem.stats().site_freed();
+            });
         let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
         current.uninstall();
         // The `current` handle drops with `self`, deferring the trampoline's free if it was the last.

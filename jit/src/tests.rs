@@ -147,6 +147,10 @@ unsafe impl Reclaim for ManualReclaim {
         self.0.lock().unwrap().push(f);
     }
 
+    fn defer_code(&self, _code: &[std::ops::Range<usize>], f: crate::Deferred) {
+        self.defer(f);
+    }
+
     fn barrier(&self) {
         loop {
             let batch = std::mem::take(&mut *self.0.lock().unwrap());

@@ -273,7 +273,9 @@ impl Drop for TrampolineInner {
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
                     free();
                 } else {
-                    self.core.retirement.defer_free(free);
+                    self.core
+                        .retirement
+                        .defer_free(slot.addr..slot.addr + slot.size, free);
                 }
             }
         }

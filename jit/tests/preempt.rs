@@ -293,8 +293,12 @@ fn a_signal_flood_changes_nothing_and_preempts_only_where_allowed() {
         .unwrap();
     // SAFETY: `body` is a `SpinFn`; `probed` returns 5 as `extern "C" fn() -> u64`; both
     // outlive the tasks (joined below).
-    let (spin, five): (SpinFn, extern "C" fn() -> u64) =
-        unsafe { (std::mem::transmute(body.addr()), probed.as_fn()) };
+    let (spin, five): (SpinFn, extern "C" fn() -> u64) = unsafe {
+        (
+            std::mem::transmute::<*const u8, SpinFn>(body.addr()),
+            probed.as_fn(),
+        )
+    };
     let mut tasks = Vec::new();
     for k in 0..6u64 {
         let stop = stop.clone();
@@ -329,7 +333,10 @@ fn a_signal_flood_changes_nothing_and_preempts_only_where_allowed() {
     assert_eq!(long.join().unwrap(), 3);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        assert!(t.join().unwrap(), "a task computed a wrong value under the flood");
+        assert!(
+            t.join().unwrap(),
+            "a task computed a wrong value under the flood"
+        );
     }
     let stray = flooder.join().unwrap();
     let stats = rt.stats().preempt;
@@ -373,7 +380,10 @@ fn blocking_system_calls_in_tasks_survive_preemption_signals() {
     let (n, buf) = reader.join().unwrap();
     assert_eq!((n, &buf), (5, b"hello"));
     assert!(sleeper.join().unwrap() >= Duration::from_millis(100));
-    assert!(rt.stats().preempt.signals_sent > 0, "the blocked workers were signalled");
+    assert!(
+        rt.stats().preempt.signals_sent > 0,
+        "the blocked workers were signalled"
+    );
     // SAFETY: closing the test's own descriptors.
     unsafe {
         libc::close(rd);
@@ -408,7 +418,14 @@ fn cancel_preempted_child() {
     std::thread::sleep(Duration::from_millis(20));
     rt.shutdown();
     let joined = spinner.task.join();
-    println!("child: clean exit ({})", if joined.is_err() { "cancelled" } else { "finished" });
+    println!(
+        "child: clean exit ({})",
+        if joined.is_err() {
+            "cancelled"
+        } else {
+            "finished"
+        }
+    );
     std::mem::forget(spinner.release);
 }
 

@@ -10,6 +10,8 @@
 //!   [`ThreadRegistration`] for OS threads.
 //! * [`grace`]: grace periods ([`grace::GraceDomain`]): synchronize, deferred callbacks,
 //!   barrier, polled cookies, stall reports.
+//! * [`code`]: registered JIT code ranges, and JIT code that yields ([`in_yielding_code`]):
+//!   tasks parked inside it are scanned, and code their stacks point into is held back.
 //!
 //! Stack overflow: each task stack has a guard page. Touching it raises `SIGSEGV`; the
 //! runtime's handler prints `task <id> ('<name>') has overflowed its stack` and the process
@@ -31,6 +33,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod code;
 pub mod error;
 pub mod grace;
 #[doc(hidden)]
@@ -45,6 +48,7 @@ pub use error::{
     BuildError, DomainError, JoinError, PanicPayload, RecvError, RegisterError, SendError,
     SpawnError, TryRecvError,
 };
+pub use code::in_yielding_code;
 pub use preempt::preemptible;
 pub use qs::{barrier_mode, non_yielding, BarrierMode, ThreadRegistration};
 pub use sched::api::{current, offline, sleep, yield_now, TaskInfo};

@@ -168,10 +168,10 @@ pub(crate) struct CodeMemory {
     sync_cores: SyncCorePolicy,
     state: Mutex<AllocState>,
     stats: Arc<StatCounters>,
-    /// The reservation as code the runtime may preempt a task in (see
-    /// `tramway_runtime::preempt`); `None` if the runtime's range table is full (the code is
-    /// then simply never preempted).
-    preemptible: Option<tramway_runtime::preempt::CodeRange>,
+    /// The reservation registered as JIT code with the runtime (`tramway_runtime::code`):
+    /// where a task may be preempted, and what a parked task's stack scan looks for. `None`
+    /// only while the memory is being dropped.
+    registered: Option<tramway_runtime::code::CodeRange>,
 }
 
 impl CodeMemory {
@@ -217,6 +217,14 @@ impl CodeMemory {
             None => Box::new(Mprotect::new(page_size)),
         };
         let base = os::reserve(reservation)?;
+        let registered = match tramway_runtime::code::CodeRange::register(base, reservation) {
+            Ok(r) => r,
+            Err(e) => {
+                // SAFETY: the reservation was made just above and nothing uses it yet.
+                unsafe { os::release_reservation(base, reservation) };
+                return Err(e.into());
+            }
+        };
         let mut classes = Vec::new();
         let mut size = backend.min_slot_size();
         while size < chunk_size {
@@ -246,7 +254,7 @@ impl CodeMemory {
                 classes,
             }),
             stats: Arc::new(StatCounters::default()),
-            preemptible: tramway_runtime::preempt::CodeRange::register(base, reservation).ok(),
+            registered: Some(registered),
         })
     }
 
@@ -470,7 +478,7 @@ impl CodeMemory {
 impl Drop for CodeMemory {
     fn drop(&mut self) {
         // No task can be in this code any more; withdraw it before it is unmapped.
-        drop(self.preemptible.take());
+        drop(self.registered.take());
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for chunk in st.chunks.iter_mut() {
             // Dropping the views unmaps the RW aliases.

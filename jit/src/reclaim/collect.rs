@@ -15,16 +15,20 @@
 //! collected trampoline was unpublished, as each individual one would have.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::Deferred;
 
+/// A collected free and the range of the code it frees.
+pub(super) type CodeFree = (Range<usize>, Deferred);
+
 thread_local! {
-    static COLLECTOR: RefCell<Option<Vec<Deferred>>> = const { RefCell::new(None) };
+    static COLLECTOR: RefCell<Option<Vec<CodeFree>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with deferred frees of this thread collected; returns them in queueing order.
 /// Not reentrant: a nested call collects into the outer list and returns an empty one.
-pub(super) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
+pub(super) fn collect(f: impl FnOnce()) -> Vec<CodeFree> {
     let outer = COLLECTOR.with(|c| {
         let mut c = c.borrow_mut();
         let outer = c.is_some();
@@ -56,10 +60,10 @@ pub(super) fn collect(f: impl FnOnce()) -> Vec<Deferred> {
 }
 
 /// Takes `f` into the current thread's collection if one is active; otherwise returns it.
-pub(super) fn try_collect(f: Deferred) -> Option<Deferred> {
+pub(super) fn try_collect(code: Range<usize>, f: Deferred) -> Option<CodeFree> {
     // `try_with`: a `Retired` may be dropped while this thread's locals are being destroyed
     // (e.g. from a crossbeam deferred function at thread exit); no scope is active then.
-    let mut f = Some(f);
+    let mut f = Some((code, f));
     let _ = COLLECTOR.try_with(|c| {
         if let Some(list) = c.borrow_mut().as_mut() {
             list.extend(f.take());

@@ -17,17 +17,19 @@
 //!  TrampolineInner::drop             trampoline.rs: never reachable, or `reclaim_now`:
 //!    |                               CodeMemory::free at once; `leak`: kept forever
 //!    v
-//!  Retirement::defer_free(free)      retirement.rs: counted in `pending_frees` until it runs
+//!  Retirement::defer_free(code, free) retirement.rs: counted in `pending_frees` until it runs
 //!    |
 //!    +-- a collection scope is active on this thread (a probe batch commit)?
 //!    |     collect.rs: the free joins the scope's list, and Retirement::retire_together
 //!    |     queues the whole list as ONE callback when the scope ends
 //!    v
-//!  Reclaim::defer(free)              this file: the Jit's reclaimer, e.g.
-//!    |                               GraceDomain::call_boxed (tramway-runtime)
+//!  Reclaim::defer_code(code, free)   this file: the Jit's reclaimer, e.g.
+//!    |                               GraceDomain::call_boxed_for_code (tramway-runtime)
 //!    v
 //!  grace period                      every task that might have been inside A when the
-//!    |                               callback was queued has since passed a quiescent state
+//!    |                               callback was queued has since passed a quiescent state,
+//!    |                               and no task parked inside yielding code has a stack
+//!    |                               word in A's code (tramway_runtime::code)
 //!    v
 //!  the callback runs                 on the grace-period driver thread
 //!    |
@@ -62,6 +64,7 @@ mod retirement;
 pub(crate) use self::retirement::Retirement;
 pub use self::retirement::DEFAULT_MAX_RETIRED_BYTES;
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use crate::lock;
@@ -75,7 +78,8 @@ pub type Deferred = Box<dyn FnOnce() + Send>;
 /// Safe code relies on an implementation for memory safety (a typed handle calls JIT code
 /// without `unsafe`), so implementing it is a promise:
 /// - each deferred callback runs exactly once (or is leaked), never before the grace period
-///   described on [`defer`](Reclaim::defer) has ended;
+///   described on [`defer`](Reclaim::defer) has ended, and for
+///   [`defer_code`](Reclaim::defer_code) never while a parked task references its code;
 /// - [`barrier_waits_for_grace_period`](Reclaim::barrier_waits_for_grace_period) returns true
 ///   only if [`barrier`](Reclaim::barrier) runs nothing early;
 /// - [`tracks_current_thread`](Reclaim::tracks_current_thread) returns true only for a calling
@@ -84,6 +88,11 @@ pub unsafe trait Reclaim: Send + Sync + 'static {
     /// Run `f` once every task that might be executing code retired before this call has passed a
     /// quiescent state.
     fn defer(&self, f: Box<dyn FnOnce() + Send>);
+    /// As [`defer`](Reclaim::defer), for `f` that frees the code in the ranges `code`, which may
+    /// be on the stack of a task parked inside yielding code (a compiled body that called into
+    /// the runtime, an exit-hook trampoline around a call that parks): `f` must also wait until
+    /// no such task's stack references the ranges (`tramway_runtime::code`).
+    fn defer_code(&self, code: &[Range<usize>], f: Box<dyn FnOnce() + Send>);
     /// Block until every callback deferred before this call has run.
     fn barrier(&self);
 
@@ -159,6 +168,10 @@ unsafe impl Reclaim for LeakUntilDrop {
         lock(&self.queue).push(f);
     }
 
+    fn defer_code(&self, _code: &[Range<usize>], f: Deferred) {
+        self.defer(f);
+    }
+
     /// Returns at once: nothing is freed before the reclaimer itself drops, because without
     /// grace periods no moment before that is known to be safe.
     fn barrier(&self) {}
@@ -203,6 +216,10 @@ unsafe impl Reclaim for ImmediateReclaim {
         f();
     }
 
+    fn defer_code(&self, _code: &[Range<usize>], f: Deferred) {
+        f();
+    }
+
     fn barrier(&self) {}
 
     /// Any thread, by the promise made to [`ImmediateReclaim::new_unchecked`].
@@ -214,10 +231,15 @@ unsafe impl Reclaim for ImmediateReclaim {
 /// Frees retired code after a grace period of the domain's flavor.
 // SAFETY: `call_boxed` runs each callback once, after a grace period that waits for every
 // reader that `tracks_current_thread` accepts (the domain's tasks and online registered
-// threads); `barrier` waits for those grace periods.
+// threads); `call_boxed_for_code` also waits for parked tasks' code references; `barrier`
+// waits for those grace periods.
 unsafe impl Reclaim for tramway_runtime::grace::GraceDomain {
     fn defer(&self, f: Deferred) {
         self.call_boxed(f);
+    }
+
+    fn defer_code(&self, code: &[Range<usize>], f: Deferred) {
+        self.call_boxed_for_code(code, f);
     }
 
     fn barrier(&self) {

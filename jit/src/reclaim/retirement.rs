@@ -10,6 +10,7 @@
 //! [`drain`]: Retirement::drain
 //! [`throttle_backlog`]: Retirement::throttle_backlog
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -54,15 +55,18 @@ impl Retirement {
     /// (boxed once, with the count). Inside a collection scope
     /// ([`retire_together`](Self::retire_together)) on this thread, the free joins the scope's
     /// single callback instead.
-    pub(crate) fn defer_free(&self, free: impl FnOnce() + Send + 'static) {
+    ///
+    /// `code` is the freed code's range: a task parked inside yielding code whose stack points
+    /// into it holds the free back (`Reclaim::defer_code`).
+    pub(crate) fn defer_free(&self, code: Range<usize>, free: impl FnOnce() + Send + 'static) {
         let pending = Arc::clone(&self.pending_frees);
         pending.fetch_add(1, Ordering::Relaxed);
         let free: Deferred = Box::new(move || {
             free();
             pending.fetch_sub(1, Ordering::Release);
         });
-        if let Some(free) = collect::try_collect(free) {
-            self.reclaimer.defer(free);
+        if let Some((code, free)) = collect::try_collect(code, free) {
+            self.reclaimer.defer_code(std::slice::from_ref(&code), free);
         }
     }
 
@@ -81,12 +85,16 @@ impl Retirement {
         if frees.is_empty() && then.is_none() {
             return;
         }
-        self.reclaimer.defer(Box::new(move || {
-            frees.into_iter().for_each(|free| free());
-            if let Some(then) = then {
-                then();
-            }
-        }));
+        let code: Vec<Range<usize>> = frees.iter().map(|(code, _)| code.clone()).collect();
+        self.reclaimer.defer_code(
+            &code,
+            Box::new(move || {
+                frees.into_iter().for_each(|(_, free)| free());
+                if let Some(then) = then {
+                    then();
+                }
+            }),
+        );
     }
 
     /// Runs reclaimer barriers until every free deferred so far has run, including the ones

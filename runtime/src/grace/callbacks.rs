@@ -7,6 +7,14 @@
 //! [`LAZY_BATCH_MAX`] are queued. The driver is woken for the first callback of a batch (it
 //! then waits out the delay by itself) and for a full batch, not for every callback.
 //! `barrier` waits for `callbacks_done` (see `driver.rs`).
+//!
+//! A callback may carry a **code range** ([`GraceDomain::call_for_code`]): it then also waits
+//! until no task parked inside yielding code references the range. At the end of each GP,
+//! [`Engine::hold_referenced`] moves such callbacks out of the batch into the engine's *held*
+//! list; the driver rechecks that list whenever the registry's code references change (the
+//! algorithm and its ordering argument are in the [`code`](crate::code) docs).
+//!
+//! [`GraceDomain::call_for_code`]: super::GraceDomain::call_for_code
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -14,8 +22,58 @@ use std::time::{Duration, Instant};
 
 use super::driver::Engine;
 
-/// A deferred callback.
-pub(super) type Callback = Box<dyn FnOnce() + Send>;
+/// A deferred callback, and the code it frees, if any.
+pub(super) struct Callback {
+    pub(super) f: Box<dyn FnOnce() + Send>,
+    /// The code the callback frees: it waits for parked tasks' references too.
+    pub(super) code: CodeSpan,
+}
+
+/// The code ranges a callback frees (one in the common case, without an allocation).
+pub(super) enum CodeSpan {
+    /// None: plain grace-period semantics.
+    None,
+    /// `start..end`.
+    One(usize, usize),
+    /// Several `(start, end)` ranges (a batch of frees merged into one callback).
+    Many(Box<[(usize, usize)]>),
+}
+
+impl CodeSpan {
+    /// The non-empty ranges of `code`.
+    pub(super) fn new(code: &[std::ops::Range<usize>]) -> CodeSpan {
+        let mut ranges = code
+            .iter()
+            .filter(|r| r.start < r.end)
+            .map(|r| (r.start, r.end));
+        match (ranges.next(), ranges.next()) {
+            (None, _) => CodeSpan::None,
+            (Some((s, e)), None) => CodeSpan::One(s, e),
+            (Some(a), Some(b)) => CodeSpan::Many([a, b].into_iter().chain(ranges).collect()),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self, CodeSpan::None)
+    }
+
+    /// Whether some reference in `refs` lies in one of the ranges.
+    pub(super) fn referenced_by(&self, refs: &crate::code::RefSet) -> bool {
+        match self {
+            CodeSpan::None => false,
+            CodeSpan::One(s, e) => refs.hits(*s, *e),
+            CodeSpan::Many(r) => r.iter().any(|&(s, e)| refs.hits(s, e)),
+        }
+    }
+}
+
+/// Callbacks held back at the end of a GP because parked tasks' stacks point into their code.
+#[derive(Default)]
+pub(super) struct HeldCallbacks {
+    pub(super) list: Vec<Callback>,
+    /// The registry's code-reference version when `list` was last checked.
+    pub(super) version: u64,
+}
 
 /// A batch this large starts its grace period without waiting out the callback delay
 /// (smaller under test, to exercise the full-batch path).
@@ -75,11 +133,31 @@ impl Engine {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Moves the ranged callbacks of `batch` that parked tasks' code references hit out of it
+    /// and returns them (read after a GP ended: see the `code` docs for why that is enough).
+    pub(super) fn hold_referenced(&self, batch: &mut Vec<Callback>) -> Vec<Callback> {
+        if batch.iter().all(|cb| cb.code.is_none()) {
+            return Vec::new();
+        }
+        let refs = self.registry.code_ref_set();
+        if refs.is_empty() {
+            return Vec::new();
+        }
+        let (held, free): (Vec<_>, Vec<_>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|cb| cb.code.referenced_by(&refs));
+        *batch = free;
+        self.counters
+            .callbacks_held
+            .fetch_add(held.len() as u64, Ordering::Relaxed);
+        held
+    }
+
     /// Runs a GP's batch in queueing order. A panicking callback is counted and logged; the
     /// others still run.
     pub(super) fn run_callbacks(&self, batch: Vec<Callback>) {
         for cb in batch {
-            if catch_unwind(AssertUnwindSafe(cb)).is_err() {
+            if catch_unwind(AssertUnwindSafe(cb.f)).is_err() {
                 self.counters
                     .callbacks_panicked
                     .fetch_add(1, Ordering::Relaxed);

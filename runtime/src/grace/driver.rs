@@ -41,7 +41,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use super::callbacks::{Callback, PendingCallbacks};
+use super::callbacks::{Callback, HeldCallbacks, PendingCallbacks};
 use super::waiters::{TaskWaiter, Until};
 use super::{rude, stall, tasks, Flavor, GraceConfig, GraceStats};
 use crate::primitive::{
@@ -63,6 +63,8 @@ pub(super) struct SeqState {
     pub(super) callbacks: PendingCallbacks,
     /// GPs that ended whose callbacks the driver has not run yet, oldest first.
     ready: VecDeque<(u64, Vec<Callback>)>,
+    /// Ranged callbacks whose GP ended while parked tasks referenced their code.
+    held: HeldCallbacks,
     /// The driver is running a batch from `ready`.
     draining: bool,
     /// Tasks blocked in synchronize()/barrier()/wait().
@@ -115,6 +117,8 @@ pub(super) struct Counters {
     pub(super) inline_grace_periods: std::sync::atomic::AtomicU64,
     /// Holdouts GPs waited for that had been preempted (in JIT code).
     pub(super) preempted_holdouts: std::sync::atomic::AtomicU64,
+    /// Times a ranged callback was held back (at a GP's end or a recheck).
+    pub(super) callbacks_held: std::sync::atomic::AtomicU64,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -135,6 +139,9 @@ pub(super) struct Engine {
     pub(super) callbacks_done: AtomicU64,
     pub(super) counters: Counters,
 }
+
+/// How often the driver looks at the code references while callbacks are held back.
+const HELD_RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
 
 const_thread_local! {
     /// The engine (as an address) whose driver runs on this thread, or 0.
@@ -206,6 +213,8 @@ impl Engine {
             stalls: c.stalls.load(Ordering::Relaxed),
             inline_grace_periods: c.inline_grace_periods.load(Ordering::Relaxed),
             preempted_holdouts: c.preempted_holdouts.load(Ordering::Relaxed),
+            callbacks_held: c.callbacks_held.load(Ordering::Relaxed),
+            callbacks_held_now: self.lock().held.list.len() as u64,
         }
     }
 
@@ -236,16 +245,24 @@ impl Engine {
         }
         let mut claim = Claim(self, Some(batch));
         self.run_grace_period(gp, expedited);
-        let batch = claim.1.take().unwrap_or_default();
-        self.finish(gp, batch);
+        let mut batch = claim.1.take().unwrap_or_default();
+        let held = self.hold_referenced(&mut batch);
+        self.finish(gp, batch, held);
     }
 
-    /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs).
-    fn finish(&self, gp: u64, batch: Vec<Callback>) {
+    /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs)
+    /// and keeps `held` back.
+    fn finish(&self, gp: u64, batch: Vec<Callback>, held: Vec<Callback>) {
         // Stored before the lock is taken: a waiter either sees it or is registered and woken.
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
         seq.running = false;
+        if !held.is_empty() {
+            if seq.held.list.is_empty() {
+                seq.held.version = self.registry.code_refs_version();
+            }
+            seq.held.list.extend(held);
+        }
         self.release_task_waiters(&mut seq, Until::Completed, gp);
         if batch.is_empty() && seq.ready.is_empty() && !seq.draining {
             self.callbacks_done.store(gp, Ordering::Release);
@@ -263,6 +280,9 @@ impl Engine {
     fn drive(&self) {
         let mut seq = self.lock();
         loop {
+            if !seq.held.list.is_empty() && self.registry.code_refs_version() != seq.held.version {
+                seq = self.recheck_held(seq);
+            }
             if let Some((gp, batch)) = seq.ready.pop_front() {
                 seq.draining = true;
                 drop(seq);
@@ -301,12 +321,54 @@ impl Engine {
                 continue;
             }
             if seq.shutdown && !seq.running && !seq.driver_has_work() {
+                if !seq.held.list.is_empty() {
+                    // Tasks parked inside that code still reference it, and nothing will run
+                    // these callbacks once the domain is gone: leak them (the code stays
+                    // mapped), never run them early.
+                    tracing::warn!(
+                        target: "tramway::grace",
+                        held = seq.held.list.len(),
+                        "grace domain dropped while tasks parked inside yielding code still \
+                         reference retired code: it is leaked"
+                    );
+                    std::mem::forget(std::mem::take(&mut seq.held.list));
+                }
                 return;
             }
             seq.driver_idle = true;
-            seq = primitive::wait(&self.work, seq);
+            seq = if seq.held.list.is_empty() {
+                primitive::wait(&self.work, seq)
+            } else {
+                // Held callbacks wait for parked tasks to move on; nothing wakes the driver
+                // for that, so it looks again every `HELD_RECHECK`.
+                primitive::wait_timeout(&self.work, &self.state, seq, HELD_RECHECK)
+            };
             seq.driver_idle = false;
         }
+    }
+
+    /// Rechecks the held callbacks against the code references now (they changed since the
+    /// last check); the ones nothing references any more become a ready batch. No new GP is
+    /// needed (`code` docs). Takes the registry's lock without the state lock.
+    fn recheck_held<'a>(&'a self, mut seq: MutexGuard<'a, SeqState>) -> MutexGuard<'a, SeqState> {
+        let version = self.registry.code_refs_version();
+        let mut list = std::mem::take(&mut seq.held.list);
+        drop(seq);
+        let refs = self.registry.code_ref_set();
+        let (held, free): (Vec<_>, Vec<_>) =
+            list.drain(..).partition(|cb| cb.code.referenced_by(&refs));
+        // Order the reference reads before the frees (as at the end of a GP).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let mut seq = self.lock();
+        seq.held.version = version;
+        seq.held.list.extend(held);
+        if !free.is_empty() {
+            // Tagged with the last completed GP: `callbacks_done` never moves backwards, and a
+            // barrier waiting for a later GP still waits for that GP's own batch.
+            let gp = self.completed.load(Ordering::Acquire);
+            seq.ready.push_back((gp, free));
+        }
+        seq
     }
 
     fn run_grace_period(&self, gp: u64, expedited: bool) {

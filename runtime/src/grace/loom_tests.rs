@@ -97,7 +97,7 @@ fn model(reader_kind: ReaderKind, free: Free) {
                     for _ in 0..2 {
                         qs::switch_in(&registry, worker, &task);
                         run_site(&|| {});
-                        qs::switch_out_voluntary(&registry, worker, &task);
+                        qs::switch_out_voluntary(&registry, worker, &task, None);
                     }
                     qs::worker_stopped();
                 }
@@ -126,7 +126,7 @@ fn model(reader_kind: ReaderKind, free: Free) {
                         qs::worker_started(&registry, 1);
                         qs::switch_in(&registry, w1, &task);
                     });
-                    qs::switch_out_voluntary(&registry, w1, &task);
+                    qs::switch_out_voluntary(&registry, w1, &task, None);
                     qs::worker_stopped();
                 }
             })
@@ -249,7 +249,7 @@ fn asleep_model(check_asleep: bool) {
                         "a grace period ended while a reader was inside the old target"
                     );
                 }
-                qs::switch_out_voluntary(&registry, worker, &task);
+                qs::switch_out_voluntary(&registry, worker, &task, None);
                 qs::worker_stopped();
             })
         };

@@ -20,7 +20,9 @@
 //! 3. wait until every active reader's cell has changed (a switch, a QS report, offline);
 //! 4. read the holdout set (tasks switched out involuntarily) and wait until each has passed
 //!    a voluntary yield point;
-//! 5. a `SeqCst` fence, then the GP's callbacks run.
+//! 5. a `SeqCst` fence; ranged callbacks ([`GraceDomain::call_for_code`]) whose code a task
+//!    parked inside yielding code still references are held back (see [`code`](crate::code)),
+//!    and the rest of the GP's callbacks run.
 //!
 //! Waiting never burns a core: the waiter parks with exponential backoff, and while a caller
 //! is blocked on the GP, readers also unpark it on their next transition. A GP that waits
@@ -79,11 +81,13 @@ mod tasks;
 mod waiters;
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use stall::{Holdout, StallReport};
 
+use self::callbacks::{Callback, CodeSpan};
 use self::driver::Engine;
 use self::waiters::Until;
 use crate::error::DomainError;
@@ -226,6 +230,11 @@ pub struct GraceStats {
     /// Holdouts grace periods waited for because they had been preempted inside JIT code
     /// (see [`preempt`](crate::preempt)); each counted once per grace period.
     pub preempted_holdouts: u64,
+    /// Times a ranged callback ([`GraceDomain::call_for_code`]) was held back at the end of
+    /// its grace period because a task parked inside yielding code referenced its code.
+    pub callbacks_held: u64,
+    /// Ranged callbacks held back right now.
+    pub callbacks_held_now: u64,
 }
 
 /// A grace-period domain over one [`Runtime`]'s readers ([`GraceDomain::new`]) or over
@@ -330,16 +339,40 @@ impl GraceDomain {
     /// before a GP starts shares that GP. A panicking callback is counted and logged; the
     /// others still run.
     pub fn call(&self, f: impl FnOnce() + Send + 'static) {
-        self.engine.queue_callback(Box::new(f));
+        self.call_boxed(Box::new(f));
     }
 
     /// [`call`](Self::call) for an already boxed callback.
     pub fn call_boxed(&self, f: Box<dyn FnOnce() + Send>) {
-        self.engine.queue_callback(f);
+        self.engine.queue_callback(Callback {
+            f,
+            code: CodeSpan::None,
+        });
     }
 
-    /// Waits until every callback queued before this call has run. Called from a callback
-    /// it returns at once (it cannot wait for the driver that runs it).
+    /// Queues `f`, which frees the code in the ranges `code`, to run after a grace period
+    /// **and** once no task parked inside yielding code has a stack word in them (see
+    /// [`code`](crate::code) for the algorithm). Use it for code that may be on a parked
+    /// task's stack: a compiled body that calls into the runtime. A task parked there holds
+    /// back only the callbacks whose ranges its stack points into; the others run after their
+    /// grace period as usual. With no non-empty range it behaves as [`call`](Self::call).
+    pub fn call_for_code(&self, code: &[Range<usize>], f: impl FnOnce() + Send + 'static) {
+        self.call_boxed_for_code(code, Box::new(f));
+    }
+
+    /// [`call_for_code`](Self::call_for_code) for an already boxed callback.
+    pub fn call_boxed_for_code(&self, code: &[Range<usize>], f: Box<dyn FnOnce() + Send>) {
+        self.engine.queue_callback(Callback {
+            f,
+            code: CodeSpan::new(code),
+        });
+    }
+
+    /// Waits until every callback queued before this call has run, except ranged callbacks
+    /// ([`call_for_code`](Self::call_for_code)) still held back by tasks parked inside their
+    /// code (those run once the tasks move on; [`GraceStats::callbacks_held_now`] counts
+    /// them). Called from a callback it returns at once (it cannot wait for the driver that
+    /// runs it).
     ///
     /// # Panics
     /// Inside a [`non_yielding`](crate::non_yielding) section, as

@@ -86,7 +86,7 @@ fn decide(ctx: &super::x86_64::Interrupted, counters: &PreemptCounters) -> Optio
     let bump = |c: &std::sync::atomic::AtomicU64| {
         c.fetch_add(1, Ordering::Relaxed);
     };
-    if !super::ranges::contains(ctx.pc()) {
+    if !crate::code::ranges::contains(ctx.pc()) {
         bump(&counters.ignored_outside_code);
         return None;
     }
@@ -156,9 +156,8 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
 
 /// Where the stub calls in, on the task's stack and outside signal context: switches the
 /// current task out as a preemption. Returns when the task is resumed (on the same worker).
-/// Never unwinds: a panic aborts.
-#[no_mangle]
-extern "C" fn tramway_preempt_entry() {
+/// Never unwinds: a panic aborts. Called only by the stubs (a `sym` operand there).
+pub(super) extern "C" fn tramway_preempt_entry() {
     let r = std::panic::catch_unwind(|| {
         task::with_current(|t| t.preempt_out());
     });

@@ -19,7 +19,7 @@
 //! The handler (`SA_SIGINFO | SA_ONSTACK | SA_RESTART`; a signal it did not request goes to
 //! the handler installed before it) preempts only when all of these hold, and otherwise
 //! returns having changed nothing (counted by reason in [`PreemptStats`]):
-//! 1. the interrupted PC lies in registered JIT code ([`CodeRange`]; `tramway-jit`
+//! 1. the interrupted PC lies in registered JIT code ([`CodeRange`](crate::code::CodeRange); `tramway-jit`
 //!    registers every `Jit`'s reservation) — never in Rust code, the stub, or the switch;
 //! 2. a task is current on the worker, and it is not inside a
 //!    [`non_yielding`](crate::non_yielding) section;
@@ -58,14 +58,11 @@
 
 mod handler;
 mod monitor;
-mod ranges;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86_64;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
-
-pub use ranges::CodeRange;
 
 pub(crate) use handler::install;
 pub(crate) use monitor::Monitor;
@@ -125,15 +122,6 @@ pub enum PreemptError {
     /// The quantum is zero.
     #[error("the preemption quantum must be positive")]
     ZeroQuantum,
-    /// No free slot in the code-range table.
-    #[error("too many preemptible code ranges (at most {max})")]
-    TooManyCodeRanges {
-        /// Slots in the table.
-        max: usize,
-    },
-    /// A code range of length 0, or at address 0.
-    #[error("a preemptible code range must be non-empty")]
-    EmptyCodeRange,
 }
 
 impl PreemptConfig {

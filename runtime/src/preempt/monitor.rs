@@ -25,7 +25,8 @@ impl Monitor {
         Ok(())
     }
 
-    /// Wakes the monitor so that it sees shutdown, and joins it.
+    /// Wakes the monitor so that it sees shutdown, and joins it (call after the workers have
+    /// stopped: it runs until they have).
     pub(crate) fn stop_and_join(&self) {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
@@ -44,7 +45,17 @@ fn watch(sched: &Scheduler) {
     let mut last: Vec<Option<QsSnapshot>> = vec![None; workers];
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    while !sched.shutdown.load(Ordering::Acquire) {
+    // Until shutdown *and* every worker has left its loop: at shutdown a worker may still be
+    // running a task spinning in JIT code (one it resumed from its preempted queue), which
+    // only another preemption hands back to the worker so that it can stop.
+    let running = || {
+        !sched.shutdown.load(Ordering::Acquire)
+            || preempt
+                .slots
+                .iter()
+                .any(|s| s.tid.load(Ordering::Acquire) != 0)
+    };
+    while running() {
         std::thread::park_timeout(preempt.config.quantum);
         for (i, slot) in preempt.slots.iter().enumerate() {
             let snap = registry.worker_snapshot(i);
@@ -56,7 +67,9 @@ fn watch(sched: &Scheduler) {
             }
             slot.requested.store(true, Ordering::Release);
             // SAFETY: tgkill takes plain integers; the thread is one of this process's
-            // workers, alive until shutdown (checked above each round).
+            // workers, which clears its `tid` before it exits (a signal that races with that
+            // reaches a thread of this process whose handler passes it on; SIGURG is ignored
+            // by default).
             let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, preempt.config.signal) };
             if sent == 0 {
                 preempt

@@ -37,13 +37,14 @@ use std::arch::global_asm;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+// The stubs name these statics and the entry through `sym` operands (not `#[no_mangle]`), and
+// their own symbols are `.hidden`: nothing here is exported from a shared library built from
+// this crate (a rip-relative reference to an exported symbol does not link in one).
+
 /// Bytes of the `XSAVE` area the stub reserves (set once by [`init`], read by the stub).
-#[no_mangle]
 static TRAMWAY_XSAVE_SIZE: AtomicU64 = AtomicU64::new(0);
 /// `XSAVE`'s requested-feature bitmap, low and high halves (`eax`, `edx`).
-#[no_mangle]
 static TRAMWAY_XSAVE_MASK_LO: AtomicU32 = AtomicU32::new(0);
-#[no_mangle]
 static TRAMWAY_XSAVE_MASK_HI: AtomicU32 = AtomicU32::new(0);
 
 /// Bytes the stub uses below the interrupted `rsp`: the red zone and the PC (136), the
@@ -56,6 +57,7 @@ pub(crate) fn stack_needed() -> usize {
 global_asm!(
     ".text",
     ".globl tramway_preempt_stub",
+    ".hidden tramway_preempt_stub",
     ".type tramway_preempt_stub,@function",
     ".p2align 4",
     "tramway_preempt_stub:",
@@ -116,7 +118,7 @@ global_asm!(
     "mov rbx, rsp",
     ".cfi_def_cfa rbx, 264",
     "and rsp, -64",
-    "sub rsp, qword ptr [rip + TRAMWAY_XSAVE_SIZE]",
+    "sub rsp, qword ptr [rip + {xsave_size}]",
     // XSAVE leaves most of the 64-byte header at offset 512 alone; it must read as zeros.
     "xor eax, eax",
     "mov qword ptr [rsp + 512], rax",
@@ -127,12 +129,12 @@ global_asm!(
     "mov qword ptr [rsp + 552], rax",
     "mov qword ptr [rsp + 560], rax",
     "mov qword ptr [rsp + 568], rax",
-    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
-    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "mov eax, dword ptr [rip + {mask_lo}]",
+    "mov edx, dword ptr [rip + {mask_hi}]",
     "xsave64 [rsp]",
-    "call tramway_preempt_entry",
-    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
-    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "call {entry}",
+    "mov eax, dword ptr [rip + {mask_lo}]",
+    "mov edx, dword ptr [rip + {mask_hi}]",
     "xrstor64 [rsp]",
     "mov rsp, rbx",
     ".cfi_def_cfa rsp, 264",
@@ -156,6 +158,10 @@ global_asm!(
     "ret 128",
     ".cfi_endproc",
     ".size tramway_preempt_stub, . - tramway_preempt_stub",
+    xsave_size = sym TRAMWAY_XSAVE_SIZE,
+    mask_lo = sym TRAMWAY_XSAVE_MASK_LO,
+    mask_hi = sym TRAMWAY_XSAVE_MASK_HI,
+    entry = sym super::handler::tramway_preempt_entry,
 );
 
 // A deliberately broken stub for the register-preservation test's control (only with the
@@ -166,6 +172,7 @@ global_asm!(
 global_asm!(
     ".text",
     ".globl tramway_preempt_stub_no_red_zone",
+    ".hidden tramway_preempt_stub_no_red_zone",
     ".p2align 4",
     "tramway_preempt_stub_no_red_zone:",
     "pushfq",
@@ -187,7 +194,7 @@ global_asm!(
     "cld",
     "mov rbx, rsp",
     "and rsp, -64",
-    "sub rsp, qword ptr [rip + TRAMWAY_XSAVE_SIZE]",
+    "sub rsp, qword ptr [rip + {xsave_size}]",
     "xor eax, eax",
     "mov qword ptr [rsp + 512], rax",
     "mov qword ptr [rsp + 520], rax",
@@ -197,12 +204,12 @@ global_asm!(
     "mov qword ptr [rsp + 552], rax",
     "mov qword ptr [rsp + 560], rax",
     "mov qword ptr [rsp + 568], rax",
-    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
-    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "mov eax, dword ptr [rip + {mask_lo}]",
+    "mov edx, dword ptr [rip + {mask_hi}]",
     "xsave64 [rsp]",
-    "call tramway_preempt_entry",
-    "mov eax, dword ptr [rip + TRAMWAY_XSAVE_MASK_LO]",
-    "mov edx, dword ptr [rip + TRAMWAY_XSAVE_MASK_HI]",
+    "call {entry}",
+    "mov eax, dword ptr [rip + {mask_lo}]",
+    "mov edx, dword ptr [rip + {mask_hi}]",
     "xrstor64 [rsp]",
     "mov rsp, rbx",
     "pop r15",
@@ -222,6 +229,10 @@ global_asm!(
     "pop rax",
     "popfq",
     "ret",
+    xsave_size = sym TRAMWAY_XSAVE_SIZE,
+    mask_lo = sym TRAMWAY_XSAVE_MASK_LO,
+    mask_hi = sym TRAMWAY_XSAVE_MASK_HI,
+    entry = sym super::handler::tramway_preempt_entry,
 );
 
 extern "C" {

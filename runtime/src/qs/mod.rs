@@ -30,13 +30,13 @@
 //! | transition | caller | cell | holdout set | then |
 //! |---|---|---|---|---|
 //! | switch-in | worker, before resuming a task | active, `+1` | | reader barrier |
-//! | voluntary switch-out | worker: task yielded, parked or ended | inactive, `+1` | task removed | wake waiters |
+//! | voluntary switch-out | worker: task yielded, parked or ended | inactive, `+1` | task removed; code references replaced (park inside yielding code) or withdrawn, **before** the cell store | wake waiters |
 //! | involuntary switch-out | worker: yield inside a non-yielding section | inactive, `+1` | task inserted **before** the cell store | wake waiters |
 //! | quiescent | registered thread | inactive, then active, `+2` | | wake waiters, full fence |
 //! | offline / online | registered thread | inactive / active, `+1` | | wake waiters / full fence |
 //! | sleep / wake | idle worker before parking / after | (inactive) | | `SeqCst` flag store / swap |
 //! | offline guard | task or registered thread around a blocking call | inactive, then active | | wake waiters / reader barrier |
-//! | forget a cancelled holdout | the canceller of a task at shutdown | | task removed | |
+//! | forget a cancelled holdout | the canceller of a task at shutdown | | task and its code references removed | |
 //!
 //! Inside a [`non_yielding`] section (every JIT hook runs in one) the caller is inside a
 //! trampoline, so the transitions that would report a quiescent state (quiescent, offline,
@@ -50,6 +50,13 @@
 //! after it has seen every cell pass (`Acquire` loads of values stored after the insertion),
 //! so every insertion that made a worker look quiescent is visible to that read, and waits
 //! until each holdout's voluntary-yield count has moved on.
+//!
+//! # Code references
+//!
+//! A task parked at a voluntary yield point *inside yielding JIT code* (a compiled body that
+//! called a runtime helper that parks) is quiescent for every callback but the ones queued
+//! with a code range its stack points into. The registry keeps those tasks' stack-scan
+//! results; the algorithm and its ordering argument are in the [`code`](crate::code) docs.
 //!
 //! # Ordering
 //!
@@ -112,6 +119,8 @@ pub(crate) use barrier::SKIP_READER_BARRIER;
 pub(crate) use cell::QsSnapshot;
 pub(crate) use reader::{
     in_non_yielding, in_task, is_active_reader_of, on_worker_thread, preemptible,
+    thread_non_yielding_enter, thread_non_yielding_leave, yielding_code_depth, yielding_code_enter,
+    yielding_code_leave,
 };
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{

@@ -171,14 +171,7 @@ pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
             // SAFETY: the counter is the task's (alive as long as its stack, see
             // `with_depth`) or this OS thread's (alive as long as the thread); the task may
             // have migrated, but the counter is the task's own, not a thread-local.
-            let d = unsafe { &*self.0 };
-            let depth = d.load(Ordering::Relaxed) - 1;
-            d.store(depth, Ordering::Relaxed);
-            if depth == 0 {
-                if let Some(f) = PENDING_UNREGISTER.try_with(Cell::take).ok().flatten() {
-                    f();
-                }
-            }
+            leave_section(unsafe { &*self.0 });
         }
     }
     // Only the owner writes its counter (a signal handler may read it), so a load/store pair
@@ -189,4 +182,59 @@ pub fn non_yielding<R>(f: impl FnOnce() -> R) -> R {
     });
     let _leave = Leave(depth);
     f()
+}
+
+/// Leaves one non-yielding level of counter `d`; at the outermost, runs a deferred
+/// unregistration.
+fn leave_section(d: &AtomicU32) {
+    let depth = d.load(Ordering::Relaxed).saturating_sub(1);
+    d.store(depth, Ordering::Relaxed);
+    if depth == 0 {
+        if let Some(f) = PENDING_UNREGISTER.try_with(Cell::take).ok().flatten() {
+            f();
+        }
+    }
+}
+
+/// Enters a non-yielding section of the calling OS thread (unscoped: the C-ABI marks of
+/// yielding code on a thread, see `crate::code`).
+pub(crate) fn thread_non_yielding_enter() {
+    let _ =
+        THREAD_NON_YIELDING.try_with(|d| d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
+}
+
+/// Leaves a section [`thread_non_yielding_enter`] entered.
+pub(crate) fn thread_non_yielding_leave() {
+    let _ = THREAD_NON_YIELDING.try_with(leave_section);
+}
+
+// ---- yielding code (`crate::code`) ------------------------------------------------------
+
+/// Raises the current task's yielding-code depth (the caller checked it is a task).
+pub(crate) fn yielding_code_enter() {
+    if let Some(task) = current_task() {
+        // SAFETY: the task's reader outlives its own stack frames (see `with_depth`); only
+        // the task writes its depth.
+        let d = &unsafe { &*task }.yielding_code;
+        d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// Lowers it (saturating: an unbalanced leave cannot wrap the depth around).
+pub(crate) fn yielding_code_leave() {
+    if let Some(task) = current_task() {
+        // SAFETY: as in `yielding_code_enter`; the task may have migrated since it entered,
+        // but the counter is its own, looked up again here.
+        let d = &unsafe { &*task }.yielding_code;
+        d.store(
+            d.load(Ordering::Relaxed).saturating_sub(1),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The current task's yielding-code depth, 0 outside a task.
+pub(crate) fn yielding_code_depth() -> u32 {
+    // SAFETY: as in `yielding_code_enter`.
+    current_task().map_or(0, |t| unsafe { &*t }.yielding_code.load(Ordering::Relaxed))
 }

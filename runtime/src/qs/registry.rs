@@ -1,12 +1,13 @@
 //! Every reader a grace period must consider, and the read API grace periods use.
 //!
 //! The registry holds one [`WorkerReader`] per worker, the [`ThreadReader`]s of registered OS
-//! threads and the holdout set (tasks switched out involuntarily, as [`TaskReader`]s). Its
+//! threads, the holdout set (tasks switched out involuntarily, as [`TaskReader`]s) and the
+//! code references of tasks parked inside yielding code (see `crate::code`). Its
 //! fields are private: readers change them only through the transitions of
 //! `transitions.rs`, grace periods read them only through the methods below.
 //!
-//! Lock order: `threads` and `holdouts` are leaf locks, never held while taking another lock
-//! or calling out.
+//! Lock order: `threads`, `holdouts` and `code_refs` are leaf locks, never held while taking
+//! another lock or calling out.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use crossbeam_utils::CachePadded;
 
 use super::cell::{QsCell, QsSnapshot};
 use super::waker::GpWaker;
+use crate::code::{CodeRefs, RefSet};
 use crate::primitive::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
 
 /// Reader state of one worker thread, whatever task it runs.
@@ -66,6 +68,10 @@ pub(crate) struct TaskReader {
     /// Depth of nested preemptible scopes (owner only; the preemption handler reads it on the
     /// task's own thread).
     pub(super) preemptible: AtomicU32,
+    /// Depth of nested yielding-code scopes (owner only; see `crate::code`).
+    pub(super) yielding_code: AtomicU32,
+    /// Whether the registry holds code references for the task (owner only).
+    pub(super) has_code_refs: AtomicBool,
 }
 
 impl TaskReader {
@@ -79,7 +85,16 @@ impl TaskReader {
             holdout: AtomicBool::new(false),
             preempted: AtomicBool::new(false),
             preemptible: AtomicU32::new(0),
+            yielding_code: AtomicU32::new(0),
+            has_code_refs: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the task is inside yielding code (owner only): a park must scan its stack, and
+    /// it must never be unwound.
+    #[inline]
+    pub(crate) fn in_yielding_code(&self) -> bool {
+        self.yielding_code.load(Ordering::Relaxed) > 0
     }
 
     /// Whether the task is inside a preemptible scope (owner only, or its own thread's signal
@@ -135,6 +150,13 @@ pub(crate) struct QsRegistry {
     workers: Box<[CachePadded<WorkerReader>]>,
     threads: Mutex<Vec<Arc<ThreadReader>>>,
     holdouts: Mutex<HashMap<u64, std::sync::Arc<TaskReader>>>,
+    /// Code references of tasks parked (or resumed, not yet parked again) inside yielding
+    /// code, by task id.
+    code_refs: Mutex<HashMap<u64, CodeRefs>>,
+    /// Bumped after every change to `code_refs` (held callbacks are rechecked when it moves).
+    code_refs_version: AtomicU64,
+    /// Stack scans published so far (statistics).
+    stack_scans: AtomicU64,
     pub(super) waker: GpWaker,
 }
 
@@ -147,6 +169,9 @@ impl QsRegistry {
                 .collect(),
             threads: Mutex::new(Vec::new()),
             holdouts: Mutex::new(HashMap::new()),
+            code_refs: Mutex::new(HashMap::new()),
+            code_refs_version: AtomicU64::new(0),
+            stack_scans: AtomicU64::new(0),
             waker: GpWaker::default(),
         }
     }
@@ -227,6 +252,26 @@ impl QsRegistry {
         });
     }
 
+    /// The union of every task's code references, read after a grace period has seen every
+    /// reader cell pass and every holdout yield (see `crate::code` for why the references of
+    /// every task that may still execute retired code are visible here), or when a recheck
+    /// finds [`code_refs_version`](Self::code_refs_version) moved.
+    pub(crate) fn code_ref_set(&self) -> RefSet {
+        RefSet::union(lock(&self.code_refs).values())
+    }
+
+    /// Changes to the code references so far (`Acquire`: a caller that sees a change and then
+    /// reads [`code_ref_set`](Self::code_ref_set) sees that change or a later one).
+    pub(crate) fn code_refs_version(&self) -> u64 {
+        self.code_refs_version.load(Ordering::Acquire)
+    }
+
+    /// Tasks with code references now (statistics).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn tasks_with_code_refs(&self) -> usize {
+        lock(&self.code_refs).len()
+    }
+
     // ---- the waker -----------------------------------------------------------------------
 
     /// Grace-period waiter: register the calling thread as one that readers unpark.
@@ -273,6 +318,22 @@ impl QsRegistry {
 
     pub(super) fn remove_holdout(&self, id: u64) {
         lock(&self.holdouts).remove(&id);
+    }
+
+    pub(super) fn set_code_refs(&self, id: u64, refs: CodeRefs) {
+        lock(&self.code_refs).insert(id, refs);
+        self.code_refs_version.fetch_add(1, Ordering::Release);
+        self.stack_scans.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stack scans published so far.
+    pub(crate) fn stack_scans(&self) -> u64 {
+        self.stack_scans.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn clear_code_refs(&self, id: u64) {
+        lock(&self.code_refs).remove(&id);
+        self.code_refs_version.fetch_add(1, Ordering::Release);
     }
 
     pub(super) fn add_thread(&self, t: Arc<ThreadReader>) {

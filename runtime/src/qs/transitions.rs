@@ -11,6 +11,7 @@ use std::sync::Arc as StdArc;
 use super::barrier::{light_barrier, thread_barrier};
 use super::reader::{self, in_non_yielding, Reader};
 use super::registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
+use crate::code::CodeRefs;
 use crate::error::RegisterError;
 use crate::primitive::Arc;
 
@@ -51,14 +52,29 @@ pub(crate) fn switch_in(registry: &QsRegistry, worker: &WorkerReader, task: &Tas
 }
 
 /// **Voluntary switch-out**: `task` came back at a voluntary yield point (yield, sleep, park,
-/// a blocking wait) or ended. It holds no pointer into JIT code: it stops being a holdout, and
-/// the worker's cell goes inactive.
+/// a blocking wait) or ended. It stops being a holdout, and the worker's cell goes inactive.
+/// Outside yielding code (`code_refs` is `None`) it holds no pointer into JIT code and its
+/// code references, if any, are withdrawn; inside it (`Some`: its stack scan) they are
+/// replaced, **before** the cell store (Release), so a grace period that sees the cell change
+/// sees them too (`crate::code` docs).
 #[inline]
 pub(crate) fn switch_out_voluntary(
     registry: &QsRegistry,
     worker: &WorkerReader,
     task: &TaskReader,
+    code_refs: Option<CodeRefs>,
 ) {
+    match code_refs {
+        Some(refs) => {
+            registry.set_code_refs(task.id, refs);
+            task.has_code_refs.store(true, Ordering::Relaxed);
+        }
+        None if task.has_code_refs.load(Ordering::Relaxed) => {
+            registry.clear_code_refs(task.id);
+            task.has_code_refs.store(false, Ordering::Relaxed);
+        }
+        None => {}
+    }
     bump(&task.voluntary_yields);
     if task.holdout.load(Ordering::Relaxed) {
         registry.remove_holdout(task.id);
@@ -150,9 +166,13 @@ pub(crate) fn was_switched_out_involuntarily(task: &TaskReader) -> bool {
 }
 
 /// **Forget a cancelled holdout**: a task dropped by shutdown will never run again, so if it
-/// was a holdout it no longer holds anything; release the grace periods waiting for it.
+/// was a holdout, or held code references, it no longer holds anything; release the grace
+/// periods and callbacks waiting for it.
 /// Called by the canceller, which owns the task.
 pub(crate) fn forget_cancelled_holdout(registry: &QsRegistry, task: &TaskReader) {
+    if task.has_code_refs.swap(false, Ordering::Relaxed) {
+        registry.clear_code_refs(task.id);
+    }
     if task.holdout.swap(false, Ordering::Relaxed) {
         registry.remove_holdout(task.id);
         bump(&task.voluntary_yields);

@@ -74,6 +74,11 @@ pub struct RuntimeStats {
     pub tasks_live: u64,
     /// Asynchronous preemption (all zero when it is off).
     pub preempt: crate::preempt::PreemptStats,
+    /// Stack scans of tasks parking inside yielding code (see [`code`](crate::code)).
+    pub stack_scans: u64,
+    /// Tasks whose code references hold retired code back right now: parked inside yielding
+    /// code, or resumed from there and not parked again yet.
+    pub tasks_with_code_refs: u64,
 }
 
 struct Handle {
@@ -292,6 +297,8 @@ impl Runtime {
                 .as_ref()
                 .map(|p| p.counters.snapshot())
                 .unwrap_or_default(),
+            stack_scans: sh.registry.stack_scans(),
+            tasks_with_code_refs: sh.registry.tasks_with_code_refs() as u64,
         }
     }
 
@@ -320,11 +327,10 @@ impl Runtime {
 
 fn shutdown(shared: &Arc<Scheduler>) {
     shared.begin_shutdown();
-    if let Some(preempt) = &shared.preempt {
-        preempt.monitor.stop_and_join();
-    }
     if shared.is_own_worker() {
-        return; // a worker cannot join itself; workers exit on their own
+        // A worker cannot join itself; workers exit on their own, and the preemption monitor
+        // after them.
+        return;
     }
     // The workers' last tasks may wait for a grace period that waits for this thread if it is
     // a registered, online one: stay offline while joining.
@@ -337,5 +343,11 @@ fn shutdown(shared: &Arc<Scheduler>) {
         if h.join().is_err() {
             tracing::error!("a tramway worker thread panicked");
         }
+    }
+    drop(handles);
+    // Only now: until every worker has left, one may be spinning in JIT code that only a
+    // preemption hands back to it.
+    if let Some(preempt) = &shared.preempt {
+        preempt.monitor.stop_and_join();
     }
 }

@@ -38,6 +38,7 @@ use corosensei::{Coroutine, Yielder};
 
 use super::builder::YieldInNonYielding;
 use super::join::{Completion, JoinSlot};
+use crate::code::CodeRefs;
 use crate::qs::{self, QsRegistry, TaskReader};
 
 pub(crate) const SCHEDULED: u8 = 0;
@@ -59,11 +60,13 @@ pub(crate) enum SwitchKind {
 }
 
 /// The value a task hands to its worker when it suspends.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct Switch {
     pub(crate) kind: SwitchKind,
     /// The yield point was reached inside a non-yielding section.
     pub(crate) involuntary: bool,
+    /// A voluntary yield point inside yielding code: the task's stack scan (`crate::code`).
+    pub(crate) code_refs: Option<CodeRefs>,
 }
 
 pub(crate) type TaskYielder = Yielder<(), Switch>;
@@ -266,12 +269,21 @@ impl Task {
                 self.reader.non_yielding_depth()
             );
         }
+        // Parked inside yielding code: what its stack points into holds that code back.
+        let code_refs = (!involuntary && self.reader.in_yielding_code())
+            .then(|| crate::code::scan_own_stack(self.stack_base));
         let y = self.local.yielder.get();
         debug_assert!(!y.is_null());
         // SAFETY: `yielder` was set by the coroutine body on first resume and points to the
         // coroutine's parent link, valid while the coroutine exists; we are running on that
         // coroutine's stack (only the current task calls this).
-        unsafe { (*y).suspend(Switch { kind, involuntary }) };
+        unsafe {
+            (*y).suspend(Switch {
+                kind,
+                involuntary,
+                code_refs,
+            })
+        };
     }
 
     /// Task side of a preemption (called by the preemption stub's entry, on the task's own
@@ -285,6 +297,7 @@ impl Task {
             (*y).suspend(Switch {
                 kind: SwitchKind::Preempted,
                 involuntary: true,
+                code_refs: None,
             })
         };
     }
@@ -303,14 +316,14 @@ impl Task {
         }
         // SAFETY: winning the CAS to CANCELLED makes us the unique owner of `coro`.
         let coro = unsafe { (*self.coro.get()).take() };
-        if qs::was_switched_out_involuntarily(&self.reader) {
-            // Its stack may hold frames of JIT code (a hook, a trampoline), which have no
-            // unwind information and must not be unwound through. It never runs again: leak
-            // the coroutine and its stack (their destructors do not run) instead.
+        if qs::was_switched_out_involuntarily(&self.reader) || self.reader.in_yielding_code() {
+            // Its stack may hold frames of JIT code (a hook, a trampoline, a yielding body),
+            // which have no unwind information and must not be unwound through. It never runs
+            // again: leak the coroutine and its stack (their destructors do not run) instead.
             tracing::warn!(
                 task = self.id,
-                "cancelling a task switched out inside a non-yielding section: its stack is \
-                 leaked, not unwound"
+                "cancelling a task switched out inside JIT code: its stack is leaked, not \
+                 unwound"
             );
             std::mem::forget(coro);
             qs::forget_cancelled_holdout(registry, &self.reader);

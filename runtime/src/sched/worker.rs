@@ -73,6 +73,10 @@ pub(crate) fn run(scheduler: Arc<Scheduler>, index: usize, local: LocalQueue<Arc
         preempt.slots[index].tid.store(tid, Ordering::Release);
     }
     ctx.main_loop();
+    if let Some(preempt) = &ctx.scheduler.preempt {
+        // The monitor signals this thread no more (it stops once every worker has left).
+        preempt.slots[index].tid.store(0, Ordering::Release);
+    }
     scheduler::leave_worker();
     let WorkerCtx {
         scheduler, local, ..
@@ -238,7 +242,9 @@ impl WorkerCtx {
                 CoroutineResult::Yield(sw) => {
                     let preempted = sw.kind == SwitchKind::Preempted;
                     match (qs_on, sw.involuntary) {
-                        (true, false) => qs::switch_out_voluntary(registry, reader, &task.reader),
+                        (true, false) => {
+                            qs::switch_out_voluntary(registry, reader, &task.reader, sw.code_refs)
+                        }
                         (true, true) => {
                             qs::switch_out_involuntary(registry, reader, &task.reader, preempted)
                         }
@@ -270,7 +276,7 @@ impl WorkerCtx {
                 }
                 CoroutineResult::Return(()) => {
                     if qs_on {
-                        qs::switch_out_voluntary(registry, reader, &task.reader);
+                        qs::switch_out_voluntary(registry, reader, &task.reader, None);
                     } else {
                         qs::switch_out_untracked(registry, reader);
                     }

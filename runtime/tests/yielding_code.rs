@@ -1,0 +1,256 @@
+//! Tasks parked inside yielding code (`tramway_runtime::code`), without a JIT: a registered
+//! "code" range over a static buffer stands for JIT code, and a local word pointing into it,
+//! live across the park, stands for a JIT frame's return address.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tramway_runtime::code::{in_yielding_code, yielding_code_depth, CodeRange};
+use tramway_runtime::grace::{GraceConfig, GraceDomain};
+use tramway_runtime::{Event, Runtime};
+
+/// Stand-ins for two pieces of JIT code.
+static BODY: [u8; 64] = [0; 64];
+static OTHER: [u8; 64] = [0; 64];
+
+fn range_of(code: &'static [u8; 64]) -> std::ops::Range<usize> {
+    let start = code.as_ptr() as usize;
+    start..start + code.len()
+}
+
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+struct Parked {
+    inside: AtomicBool,
+    release: Event,
+}
+
+/// Spawns a task that parks inside yielding code with a word pointing into `BODY` on its
+/// stack (held in a local that is used after the park).
+fn park_inside_body(rt: &Runtime) -> (Arc<Parked>, tramway_runtime::JoinHandle<usize>) {
+    let p = Arc::new(Parked {
+        inside: AtomicBool::new(false),
+        release: Event::new(),
+    });
+    let q = p.clone();
+    let task = rt
+        .spawn(move || {
+            let return_address = black_box(BODY.as_ptr() as usize + 8);
+            in_yielding_code(|| {
+                assert_eq!(yielding_code_depth(), 1);
+                q.inside.store(true, Ordering::SeqCst);
+                q.release.wait();
+            });
+            black_box(return_address)
+        })
+        .unwrap();
+    assert!(eventually(|| p.inside.load(Ordering::SeqCst)));
+    (p, task)
+}
+
+fn flag() -> (Arc<AtomicBool>, impl FnOnce() + Send + 'static) {
+    let f = Arc::new(AtomicBool::new(false));
+    let g = f.clone();
+    (f, move || g.store(true, Ordering::SeqCst))
+}
+
+#[test]
+fn code_a_parked_task_references_is_held_until_it_leaves_and_unrelated_code_is_not() {
+    let _body = CodeRange::register(range_of(&BODY).start, 64).unwrap();
+    let _other = CodeRange::register(range_of(&OTHER).start, 64).unwrap();
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let (p, task) = park_inside_body(&rt);
+    assert!(eventually(|| rt.stats().tasks_with_code_refs == 1));
+
+    let (body_freed, free_body) = flag();
+    gp.call_for_code(&[range_of(&BODY)], free_body);
+    let (other_freed, free_other) = flag();
+    gp.call_for_code(&[range_of(&OTHER)], free_other);
+    let (plain_ran, plain) = flag();
+    gp.call(plain);
+    // The barrier waits for every callback but the held one: it neither hangs on it nor runs it.
+    gp.barrier();
+    gp.synchronize();
+    gp.barrier();
+    assert!(
+        other_freed.load(Ordering::SeqCst),
+        "unrelated code held back"
+    );
+    assert!(
+        plain_ran.load(Ordering::SeqCst),
+        "an unranged callback held back"
+    );
+    assert!(
+        !body_freed.load(Ordering::SeqCst),
+        "freed under the parked task"
+    );
+    let stats = gp.stats();
+    assert_eq!(stats.callbacks_held_now, 1, "{stats:?}");
+    assert!(stats.callbacks_held >= 1);
+
+    // The task leaves the code and ends: its references go, and the held free runs without
+    // waiting for another grace period to be requested.
+    p.release.notify_one();
+    assert_eq!(task.join().unwrap(), BODY.as_ptr() as usize + 8);
+    assert!(eventually(|| body_freed.load(Ordering::SeqCst)));
+    assert_eq!(gp.stats().callbacks_held_now, 0);
+    assert_eq!(rt.stats().tasks_with_code_refs, 0);
+}
+
+#[test]
+fn a_task_that_parks_again_outside_yielding_code_releases_what_it_held() {
+    let _body = CodeRange::register(range_of(&BODY).start, 64).unwrap();
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let p = Arc::new(Parked {
+        inside: AtomicBool::new(false),
+        release: Event::new(),
+    });
+    let second_park = Arc::new(Event::new());
+    let (q, s) = (p.clone(), second_park.clone());
+    let task = rt
+        .spawn(move || {
+            let return_address = black_box(BODY.as_ptr() as usize);
+            in_yielding_code(|| {
+                q.inside.store(true, Ordering::SeqCst);
+                q.release.wait();
+            });
+            black_box(return_address);
+            // Parked again at depth 0: holds nothing.
+            s.wait();
+        })
+        .unwrap();
+    assert!(eventually(|| p.inside.load(Ordering::SeqCst)));
+    let (freed, free) = flag();
+    gp.call_for_code(&[range_of(&BODY)], free);
+    gp.barrier();
+    assert!(!freed.load(Ordering::SeqCst));
+    p.release.notify_one();
+    assert!(eventually(|| freed.load(Ordering::SeqCst)));
+    assert_eq!(rt.stats().tasks_with_code_refs, 0);
+    second_park.notify_one();
+    task.join().unwrap();
+}
+
+#[test]
+fn only_parks_inside_yielding_code_scan_the_stack() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let before = rt.stats().stack_scans;
+    rt.spawn(|| {
+        for _ in 0..100 {
+            tramway_runtime::yield_now();
+        }
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(
+        rt.stats().stack_scans,
+        before,
+        "a park outside yielding code scanned"
+    );
+    rt.spawn(|| {
+        in_yielding_code(|| {
+            for _ in 0..10 {
+                tramway_runtime::yield_now();
+            }
+        })
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(rt.stats().stack_scans, before + 10);
+}
+
+#[test]
+fn the_depth_nests_and_is_zero_outside_tasks() {
+    assert_eq!(yielding_code_depth(), 0);
+    in_yielding_code(|| assert_eq!(yielding_code_depth(), 0)); // an OS thread: non-yielding
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    rt.spawn(|| {
+        in_yielding_code(|| {
+            in_yielding_code(|| assert_eq!(yielding_code_depth(), 2));
+            tramway_runtime::yield_now();
+            assert_eq!(yielding_code_depth(), 1);
+        });
+        assert_eq!(yielding_code_depth(), 0);
+        // The C-ABI marks, as JIT code calls them.
+        tramway_runtime::code::yielding_code_enter();
+        assert_eq!(yielding_code_depth(), 1);
+        tramway_runtime::code::yielding_code_leave();
+        tramway_runtime::code::yielding_code_leave(); // unbalanced: saturates
+        assert_eq!(yielding_code_depth(), 0);
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn on_a_registered_thread_yielding_code_is_not_quiescent() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let reg = rt.register_thread().unwrap();
+    let cookie = gp.start_poll();
+    in_yielding_code(|| {
+        reg.quiescent(); // ignored: the thread is inside yielding code
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !gp.poll(&cookie),
+            "a grace period ended under yielding code"
+        );
+    });
+    reg.quiescent();
+    assert!(eventually(|| gp.poll(&cookie)));
+}
+
+/// Dropped when a task's stack is unwound.
+struct SetOnDrop(Arc<AtomicU64>);
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn shutdown_leaks_a_task_parked_inside_yielding_code_instead_of_unwinding_it() {
+    let unwound_inside = Arc::new(AtomicU64::new(0));
+    let unwound_outside = Arc::new(AtomicU64::new(0));
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let (i, o) = (unwound_inside.clone(), unwound_outside.clone());
+    let parked = Arc::new(AtomicU64::new(0));
+    let (p1, p2) = (parked.clone(), parked.clone());
+    let _inside = rt
+        .spawn(move || {
+            let _guard = SetOnDrop(i);
+            in_yielding_code(|| {
+                p1.fetch_add(1, Ordering::SeqCst);
+                Event::new().wait(); // never notified
+            })
+        })
+        .unwrap();
+    let _outside = rt
+        .spawn(move || {
+            let _guard = SetOnDrop(o);
+            p2.fetch_add(1, Ordering::SeqCst);
+            Event::new().wait();
+        })
+        .unwrap();
+    assert!(eventually(|| parked.load(Ordering::SeqCst) == 2));
+    rt.shutdown();
+    // JIT frames have no unwind information: a task parked inside yielding code is leaked.
+    assert_eq!(unwound_inside.load(Ordering::SeqCst), 0);
+    assert_eq!(unwound_outside.load(Ordering::SeqCst), 1);
+}
