@@ -129,6 +129,37 @@ pub enum Ir {
     If(Box<Ir>, Box<Ir>, Box<Ir>),
     /// A call with 0 to [`MAX_PARAMS`] arguments.
     Call(FuncId, Vec<Ir>),
+    /// A builtin applied to one argument.
+    Builtin(Builtin, Box<Ir>),
+}
+
+/// The builtins: each takes one argument, parks the calling green thread (a voluntary yield
+/// point, from inside compiled code too), and returns a value. A user function of the same
+/// name takes precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// `yield(x)`: yields the task (it may resume on another worker) and is `x`.
+    Yield,
+    /// `sleep(ms)`: sleeps `ms` milliseconds (clamped to `0..=10000`) and is 0.
+    Sleep,
+}
+
+impl Builtin {
+    /// Every builtin.
+    pub const ALL: [Builtin; 2] = [Builtin::Yield, Builtin::Sleep];
+
+    /// Its name in programs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Yield => "yield",
+            Builtin::Sleep => "sleep",
+        }
+    }
+}
+
+/// The builtin called `name`, if any.
+fn builtin(name: &str) -> Option<Builtin> {
+    Builtin::ALL.into_iter().find(|b| b.name() == name)
 }
 
 /// A resolved function.
@@ -253,6 +284,20 @@ fn lower(e: &Expr, params: &[String], sigs: &HashMap<&str, (FuncId, usize)>) -> 
         Expr::Neg(x) => Ir::Neg(boxed(x)?),
         Expr::Bin(op, a, b) => Ir::Bin(*op, boxed(a)?, boxed(b)?),
         Expr::If(c, a, b) => Ir::If(boxed(c)?, boxed(a)?, boxed(b)?),
+        Expr::Call(name, pos, args)
+            if !sigs.contains_key(name.as_str()) && builtin(name).is_some() =>
+        {
+            let b = builtin(name).unwrap_or(Builtin::Yield);
+            match args.as_slice() {
+                [x] => Ir::Builtin(b, Box::new(lower(x, params, sigs)?)),
+                _ => {
+                    return Err(Error::new(
+                        *pos,
+                        format!("`{name}` takes 1 argument but {} were given", args.len()),
+                    ))
+                }
+            }
+        }
         Expr::Call(name, pos, args) => {
             let Some(&(id, arity)) = sigs.get(name.as_str()) else {
                 return Err(Error::new(*pos, format!("unknown function `{name}`")));

@@ -21,8 +21,12 @@
 //! `depth - call_cost(level)` in `r8` (the same charge as the interpreter's, see `interp.rs`)
 //! and calls the callee's **patch site** entry (`mov rax, imm64; call rax`),
 //! never the callee's code: a redefinition swaps that site and every caller sees it at once.
-//! The generated code never yields, never touches code memory and references only site entries
-//! (which outlive every function's code) and the `'static` overflow helper.
+//! The generated code never touches code memory and references only site entries (which
+//! outlive every function's code) and the `'static` helpers. It yields only inside builtins
+//! (`yield`, `sleep`: calls to `interp::builtin_fn`'s helpers), which park the task inside a
+//! yielding-code scope: the runtime then scans the parked stack and holds back the code its
+//! return addresses point into (see `tramway::runtime::code`). Code addresses live only on the
+//! stack (return addresses) and in registers, never in memory the code writes.
 //!
 //! # Division
 //! `x / 0 == 0`, `x % 0 == 0`, `MIN / -1 == MIN` (wrapping) and `MIN % -1 == 0`, checked before
@@ -184,6 +188,27 @@ impl Gen<'_, '_> {
                 dynasm!(self.ops ; .arch x64 ; =>end);
             }
             Ir::Call(f, args) => self.call(*f, args),
+            Ir::Builtin(b, x) => {
+                self.expr(x);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rax);
+                self.call_helper(crate::interp::builtin_fn(*b) as usize);
+            }
+        }
+    }
+
+    /// Calls `extern "C"` helper `addr` with `rsp` 16-byte aligned (arguments already in place).
+    fn call_helper(&mut self, addr: usize) {
+        let pad = self.pushes % 2 == 1;
+        if pad {
+            dynasm!(self.ops ; .arch x64 ; sub rsp, 8);
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, QWORD addr as i64
+            ; call rax
+        );
+        if pad {
+            dynasm!(self.ops ; .arch x64 ; add rsp, 8);
         }
     }
 

@@ -16,8 +16,11 @@
 //! is unmapped once every task that might be inside it has passed a yield point.
 //!
 //! # Why this is safe to do under load
-//! Stubs, compiled code and the interpreter (when entered from native code) never yield, so a
-//! task that is inside old code holds up the grace period that frees it. Swaps of one function
+//! Stubs never yield; compiled code and the interpreter yield only in builtins (`yield`,
+//! `sleep`), which park inside a yielding-code scope. A task running inside old code holds up the grace
+//! period that frees it; a task *parked* inside old compiled code (its frame's return address
+//! on the parked stack) holds back exactly that code, through the runtime's stack scan, until
+//! it has returned out of it (`tramway::runtime::code`). Swaps of one function
 //! are serialized by its `state` mutex; callers never take it (tier-up only `try_lock`s it).
 //! Compiled code calls other functions through their site entries, which live as long as the
 //! engine, never through code addresses that could be retired.
@@ -120,7 +123,8 @@ extern "C" fn depth_overflow() -> i64 {
 
 /// The interpreter's native entry, reached from a function's stub with the [`Slot`] in `ctx`.
 ///
-/// Never yields, never panics (every lock tolerates poisoning, arithmetic wraps).
+/// Never panics (every lock tolerates poisoning, arithmetic wraps); yields only in builtins,
+/// and keeps no lock or thread-local address across them.
 extern "C" fn interp_entry(a0: i64, a1: i64, a2: i64, a3: i64, depth: i64, ctx: usize) -> i64 {
     // SAFETY: `ctx` was embedded in this slot's stub by `Engine::new`; the stub is reachable
     // only through the slot's site, which the slot owns, and retired stubs are freed only after a
@@ -169,9 +173,11 @@ impl Table {
             sites: &sites,
             on_overflow: depth_overflow as *const () as usize,
         };
-        // SAFETY: the emitted code implements `LangFn`, never yields, writes no code memory, and
-        // references only site entries (alive as long as the table, which outlives all code) and
-        // the static `depth_overflow` (see codegen.rs).
+        // SAFETY: the emitted code implements `LangFn`, writes no code memory, yields only
+        // through the builtins' helpers, inside a yielding-code scope (every `Reclaim` holds back code
+        // a parked task's stack points into: `Reclaim::defer_code`), keeps code addresses only
+        // on its stack, and references only site entries (alive as long as the table, which
+        // outlives all code) and static helpers (see codegen.rs).
         unsafe {
             self.jit
                 .custom(|ops| codegen::emit_function(ops, func, &env))

@@ -20,7 +20,7 @@
 
 use std::cell::Cell;
 
-use crate::ast::{Func, FuncId, Ir};
+use crate::ast::{Builtin, Func, FuncId, Ir};
 
 /// Depth budget of a top-level call.
 pub const MAX_DEPTH: i64 = 2_000;
@@ -38,13 +38,57 @@ thread_local! {
 }
 
 /// Records that a call ran out of depth budget on this thread.
+///
+/// `inline(never)`, as its pair: a green thread may move to another worker at a `yield`, so
+/// the thread-local's address must not be computed once and kept across one.
+#[inline(never)]
 pub fn note_depth_exceeded() {
     DEPTH_EXCEEDED.with(|f| f.set(true));
 }
 
 /// Returns and clears this thread's depth-overflow flag.
+#[inline(never)]
 pub fn take_depth_exceeded() -> bool {
     DEPTH_EXCEEDED.with(|f| f.replace(false))
+}
+
+/// Runs `park` (a voluntary yield point) the way both tiers' builtins must.
+///
+/// Inside [`in_yielding_code`](tramway::runtime::in_yielding_code): the caller may be compiled
+/// code whose frames (return addresses into code a redefinition may retire meanwhile) stay on
+/// the parked task's stack; the runtime scans that stack at the park and holds back exactly the
+/// code it points into. The depth-overflow flag travels with the task across the park (it is a
+/// thread-local, and the task may resume on another worker).
+fn park_from_language(park: impl FnOnce()) {
+    let exceeded = take_depth_exceeded();
+    tramway::runtime::in_yielding_code(park);
+    if exceeded {
+        note_depth_exceeded();
+    }
+}
+
+/// The builtin `yield(x)`; compiled code calls it as `extern "C" fn(i64) -> i64`. Yields the
+/// calling green thread (on a plain thread, the OS thread) and returns `x`.
+pub extern "C" fn builtin_yield(x: i64) -> i64 {
+    park_from_language(tramway::runtime::yield_now);
+    x
+}
+
+/// The builtin `sleep(ms)`; compiled code calls it as `extern "C" fn(i64) -> i64`. Sleeps `ms`
+/// milliseconds, clamped to `0..=10000` (a green thread parks, a plain thread sleeps), and
+/// returns 0.
+pub extern "C" fn builtin_sleep(ms: i64) -> i64 {
+    let dur = std::time::Duration::from_millis(ms.clamp(0, 10_000) as u64);
+    park_from_language(|| tramway::runtime::sleep(dur));
+    0
+}
+
+/// The helper implementing builtin `b` (both tiers call it).
+pub fn builtin_fn(b: Builtin) -> extern "C" fn(i64) -> i64 {
+    match b {
+        Builtin::Yield => builtin_yield,
+        Builtin::Sleep => builtin_sleep,
+    }
 }
 
 /// How the interpreter performs calls.
@@ -86,6 +130,7 @@ fn eval_at(ir: &Ir, level: usize, args: &[i64; 4], depth: i64, caller: &dyn Call
             }
             caller.call(*f, values, depth - call_cost(level))
         }
+        Ir::Builtin(b, x) => builtin_fn(*b)(sub(x)),
     }
 }
 

@@ -1,16 +1,20 @@
 //! Phase 2: redefinitions under load, with code reclaimed by grace periods.
 //!
-//! A tramway [`Runtime`] runs `tasks` green threads on `workers` workers. Each task calls
+//! A tramway runtime runs `tasks` green threads on `workers` workers. Each task calls
 //! `work(n) = scale(n) + poly(n)` (both compiled after tier-up, `work` calling `scale` through
-//! `scale`'s site) in a loop, yielding every few calls. Meanwhile the main thread redefines
-//! `scale` about once a millisecond with a new constant `K` (in two spellings, so the code
-//! really changes): every redefinition emits new code, swaps `scale`'s site and retires the old
-//! code, which the runtime's [`GraceDomain`] reclaims once every task that might have been inside
-//! it has passed a yield point.
+//! `scale`'s site) in a loop, yielding every few calls. `scale` itself yields for one argument
+//! in eight and sleeps a millisecond for one in a thousand (the `yield` and `sleep` builtins,
+//! from compiled code): those tasks park *inside* `scale`'s and `work`'s code. Meanwhile the main thread redefines `scale` about once a millisecond with a
+//! new constant `K` (in two spellings, so the code really changes): every redefinition emits
+//! new code, swaps `scale`'s site and retires the old code, which the runtime's grace domain
+//! reclaims once every task that might have been inside it has passed a yield point **and** no
+//! parked task's stack still points into it (the runtime scans the stacks of tasks that park
+//! inside yielding code; see `tramway::runtime::code`).
 //!
 //! Checks: every result equals `poly(n) + n * K` for one of the versions' `K` (computed by the
 //! reference interpreter, not by the code under test); after the tasks are joined and the engine
-//! is dropped, every emitted trampoline is reclaimed and no code memory stays mapped.
+//! is dropped, every emitted trampoline is reclaimed and no code memory stays mapped. The
+//! summary also counts the frees held back because a parked task was inside the code.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +61,11 @@ pub struct LoadReport {
     pub invalid: u64,
     /// Grace periods the domain completed.
     pub grace_periods: u64,
+    /// Frees of retired code held back at the end of their grace period because a task parked
+    /// inside `yield` still had a frame in that code.
+    pub frees_held: u64,
+    /// Stack scans of tasks parking inside compiled code.
+    pub stack_scans: u64,
     /// Jit counters just before shutdown.
     pub before_shutdown: JitStats,
     /// Jit counters after the engine, the jit and the runtime are gone.
@@ -106,6 +115,11 @@ impl fmt::Display for LoadReport {
         }
         writeln!(
             f,
+            "parked inside compiled code: {} stack scans; {} frees held back until the parked task left the code",
+            self.stack_scans, self.frees_held
+        )?;
+        writeln!(
+            f,
             "trampolines before shutdown: emitted {} live {} retired {} reclaimed {}, mapped {} bytes",
             b.emitted, b.live, b.retired, b.reclaimed, b.mapped_bytes
         )?;
@@ -116,10 +130,11 @@ impl fmt::Display for LoadReport {
         )?;
         write!(
             f,
-            "summary: calls={} redefinitions={} invalid={} emitted={} retired={} reclaimed={} mapped_bytes_after_shutdown={} result={}",
+            "summary: calls={} redefinitions={} invalid={} frees_held={} emitted={} retired={} reclaimed={} mapped_bytes_after_shutdown={} result={}",
             self.calls,
             self.redefinitions,
             self.invalid,
+            self.frees_held,
             a.emitted,
             b.retired + b.reclaimed,
             a.reclaimed,
@@ -129,14 +144,17 @@ impl fmt::Display for LoadReport {
     }
 }
 
-/// The source of version `i` of `scale` (two spellings of `x * K`).
+/// The source of version `i` of `scale`: two spellings of `x * K`, where the task yields
+/// inside it for one argument in eight and sleeps a millisecond inside it (longer than a
+/// redefinition takes to come) for one in a thousand.
 fn scale_source(i: u64) -> (i64, String) {
     let ks: Vec<i64> = KS.collect();
     let k = ks[(i % ks.len() as u64) as usize];
+    let parks = "if x % 1000 == 0 then sleep(1) + x else if x % 8 == 0 then yield(x) else x";
     let src = if i % 2 == 0 {
-        format!("def scale(x) = x * {k}")
+        format!("def scale(x) = ({parks}) * {k}")
     } else {
-        format!("def scale(x) = x * {} + x", k - 1)
+        format!("def scale(x) = ({parks}) * {} + x", k - 1)
     };
     (k, src)
 }
@@ -265,8 +283,10 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
     // Shutdown: the engine (sites, code, jit) goes first; its frees go through the domain.
     let engine = Arc::try_unwrap(engine).map_err(|_| "tiered: engine still shared after join")?;
     drop(engine);
+    let stack_scans = rt.stats().stack_scans;
     domain.barrier();
     let grace_periods = domain.stats().completed;
+    let frees_held = domain.stats().callbacks_held;
     drop(domain);
     drop(rt);
     let after_shutdown = stats.get();
@@ -282,6 +302,8 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
         redefinitions,
         invalid: invalid.load(Ordering::Relaxed),
         grace_periods,
+        frees_held,
+        stack_scans,
         before_shutdown,
         after_shutdown,
         elapsed,

@@ -11,8 +11,11 @@
 //! 2. **Redefinition under load.** The built-in program is loaded into an engine whose retired
 //!    code is reclaimed by the tramway runtime's grace periods. `--tasks` green threads on
 //!    `--workers` workers call `work(n) = scale(n) + poly(n)` in a loop while the main thread
-//!    redefines `scale(x) = x * K` about every millisecond for `--seconds`. Every result must be
-//!    one that some version of `scale` produces; after shutdown all code memory must be unmapped.
+//!    redefines `scale(x) = x * K` about every millisecond for `--seconds`. `scale` parks the
+//!    task from inside its compiled code now and then (the builtins `yield(x)` and `sleep(ms)`),
+//!    so old versions are retired while tasks are parked inside them: the runtime's stack scan
+//!    holds each one back until no parked task points into it. Every result must be one that
+//!    some version of `scale` produces; after shutdown all code memory must be unmapped.
 //!
 //! Exit status: 0 if everything checked out, 1 for a bad program or a failed check, 2 for bad
 //! flags. Module map: `lexer`, `parser`, `ast` (resolution), `interp`, `codegen`, `engine`, `load`.

@@ -408,3 +408,78 @@ fn random_expr(rng: &mut Rng, depth: u32) -> String {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Builtins that park: code a task is parked inside survives a redefinition
+
+#[test]
+fn builtins_take_one_argument_and_agree_in_both_tiers() {
+    let m = module("def f(x) = yield(x + 1) * 2 + sleep(0)\ndef g(a, b) = yield(a) - yield(b)");
+    let engine = compiled(&m);
+    let (f, g) = (m.lookup("f").unwrap(), m.lookup("g").unwrap());
+    for x in EDGE {
+        let want = direct(&m, "f", [x, 0, 0, 0]);
+        assert_eq!(want, x.wrapping_add(1).wrapping_mul(2));
+        assert_eq!(engine.call(f, [x, 0, 0, 0]), Ok(want));
+        assert_eq!(engine.call(g, [x, 5, 0, 0]), Ok(x.wrapping_sub(5)));
+    }
+    assert!(
+        load_error("def f(x) = yield(x, x)").contains("`yield` takes 1 argument but 2 were given")
+    );
+    assert!(load_error("def f(x) = sleep()").contains("`sleep` takes 1 argument but 0 were given"));
+    // A user function of the same name takes precedence over the builtin.
+    let m = module("def yield(x) = x * 10\ndef f(x) = yield(x)");
+    assert_eq!(direct(&m, "f", [2, 0, 0, 0]), 20);
+}
+
+#[test]
+fn a_task_asleep_inside_compiled_code_keeps_it_across_a_redefinition() {
+    let tramway::Tramway {
+        runtime: rt,
+        grace,
+        jit,
+    } = tramway::Builder::new().workers(1).build().expect("tramway");
+    let m = module("def f(x) = sleep(x) + 7\ndef outer(x) = f(x) * 1");
+    let engine = std::sync::Arc::new(Engine::new(jit, m, u64::MAX).expect("engine"));
+    engine.compile_all();
+    let outer = engine.lookup("outer").unwrap();
+    let e = engine.clone();
+    // Parked inside `f` (and `outer`) for a second: long enough to redefine `f` meanwhile.
+    let task = rt.spawn(move || e.call(outer, [1000, 0, 0, 0])).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while rt.stats().tasks_with_code_refs == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never parked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    engine
+        .redefine("def f(x) = sleep(x) + 8")
+        .expect("redefine");
+    grace.barrier();
+    // The old `f` is retired, its grace period is over, and it is still mapped: the task's
+    // stack points into it.
+    let held = engine.jit().stats();
+    assert_eq!(held.retired, 1, "{held:?}");
+    assert_eq!(grace.stats().callbacks_held_now, 1);
+    // The task returns through the old code and gets the old version's result.
+    assert_eq!(task.join().unwrap(), Ok(7));
+    let e = engine.clone();
+    assert_eq!(
+        rt.spawn(move || e.call(outer, [0, 0, 0, 0]))
+            .unwrap()
+            .join()
+            .unwrap(),
+        Ok(8)
+    );
+    while engine.jit().stats().retired > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old code was never freed"
+        );
+        engine.jit().barrier();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(grace.stats().callbacks_held_now, 0);
+}
