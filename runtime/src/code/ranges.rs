@@ -1,18 +1,19 @@
-//! The address ranges where preemption may land: code that a JIT registered as preemptible.
+//! The table of registered JIT code ranges.
 //!
-//! A fixed table of `(start, end)` pairs read by the signal handler with plain atomic loads
-//! (async-signal-safe: no lock, no allocation). A range is published by storing its `end`,
-//! then its `start` (`Release`); the handler loads `start` (`Acquire`), then `end`. It is
-//! withdrawn by storing `start = 0` before `end`, and only once nothing can run the code any
-//! more (its `Jit` is gone), so a handler that still matched the old range finds code that
-//! nothing executes: it never gets that far, because the interrupted PC was inside it.
+//! A fixed table of `(start, end)` pairs read with plain atomic loads (async-signal-safe: no
+//! lock, no allocation), by the preemption signal handler and by stack scans. A range is
+//! published by storing its `end`, then its `start` (`Release`); readers load `start`
+//! (`Acquire`), then `end`. It is withdrawn by storing `start = 0` before `end`, and only once
+//! nothing can run the code any more (its `Jit` is gone), so a reader that still matched the
+//! old range finds code that nothing executes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::PreemptError;
+use super::CodeRangeError;
 
-/// Ranges that can be registered at once (one per `Jit` in practice).
-const SLOTS: usize = 64;
+/// Ranges that can be registered at once (one per live `Jit` in practice).
+pub const MAX_CODE_RANGES: usize = 256;
+const SLOTS: usize = MAX_CODE_RANGES;
 
 struct Slot {
     start: AtomicUsize,
@@ -27,11 +28,12 @@ const EMPTY: Slot = Slot {
 
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 
-/// A registered range of preemptible code; dropping it withdraws the range.
+/// A registered range of JIT code; dropping it withdraws the range.
 ///
-/// `tramway-jit` registers each `Jit`'s code reservation when the `Jit` is built, so its code
-/// is where the runtime's asynchronous preemption may switch a task out (see the
-/// [`preempt`](super) docs).
+/// `tramway-jit` registers each `Jit`'s code reservation when the `Jit` is built. The runtime
+/// then knows that addresses in it are JIT code: asynchronous preemption may switch a task out
+/// there (see [`preempt`](crate::preempt)), and the stack scan of a task parked inside yielding
+/// code records the words that point into it (see the [module docs](super)).
 #[derive(Debug)]
 #[must_use = "the range is withdrawn when the guard drops"]
 pub struct CodeRange {
@@ -39,14 +41,16 @@ pub struct CodeRange {
 }
 
 impl CodeRange {
-    /// Registers `start .. start + len` as code a task may be preempted in. The code must not
-    /// rely on running uninterrupted (JIT code: trampolines, compiled bodies) and must not be
-    /// inside a non-yielding section when preempted (the handler checks that).
+    /// Registers `start .. start + len` as JIT code. The code must not rely on running
+    /// uninterrupted (a task may be preempted in it inside a preemptible scope, never inside a
+    /// non-yielding section), and code addresses it computes must live only in registers and
+    /// stack frames (what a stack scan can see), never in the heap.
     ///
-    /// Fails with [`PreemptError::TooManyCodeRanges`] when every slot is taken.
-    pub fn register(start: usize, len: usize) -> Result<CodeRange, PreemptError> {
-        if start == 0 || len == 0 {
-            return Err(PreemptError::EmptyCodeRange);
+    /// Fails with [`CodeRangeError::TooMany`] when [`MAX_CODE_RANGES`] ranges are registered,
+    /// and with [`CodeRangeError::Empty`] for a range of length 0 or at address 0.
+    pub fn register(start: usize, len: usize) -> Result<CodeRange, CodeRangeError> {
+        if start == 0 || len == 0 || start.checked_add(len).is_none() {
+            return Err(CodeRangeError::Empty);
         }
         for (i, slot) in TABLE.iter().enumerate() {
             // Claim a free slot by its `end` (0 = free), then publish `start`.
@@ -59,7 +63,7 @@ impl CodeRange {
                 return Ok(CodeRange { slot: i });
             }
         }
-        Err(PreemptError::TooManyCodeRanges { max: SLOTS })
+        Err(CodeRangeError::TooMany { max: SLOTS })
     }
 }
 
@@ -77,4 +81,16 @@ pub(crate) fn contains(pc: usize) -> bool {
         let start = slot.start.load(Ordering::Acquire);
         start != 0 && pc >= start && pc < slot.end.load(Ordering::Acquire)
     })
+}
+
+/// The registered ranges now, as `(start, end)` pairs (allocates; not for signal handlers).
+pub(crate) fn snapshot() -> Vec<(usize, usize)> {
+    TABLE
+        .iter()
+        .filter_map(|slot| {
+            let start = slot.start.load(Ordering::Acquire);
+            let end = slot.end.load(Ordering::Acquire);
+            (start != 0 && end > start).then_some((start, end))
+        })
+        .collect()
 }
