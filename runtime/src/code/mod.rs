@@ -89,6 +89,8 @@ pub use ranges::{CodeRange, MAX_CODE_RANGES};
 
 pub(crate) use scan::{scan_own_stack, CodeRefs, RefSet};
 
+use crate::primitive::AtomicU32;
+
 use crate::qs;
 
 /// Why a code range cannot be registered.
@@ -114,18 +116,21 @@ pub enum CodeRangeError {
 /// [`non_yielding`](crate::non_yielding) section (a registered thread's quiescent-state reports
 /// are ignored inside it). Cost: two plain stores to the task's own counter.
 pub fn in_yielding_code<R>(f: impl FnOnce() -> R) -> R {
-    if !qs::in_task() {
+    let Some(depth) = qs::task_yielding_depth() else {
         return crate::non_yielding(f);
-    }
+    };
     /// Leaves the scope even if `f` unwinds.
-    struct Leave;
+    struct Leave(*const AtomicU32);
     impl Drop for Leave {
         fn drop(&mut self) {
-            qs::yielding_code_leave();
+            // SAFETY: the task's own counter (see `qs::task_yielding_depth`), alive as long as
+            // the task's stack; the task may have migrated meanwhile, the counter moved with it.
+            qs::yielding_code_leave(unsafe { &*self.0 });
         }
     }
-    qs::yielding_code_enter();
-    let _leave = Leave;
+    // SAFETY: as in `Leave::drop`.
+    qs::yielding_code_enter(unsafe { &*depth });
+    let _leave = Leave(depth);
     f()
 }
 
@@ -136,20 +141,20 @@ pub fn in_yielding_code<R>(f: impl FnOnce() -> R) -> R {
 /// it enters a non-yielding section, like [`in_yielding_code`]. It clobbers only what the C
 /// ABI lets a callee clobber and never unwinds.
 pub extern "C" fn yielding_code_enter() {
-    if qs::in_task() {
-        qs::yielding_code_enter();
-    } else {
-        qs::thread_non_yielding_enter();
+    match qs::task_yielding_depth() {
+        // SAFETY: the task's own counter (see `qs::task_yielding_depth`).
+        Some(d) => qs::yielding_code_enter(unsafe { &*d }),
+        None => qs::thread_non_yielding_enter(),
     }
 }
 
 /// Lowers the depth [`yielding_code_enter`] raised (C ABI, never unwinds). Unbalanced calls
 /// saturate at 0.
 pub extern "C" fn yielding_code_leave() {
-    if qs::in_task() {
-        qs::yielding_code_leave();
-    } else {
-        qs::thread_non_yielding_leave();
+    match qs::task_yielding_depth() {
+        // SAFETY: as in `yielding_code_enter`.
+        Some(d) => qs::yielding_code_leave(unsafe { &*d }),
+        None => qs::thread_non_yielding_leave(),
     }
 }
 

@@ -27,6 +27,14 @@ const EMPTY: Slot = Slot {
 };
 
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// One past the highest slot ever claimed: readers look no further.
+static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+
+/// The slots that may be in use.
+#[inline]
+fn used() -> &'static [Slot] {
+    &TABLE[..HIGH_WATER.load(Ordering::Acquire).min(SLOTS)]
+}
 
 /// A registered range of JIT code; dropping it withdraws the range.
 ///
@@ -59,6 +67,9 @@ impl CodeRange {
                 .compare_exchange(0, start + len, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                // Raised before `start` is published, so a reader that sees the range also
+                // looks at its slot.
+                HIGH_WATER.fetch_max(i + 1, Ordering::AcqRel);
                 slot.start.store(start, Ordering::Release);
                 return Ok(CodeRange { slot: i });
             }
@@ -77,7 +88,7 @@ impl Drop for CodeRange {
 
 /// Whether `pc` lies in a registered range (async-signal-safe).
 pub(crate) fn contains(pc: usize) -> bool {
-    TABLE.iter().any(|slot| {
+    used().iter().any(|slot| {
         let start = slot.start.load(Ordering::Acquire);
         start != 0 && pc >= start && pc < slot.end.load(Ordering::Acquire)
     })
@@ -85,7 +96,7 @@ pub(crate) fn contains(pc: usize) -> bool {
 
 /// The registered ranges now, as `(start, end)` pairs (allocates; not for signal handlers).
 pub(crate) fn snapshot() -> Vec<(usize, usize)> {
-    TABLE
+    used()
         .iter()
         .filter_map(|slot| {
             let start = slot.start.load(Ordering::Acquire);

@@ -85,21 +85,19 @@ pub(crate) fn scan_own_stack(stack_base: usize) -> CodeRefs {
     // Every caller frame lies above this one, up to the base. Words below `spill` belong to
     // this function and to nothing the task will return into.
     let from = (std::hint::black_box(spill.as_ptr()) as usize + spill.len() * 8 + 7) & !7;
+    // The hull of all ranges filters the words in a tight loop; candidates get the exact check.
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
     let mut p = from;
-    while p + 8 <= stack_base {
-        let word: usize;
-        // SAFETY: `p` is 8-aligned and in `[from, stack_base)`, the part of the calling
-        // task's own stack above this frame: mapped and readable. The load is an asm
-        // instruction so that reading bytes Rust may consider uninitialised (padding, dead
-        // slots) is not undefined behaviour: the scan is conservative by design.
-        unsafe {
-            std::arch::asm!(
-                "mov {w}, [{p}]",
-                w = out(reg) word,
-                p = in(reg) p,
-                options(nostack, preserves_flags, readonly)
-            );
+    loop {
+        // SAFETY: `[p, stack_base)` is the part of the calling task's own stack above this
+        // frame: mapped and readable; `p` and `stack_base` are 8-aligned.
+        p = unsafe { next_candidate(p, stack_base & !7, lo, hi - lo) };
+        if p >= stack_base & !7 {
+            break;
         }
+        // SAFETY: as above; `p` is a word of that range.
+        let word = unsafe { load_word(p) };
         if in_ranges(&ranges, word) {
             found.push(word);
         }
@@ -114,6 +112,60 @@ pub(crate) fn scan_own_stack(stack_base: usize) -> CodeRefs {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn scan_own_stack(_stack_base: usize) -> CodeRefs {
     CodeRefs::Everything
+}
+
+/// The address of the first word in `[p, end)` whose value lies in `[lo, lo + span)`, or
+/// `end`. Written in assembly so that reading stack bytes Rust may consider uninitialised
+/// (padding, dead slots) is not undefined behaviour: the scan is conservative by design.
+///
+/// # Safety
+/// `[p, end)` must be mapped and readable, both 8-aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn next_candidate(mut p: usize, end: usize, lo: usize, span: usize) -> usize {
+    // SAFETY: reads only words of `[p, end)` (the caller's promise); changes only the named
+    // registers and the flags.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "cmp {p}, {end}",
+            "jae 3f",
+            "mov {w}, qword ptr [{p}]",
+            "sub {w}, {lo}",
+            "cmp {w}, {span}",
+            "jb 3f",
+            "add {p}, 8",
+            "jmp 2b",
+            "3:",
+            p = inout(reg) p,
+            end = in(reg) end,
+            lo = in(reg) lo,
+            span = in(reg) span,
+            w = out(reg) _,
+            options(nostack, readonly)
+        );
+    }
+    p
+}
+
+/// One word of the stack, read in assembly (see [`next_candidate`]).
+///
+/// # Safety
+/// `p` must be mapped, readable and 8-aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn load_word(p: usize) -> usize {
+    let word: usize;
+    // SAFETY: the caller's promise.
+    unsafe {
+        std::arch::asm!(
+            "mov {w}, qword ptr [{p}]",
+            w = out(reg) word,
+            p = in(reg) p,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    word
 }
 
 #[cfg(target_arch = "x86_64")]

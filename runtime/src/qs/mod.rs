@@ -119,8 +119,8 @@ pub(crate) use barrier::SKIP_READER_BARRIER;
 pub(crate) use cell::QsSnapshot;
 pub(crate) use reader::{
     in_non_yielding, in_task, is_active_reader_of, on_worker_thread, preemptible,
-    thread_non_yielding_enter, thread_non_yielding_leave, yielding_code_depth, yielding_code_enter,
-    yielding_code_leave,
+    task_yielding_depth, thread_non_yielding_enter, thread_non_yielding_leave, yielding_code_depth,
+    yielding_code_enter, yielding_code_leave,
 };
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 pub(crate) use transitions::{

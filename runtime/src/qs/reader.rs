@@ -72,10 +72,20 @@ pub(super) fn set(reader: Reader) {
 /// The task the calling worker runs, if any.
 #[inline]
 pub(crate) fn current_task() -> Option<*const TaskReader> {
-    match current() {
-        Reader::Worker { task, .. } if !task.is_null() => Some(task),
-        _ => None,
-    }
+    let task = current_task_or_null();
+    (!task.is_null()).then_some(task)
+}
+
+/// The task the calling worker runs, or null: [`current`] narrowed to one pointer inside the
+/// non-inlined accessor (the depth marks' hot path). `inline(never)`: see the module docs.
+#[inline(never)]
+fn current_task_or_null() -> *const TaskReader {
+    CURRENT
+        .try_with(|c| match c.get() {
+            Reader::Worker { task, .. } => task,
+            _ => std::ptr::null(),
+        })
+        .unwrap_or(std::ptr::null())
 }
 
 /// Whether the calling OS thread is a worker of some runtime (running a task or not).
@@ -210,27 +220,30 @@ pub(crate) fn thread_non_yielding_leave() {
 
 // ---- yielding code (`crate::code`) ------------------------------------------------------
 
-/// Raises the current task's yielding-code depth (the caller checked it is a task).
-pub(crate) fn yielding_code_enter() {
-    if let Some(task) = current_task() {
-        // SAFETY: the task's reader outlives its own stack frames (see `with_depth`); only
-        // the task writes its depth.
-        let d = &unsafe { &*task }.yielding_code;
-        d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
+/// The current task's yielding-code depth counter, `None` outside a task (one thread-local
+/// read). The counter is the task's own and travels with it, so the pointer stays right across
+/// yield points and migrations (unlike a thread-local's address).
+#[inline]
+pub(crate) fn task_yielding_depth() -> Option<*const AtomicU32> {
+    current_task().map(|t| {
+        // SAFETY: the task's reader outlives its own stack frames (see `with_depth`).
+        unsafe { &(*t).yielding_code as *const AtomicU32 }
+    })
+}
+
+/// Raises the depth counter `d` (owner only: a load and a store, no read-modify-write).
+#[inline]
+pub(crate) fn yielding_code_enter(d: &AtomicU32) {
+    d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Lowers it (saturating: an unbalanced leave cannot wrap the depth around).
-pub(crate) fn yielding_code_leave() {
-    if let Some(task) = current_task() {
-        // SAFETY: as in `yielding_code_enter`; the task may have migrated since it entered,
-        // but the counter is its own, looked up again here.
-        let d = &unsafe { &*task }.yielding_code;
-        d.store(
-            d.load(Ordering::Relaxed).saturating_sub(1),
-            Ordering::Relaxed,
-        );
-    }
+#[inline]
+pub(crate) fn yielding_code_leave(d: &AtomicU32) {
+    d.store(
+        d.load(Ordering::Relaxed).saturating_sub(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// The current task's yielding-code depth, 0 outside a task.

@@ -320,10 +320,15 @@ impl QsRegistry {
         lock(&self.holdouts).remove(&id);
     }
 
+    /// Publishes `id`'s references; a task parking again at the same place publishes the same
+    /// ones, which changes nothing (no version bump, no recheck).
     pub(super) fn set_code_refs(&self, id: u64, refs: CodeRefs) {
-        lock(&self.code_refs).insert(id, refs);
-        self.code_refs_version.fetch_add(1, Ordering::Release);
         self.stack_scans.fetch_add(1, Ordering::Relaxed);
+        let mut map = lock(&self.code_refs);
+        if map.get(&id) != Some(&refs) {
+            map.insert(id, refs);
+            self.code_refs_version.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Stack scans published so far.
