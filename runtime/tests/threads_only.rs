@@ -20,7 +20,13 @@ fn thread_names() -> Vec<String> {
 #[test]
 fn a_threads_only_domain_starts_its_driver_and_no_worker() {
     let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
-    let names = thread_names();
+    // A new thread names itself once it runs: look until it has (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut names = thread_names();
+    while !names.iter().any(|n| n == "tramway-gp") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        names = thread_names();
+    }
     assert!(names.iter().any(|n| n == "tramway-gp"), "{names:?}");
     assert!(
         !names.iter().any(|n| n.starts_with("tramway-worker")),

@@ -71,8 +71,24 @@ impl CodeSpan {
 #[derive(Default)]
 pub(super) struct HeldCallbacks {
     pub(super) list: Vec<Callback>,
-    /// The registry's code-reference version when `list` was last checked.
+    /// The registry's code-reference version (read before the references) at the oldest
+    /// check of anything in `list`: a different current version means recheck.
     pub(super) version: u64,
+}
+
+impl HeldCallbacks {
+    /// Adds callbacks checked against the references of `version`.
+    pub(super) fn add(&mut self, held: Vec<Callback>, version: u64) {
+        if held.is_empty() {
+            return;
+        }
+        self.version = if self.list.is_empty() {
+            version
+        } else {
+            self.version.min(version)
+        };
+        self.list.extend(held);
+    }
 }
 
 /// A batch this large starts its grace period without waiting out the callback delay
@@ -134,14 +150,18 @@ impl Engine {
     }
 
     /// Moves the ranged callbacks of `batch` that parked tasks' code references hit out of it
-    /// and returns them (read after a GP ended: see the `code` docs for why that is enough).
-    pub(super) fn hold_referenced(&self, batch: &mut Vec<Callback>) -> Vec<Callback> {
+    /// and returns them (read after a GP ended: see the `code` docs for why that is enough),
+    /// with the reference version read *before* the references: the held callbacks must be
+    /// rechecked once the version differs from it (a change between the two reads must not
+    /// look already seen).
+    pub(super) fn hold_referenced(&self, batch: &mut Vec<Callback>) -> (Vec<Callback>, u64) {
+        let version = self.registry.code_refs_version();
         if batch.iter().all(|cb| cb.code.is_none()) {
-            return Vec::new();
+            return (Vec::new(), version);
         }
         let refs = self.registry.code_ref_set();
         if refs.is_empty() {
-            return Vec::new();
+            return (Vec::new(), version);
         }
         let (held, free): (Vec<_>, Vec<_>) = std::mem::take(batch)
             .into_iter()
@@ -150,7 +170,7 @@ impl Engine {
         self.counters
             .callbacks_held
             .fetch_add(held.len() as u64, Ordering::Relaxed);
-        held
+        (held, version)
     }
 
     /// Runs a GP's batch in queueing order. A panicking callback is counted and logged; the

@@ -252,17 +252,12 @@ impl Engine {
 
     /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs)
     /// and keeps `held` back.
-    fn finish(&self, gp: u64, batch: Vec<Callback>, held: Vec<Callback>) {
+    fn finish(&self, gp: u64, batch: Vec<Callback>, (held, version): (Vec<Callback>, u64)) {
         // Stored before the lock is taken: a waiter either sees it or is registered and woken.
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
         seq.running = false;
-        if !held.is_empty() {
-            if seq.held.list.is_empty() {
-                seq.held.version = self.registry.code_refs_version();
-            }
-            seq.held.list.extend(held);
-        }
+        seq.held.add(held, version);
         self.release_task_waiters(&mut seq, Until::Completed, gp);
         if batch.is_empty() && seq.ready.is_empty() && !seq.draining {
             self.callbacks_done.store(gp, Ordering::Release);
@@ -281,7 +276,11 @@ impl Engine {
         let mut seq = self.lock();
         loop {
             if !seq.held.list.is_empty() && self.registry.code_refs_version() != seq.held.version {
+                // The state lock was released meanwhile: look at everything again (the loom
+                // model found a shutdown that slipped in here leaking a callback that had
+                // become free).
                 seq = self.recheck_held(seq);
+                continue;
             }
             if let Some((gp, batch)) = seq.ready.pop_front() {
                 seq.draining = true;
@@ -360,8 +359,7 @@ impl Engine {
         // Order the reference reads before the frees (as at the end of a GP).
         std::sync::atomic::fence(Ordering::SeqCst);
         let mut seq = self.lock();
-        seq.held.version = version;
-        seq.held.list.extend(held);
+        seq.held.add(held, version);
         if !free.is_empty() {
             // Tagged with the last completed GP: `callbacks_done` never moves backwards, and a
             // barrier waiting for a later GP still waits for that GP's own batch.

@@ -14,9 +14,13 @@
 //! the site, then frees the old target after `synchronize()` returns, or in a callback
 //! (`call`) after which it waits with `barrier()`.
 //!
-//! Two controls inject a fault and must be caught: the reader's barrier dropped (in
-//! `qs/barrier.rs`), and `synchronize` waiting for the grace period in progress instead of
-//! the next one (in `driver.rs`).
+//! Controls inject a fault and must be caught: the reader's barrier dropped (in
+//! `qs/barrier.rs`), `synchronize` waiting for the grace period in progress instead of the
+//! next one (in `driver.rs`), the holdout wait skipped, an inactive cell trusted without the
+//! asleep flag, and a parked task's code references published after its cell store (in
+//! `qs/transitions.rs`). loom also checks for leaks: the yielding-code model found a driver
+//! that exited at shutdown with a held callback that had just become free (fixed: after a
+//! recheck, which releases the state lock, the driver looks at everything again).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,6 +42,8 @@ const NEW: u64 = 2;
 enum Free {
     AfterSynchronize,
     InCallbackThenBarrier,
+    /// `call_for_code` with the old target's code range.
+    InCodeCallback,
 }
 
 /// Which kind of reader the model runs.
@@ -53,7 +59,14 @@ enum ReaderKind {
     /// non-yielding section), resumes on worker 1 still inside it, and only then yields
     /// voluntarily: the holdout wait is what keeps the code alive meanwhile.
     Holdout,
+    /// A task inside old *yielding* code parks voluntarily on worker 0 with a code reference
+    /// into it (its stack scan), resumes on worker 1 still inside it, and only then parks
+    /// again at depth 0: the reference is what keeps the code alive meanwhile (`crate::code`).
+    ParkedInCode,
 }
+
+/// The address a `ParkedInCode` reader's stack points at, inside the old target's range.
+const OLD_CODE: (usize, usize) = (0x1000, 0x1040);
 
 fn model(reader_kind: ReaderKind, free: Free) {
     let mut builder = loom::model::Builder::new();
@@ -129,6 +142,20 @@ fn model(reader_kind: ReaderKind, free: Free) {
                     qs::switch_out_voluntary(&registry, w1, &task, None);
                     qs::worker_stopped();
                 }
+                ReaderKind::ParkedInCode => {
+                    let task = std::sync::Arc::new(TaskReader::new(1, None));
+                    let (w0, w1) = (registry.worker(0), registry.worker(1));
+                    qs::worker_started(&registry, 0);
+                    qs::switch_in(&registry, w0, &task);
+                    run_site(&|| {
+                        let refs = crate::code::CodeRefs::Words(Box::new([OLD_CODE.0 + 8]));
+                        qs::switch_out_voluntary(&registry, w0, &task, Some(refs));
+                        qs::worker_started(&registry, 1);
+                        qs::switch_in(&registry, w1, &task);
+                    });
+                    qs::switch_out_voluntary(&registry, w1, &task, None);
+                    qs::worker_stopped();
+                }
             })
         };
 
@@ -143,6 +170,15 @@ fn model(reader_kind: ReaderKind, free: Free) {
                 domain.call(move || f.store(true, Ordering::Release));
                 domain.barrier();
                 assert!(freed.load(Ordering::Acquire), "barrier ran the callback");
+            }
+            Free::InCodeCallback => {
+                // Ranged: it may be held back (then the barrier does not wait for it). The
+                // reader checks that it never runs while the reader is inside the old code.
+                let f = Arc::clone(&freed);
+                domain.call_for_code(&[OLD_CODE.0..OLD_CODE.1], move || {
+                    f.store(true, Ordering::Release)
+                });
+                domain.barrier();
             }
         }
         reader.join().expect("reader");
@@ -173,6 +209,20 @@ fn loom_a_registered_thread_back_from_an_offline_guard_never_runs_freed_code() {
 #[test]
 fn loom_a_holdout_keeps_its_code_until_its_voluntary_yield() {
     model(ReaderKind::Holdout, Free::AfterSynchronize);
+}
+
+#[test]
+fn loom_a_task_parked_inside_yielding_code_keeps_the_code_its_stack_points_into() {
+    model(ReaderKind::ParkedInCode, Free::InCodeCallback);
+}
+
+/// The control for the code-reference ordering: references published *after* the worker's
+/// cell store (instead of before) let a grace period see the switch but not the references.
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_code_references_published_after_the_cell_store_are_missed() {
+    qs::PUBLISH_CODE_REFS_LATE.with(|f| f.set(true));
+    model(ReaderKind::ParkedInCode, Free::InCodeCallback);
 }
 
 std::thread_local! {

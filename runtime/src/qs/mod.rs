@@ -123,6 +123,8 @@ pub(crate) use reader::{
     yielding_code_enter, yielding_code_leave,
 };
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
+#[cfg(all(loom, test))]
+pub(crate) use transitions::PUBLISH_CODE_REFS_LATE;
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,
     switch_out_untracked, switch_out_voluntary, wake_sleeping_worker,

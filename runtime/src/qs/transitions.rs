@@ -21,6 +21,14 @@ fn bump(c: &crate::primitive::AtomicU64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
 }
 
+#[cfg(all(loom, test))]
+std::thread_local! {
+    /// Fault injection for a loom control: `switch_out_voluntary` publishes a parked task's
+    /// code references after its worker's cell store.
+    pub(crate) static PUBLISH_CODE_REFS_LATE: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 // ---- workers ----------------------------------------------------------------------------
 
 /// A worker thread starts: it is a reader context (running no task yet, cell inactive).
@@ -64,6 +72,25 @@ pub(crate) fn switch_out_voluntary(
     task: &TaskReader,
     code_refs: Option<CodeRefs>,
 ) {
+    #[cfg(all(loom, test))]
+    if PUBLISH_CODE_REFS_LATE.with(std::cell::Cell::get) {
+        // The injected bug: the references go out after the cell store.
+        bump(&task.voluntary_yields);
+        worker.cell.advance(false);
+        match code_refs {
+            Some(refs) => {
+                registry.set_code_refs(task.id, refs);
+                task.has_code_refs.store(true, Ordering::Relaxed);
+            }
+            None if task.has_code_refs.swap(false, Ordering::Relaxed) => {
+                registry.clear_code_refs(task.id)
+            }
+            None => {}
+        }
+        bump(&worker.voluntary_switches);
+        finish_switch_out(registry, worker);
+        return;
+    }
     match code_refs {
         Some(refs) => {
             registry.set_code_refs(task.id, refs);
