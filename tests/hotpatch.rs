@@ -115,6 +115,49 @@ fn short_run_with_rude_flavor_and_direct_sites_is_ok() {
 }
 
 #[test]
+fn preemption_inside_implementations_is_counted_and_the_tasks_flavor_holds() {
+    let stdout = assert_ok_run(&[
+        "--seconds",
+        "1",
+        "--tasks",
+        "50",
+        "--workers",
+        "2",
+        "--preempt",
+        "100us",
+    ]);
+    assert!(stdout.contains("preempted every 100.0 µs"), "{stdout}");
+    assert!(summary_value(&stdout, "preemptions") > 0, "{stdout}");
+}
+
+#[test]
+fn rude_flavor_under_preemption_fails_in_a_child_and_says_it_was_expected() {
+    let out = run(&[
+        "--seconds",
+        "3",
+        "--tasks",
+        "50",
+        "--workers",
+        "2",
+        "--swap-interval",
+        "500us",
+        "--flavor",
+        "rude",
+        "--preempt",
+        "100us",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("EXPECTED:"),
+        "status {:?}
+{stdout}
+{}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bad_flags_exit_with_usage_and_code_2() {
     assert_usage_error(&["--workers", "zero"], "--workers");
     assert_usage_error(&["--workers", "0"], "--workers");

@@ -10,7 +10,7 @@ use tramway::runtime::grace::{Flavor, DEFAULT_CALLBACK_DELAY};
 pub const USAGE: &str = "\
 usage: hotpatch [--seconds N] [--workers N] [--tasks N] [--sites N] [--swap-interval T]
                 [--flavor tasks|rude] [--site-kind indirect|direct] [--callback-delay T]
-                [--csv FILE] [--plot FILE.svg] [--explain]
+                [--preempt T] [--csv FILE] [--plot FILE.svg] [--explain]
 
 A live service: green-thread tasks call JIT'd patch sites while a patcher thread re-JITs them and
 attaches/detaches tracing probes; retired code is unmapped after RCU Tasks-style grace periods.
@@ -28,6 +28,12 @@ Once a second it prints a status line (`--explain` says what every column means)
   --callback-delay T   how long a retired version's free callback may wait for others to batch
                        with it before its grace period starts (GraceConfig::callback_delay),
                        same units as --swap-interval, at most 1s (default 1ms)
+  --preempt T          preempt tasks inside JIT code every T (e.g. `100us`, `1ms`; at least 10us,
+                       at most 1s): every implementation then spins a few microseconds in its
+                       JIT code, inside a preemptible scope, and the summary counts preemptions.
+                       With `--flavor rude` the run is a demonstration of the failure that RCU
+                       Tasks exists for: it runs in a child process, which is expected to crash
+                       or to see a stale call, and the parent reports that outcome
   --csv FILE           also write the per-second series as CSV to FILE
   --plot FILE.svg      also draw calls/s, swaps/s and GP latency over time as an SVG chart
   --explain            print what each status-line column and summary row means, and exit
@@ -56,6 +62,8 @@ pub struct Options {
     pub site_kind: SiteKind,
     /// `GraceConfig::callback_delay` of the demo's grace domain.
     pub callback_delay: Duration,
+    /// Preemption quantum (`Builder::preempt`), or none.
+    pub preempt: Option<Duration>,
     /// Where to write the per-second series as CSV.
     pub csv: Option<PathBuf>,
     /// Where to write the SVG chart.
@@ -84,6 +92,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         flavor: Flavor::Tasks,
         site_kind: SiteKind::Indirect,
         callback_delay: DEFAULT_CALLBACK_DELAY,
+        preempt: None,
         csv: None,
         plot: None,
     };
@@ -109,6 +118,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--flavor",
             "--site-kind",
             "--callback-delay",
+            "--preempt",
             "--csv",
             "--plot",
         ];
@@ -126,6 +136,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--sites" => o.sites = integer(flag, value, 1, 16)?,
             "--swap-interval" => o.swap_interval = duration(flag, value, 10.0)?,
             "--callback-delay" => o.callback_delay = duration(flag, value, 1.0)?,
+            "--preempt" => {
+                let q = duration(flag, value, 1.0)?;
+                if q < Duration::from_micros(10) {
+                    return Err(format!("--preempt: {value} is shorter than 10us"));
+                }
+                o.preempt = Some(q);
+            }
             "--csv" => o.csv = Some(path(flag, value)?),
             "--plot" => o.plot = Some(path(flag, value)?),
             "--flavor" => {
@@ -223,6 +240,12 @@ mod tests {
         assert!(parse(&args("--bogus")).is_err());
         assert!(parse(&args("--seconds")).is_err());
         assert!(parse(&args("--csv=")).is_err());
+        assert!(parse(&args("--preempt 1us")).is_err());
+        assert!(parse(&args("--preempt 2s")).is_err());
+        let Ok(Command::Run(o)) = parse(&args("--preempt 100us")) else {
+            panic!("--preempt 100us")
+        };
+        assert_eq!(o.preempt, Some(Duration::from_micros(100)));
         assert!(matches!(parse(&args("--help")), Ok(Command::Help)));
         assert!(matches!(parse(&args("--explain")), Ok(Command::Explain)));
     }

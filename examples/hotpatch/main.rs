@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example hotpatch -- [--seconds N] [--workers N] [--tasks N] [--sites N]
 //!     [--swap-interval T] [--flavor tasks|rude] [--site-kind indirect|direct]
-//!     [--callback-delay T] [--csv FILE] [--plot FILE.svg] [--explain] [--help]
+//!     [--callback-delay T] [--preempt T] [--csv FILE] [--plot FILE.svg] [--explain] [--help]
 //! ```
 //!
 //! `--tasks` green threads (default 1000) on `--workers` workers handle "requests": bursts of calls
@@ -28,6 +28,13 @@
 //! and exits with 0 (`OK: ...`) or 1 (`FAILED: ...`); bad flags (or an output file that cannot be
 //! created) exit with 2.
 //!
+//! With `--preempt T` the runtime preempts tasks inside JIT code every `T`, and every
+//! implementation spins a few microseconds in its own code, so tasks are switched out
+//! involuntarily in the middle of retired code: the Tasks flavor must keep that code until they
+//! resume. `--flavor rude --preempt T` demonstrates why the Rude flavor is not enough: the run
+//! happens in a child process (`rude_child.rs`), which is expected to crash on freed code or to
+//! see a stale call, and the parent reports that outcome.
+//!
 //! Modules: `cli` (flags), `versions` (what each version computes, its code, the tag table),
 //! `service` (the caller tasks), `patcher` (re-JIT and probes), `monitor` (the status line and
 //! the `synchronize()` timer), `report` (histogram, columns, formatting, CSV), `plot` (the SVG).
@@ -37,6 +44,7 @@ mod monitor;
 mod patcher;
 mod plot;
 mod report;
+mod rude_child;
 mod service;
 mod versions;
 
@@ -50,6 +58,7 @@ use std::time::Duration;
 
 use tramway::jit::{JitStats, SiteKind};
 use tramway::runtime::grace::{GraceConfig, GraceStats};
+use tramway::runtime::preempt::PreemptStats;
 
 use crate::cli::{Command, Options};
 use crate::monitor::{monitor, time_synchronize, Watch};
@@ -60,6 +69,9 @@ use crate::versions::VersionTable;
 
 /// Task stack size: 1000 tasks fit in 64 MiB of address space (pages are committed on touch).
 const STACK_SIZE: usize = 64 * 1024;
+/// With `--preempt`, every implementation spins this many loop iterations in its own JIT code
+/// first (microseconds), so that preemption lands inside implementations.
+const PREEMPT_SPIN: u32 = 20_000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +91,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if rude_child::is_demonstration(&opts) {
+        return rude_child::demonstrate(&args);
+    }
     // Created before the run, so a path that cannot be written costs no run.
     let mut outputs = match Outputs::create(&opts) {
         Ok(files) => files,
@@ -115,8 +130,11 @@ fn main() -> ExitCode {
 
 /// `1000 tasks on 2 workers, 4 indirect sites, tasks grace periods, ...`.
 fn describe(o: &Options) -> String {
+    let preempt = o.preempt.map_or(String::new(), |q| {
+        format!(", preempted {}", report::interval(q))
+    });
     format!(
-        "{} tasks on {} workers, {} {} sites, {} grace periods ({}), swaps {}",
+        "{} tasks on {} workers, {} {} sites, {} grace periods ({}), swaps {}{preempt}",
         o.tasks,
         o.workers,
         o.sites,
@@ -204,6 +222,7 @@ struct Outcome {
     sync: Histogram,
     series: Vec<Second>,
     gp: GraceStats,
+    preempt: PreemptStats,
     peak_mapped: usize,
     after_teardown: JitStats,
     mapped_after_drop: usize,
@@ -217,7 +236,13 @@ fn run(o: &Options) -> Result<Outcome, String> {
         grace: gp,
         jit,
     } = tramway::Builder::new()
-        .runtime(|b| b.workers(o.workers).stack_size(STACK_SIZE))
+        .runtime(|b| {
+            let b = b.workers(o.workers).stack_size(STACK_SIZE);
+            match o.preempt {
+                Some(quantum) => b.preempt(quantum),
+                None => b,
+            }
+        })
         .grace(
             GraceConfig::default()
                 .flavor(o.flavor)
@@ -240,6 +265,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
         latency: &latency,
         counters: &counters,
         stats: stats.clone(),
+        spin: if o.preempt.is_some() { PREEMPT_SPIN } else { 0 },
     };
     let mut sites = patcher.install(o.sites, o.site_kind, &mut Rng(0x2545_f491_4f6c_dd1d))?;
     let service = Arc::new(Service {
@@ -256,6 +282,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
         calls: Default::default(),
         invalid: Default::default(),
         first_invalid: Mutex::new(None),
+        preemptible: o.preempt.is_some(),
     });
     let mut failures = Vec::new();
     let mut tasks = Vec::with_capacity(o.tasks);
@@ -344,6 +371,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
     drop(jit);
     gp.barrier();
     let gp_stats = gp.stats();
+    let preempt = rt.stats().preempt;
     drop(gp);
     drop(rt);
     let mapped_after_drop = stats.get().mapped_bytes;
@@ -399,6 +427,7 @@ fn run(o: &Options) -> Result<Outcome, String> {
         sync,
         series: monitored.series,
         gp: gp_stats,
+        preempt,
         after_teardown,
         mapped_after_drop,
         final_versions,
@@ -493,6 +522,26 @@ impl Outcome {
             ),
         );
         row("stalls", group(g.stalls), "GP stall reports".into());
+        if o.preempt.is_some() {
+            let p = &self.preempt;
+            row(
+                "preemptions",
+                group(p.preemptions),
+                format!(
+                    "tasks switched out inside JIT code ({} signals; ignored: {} outside code, \
+                     {} in hooks, {} outside a scope)",
+                    group(p.signals_sent),
+                    group(p.ignored_outside_code),
+                    group(p.ignored_non_yielding),
+                    group(p.ignored_no_scope)
+                ),
+            );
+            row(
+                "preempted holdouts",
+                group(g.preempted_holdouts),
+                "grace periods that waited for a task preempted inside JIT code".into(),
+            );
+        }
         row(
             "backlog waits",
             group(load(&c.throttles)),

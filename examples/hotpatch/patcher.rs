@@ -107,6 +107,8 @@ pub struct Patcher<'a> {
     pub counters: &'a PatchCounters,
     /// Jit counters.
     pub stats: JitStatsHandle,
+    /// Spin iterations at the start of every implementation (see `versions::emit`).
+    pub spin: u32,
 }
 
 /// The probe hook: counts a hit for the site whose counter `user` points at.
@@ -225,7 +227,8 @@ impl Patcher<'_> {
             self.counters.tags_exhausted.store(true, Ordering::Relaxed);
             return Ok(None);
         };
-        let imp = versions::emit(self.jit, formula, a, b, tag).map_err(|e| format!("emit: {e}"))?;
+        let imp = versions::emit(self.jit, formula, (a, b), tag, self.spin)
+            .map_err(|e| format!("emit: {e}"))?;
         Ok(Some((imp, tag)))
     }
 

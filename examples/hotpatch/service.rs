@@ -31,6 +31,8 @@ pub struct Service {
     pub invalid: AtomicU64,
     /// The first invalid result, described.
     pub first_invalid: Mutex<Option<String>>,
+    /// Calls run inside a preemptible scope (`--preempt`): no lock is held across them.
+    pub preemptible: bool,
 }
 
 impl Service {
@@ -44,7 +46,12 @@ impl Service {
                 let r = rng.next();
                 let site = (r >> 40) as usize % self.fns.len();
                 let x = rng.next();
-                let result = (self.fns[site])(x);
+                let f = self.fns[site];
+                let result = if self.preemptible {
+                    tramway::runtime::preemptible(|| f(x))
+                } else {
+                    f(x)
+                };
                 if let Err(e) = self.table.check(site, x, result) {
                     invalid += 1;
                     let mut first = self.first_invalid.lock().unwrap_or_else(|e| e.into_inner());

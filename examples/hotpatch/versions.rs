@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use tramway::jit::dynasmrt::{dynasm, DynasmApi};
+use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::{Jit, JitError, Trampoline};
 
 /// Tags per table segment.
@@ -86,17 +86,35 @@ pub fn expected(formula: Formula, a: u32, b: u32, tag: u32, x: u64) -> u64 {
     (formula.eval(a, b, x) << 32) | u64::from(tag)
 }
 
-/// Emits version `tag`: an `extern "C" fn(u64) -> u64` returning [`expected`]`(.., x)`.
+/// Emits version `tag`: an `extern "C" fn(u64) -> u64` returning [`expected`]`(.., x)`,
+/// after spinning `spin` iterations of a `dec`/`jnz` loop in its own code (0: none; the
+/// `--preempt` mode, so that preemption lands inside implementations).
 ///
 /// `a`, `b` and `tag` must be below `2^31` (they are sign-extended 32-bit immediates).
-pub fn emit(jit: &Jit, formula: Formula, a: u32, b: u32, tag: u32) -> Result<Trampoline, JitError> {
+pub fn emit(
+    jit: &Jit,
+    formula: Formula,
+    (a, b): (u32, u32),
+    tag: u32,
+    spin: u32,
+) -> Result<Trampoline, JitError> {
     let imm = |v: u32| i32::try_from(v).map_err(|_| JitError::Assemble(format!("{v} >= 2^31")));
-    let (a, b, tag) = (imm(a)?, imm(b)?, imm(tag)?);
-    // SAFETY: each body reads only `rdi`, writes only `rax` and flags, touches no memory, never
-    // yields, and returns with `ret`: it implements `extern "C" fn(u64) -> u64`. Its only
-    // position-dependent part is none (no relocations), so both emission passes agree.
+    let (a, b, tag, spin) = (imm(a)?, imm(b)?, imm(tag)?, imm(spin)?);
+    // SAFETY: each body reads only `rdi`, writes only `rax`, `rcx` (the spin counter) and
+    // flags, touches no memory, never yields, and returns with `ret`: it implements
+    // `extern "C" fn(u64) -> u64`. Its only relocations are local jumps, whose length does
+    // not depend on the address, so both emission passes agree.
     unsafe {
         jit.custom(|ops| {
+            if spin > 0 {
+                dynasm!(ops
+                    ; .arch x64
+                    ; mov ecx, spin
+                    ; spin:
+                    ; dec ecx
+                    ; jnz <spin
+                );
+            }
             match formula {
                 Formula::Linear => dynasm!(ops
                     ; .arch x64
@@ -279,7 +297,7 @@ mod tests {
         {
             let (a, b) = (997, 99_999);
             let tag = table.publish(site, formula, a, b).expect("tag");
-            let code = super::emit(&jit, formula, a, b, tag).expect("emit");
+            let code = super::emit(&jit, formula, (a, b), tag, 0).expect("emit");
             // SAFETY: the code implements `extern "C" fn(u64) -> u64`, the handle is held while it
             // is called, and it is never swapped or freed meanwhile (no site, LeakUntilDrop).
             let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(code.addr()) };
