@@ -13,6 +13,7 @@ use crate::code_memory::{CodeMemory, CodeMemoryConfig};
 use crate::error::JitError;
 use crate::forwarding::{self, ForwardingSpec};
 use crate::jit_core::JitCore;
+use crate::profiling::{self, Profiling, ProfilingConfig};
 use crate::reclaim::{LeakUntilDrop, Reclaim, Retirement, DEFAULT_MAX_RETIRED_BYTES};
 use crate::site::{Site, SiteKind};
 use crate::stats::{JitStats, JitStatsHandle};
@@ -31,9 +32,27 @@ pub struct JitBuilder {
     cfg: CodeMemoryConfig,
     reclaimer: Option<Arc<dyn Reclaim>>,
     max_retired_bytes: usize,
+    profiling: ProfilingConfig,
 }
 
 impl JitBuilder {
+    /// Appends a `START SIZE name` line to `/tmp/perf-<pid>.map` for every code object this
+    /// `Jit` emits, so `perf report` names JIT code (off by default; see [`Jit::perf_map_path`]
+    /// and the crate docs on profiling).
+    pub fn perf_map(mut self, yes: bool) -> Self {
+        self.profiling.perf_map = yes;
+        self
+    }
+
+    /// Writes a jitdump file (`dir/jit-<pid>.dump`, one per process, shared by every `Jit`
+    /// that asks) with a timestamped load record per code object, for `perf record -k mono`
+    /// and `perf inject --jit`, which names code correctly even where slots are reused (off by
+    /// default; see [`Jit::jitdump_path`]). The first `Jit` that asks decides the directory.
+    pub fn jitdump(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.profiling.jitdump_dir = Some(dir.into());
+        self
+    }
+
     /// Size of the reserved code range in bytes (default 1 GiB). Must be a multiple of the chunk
     /// size and at most 2 GiB, so that a direct site reaches every piece of code in it.
     pub fn reservation_size(mut self, bytes: usize) -> Self {
@@ -97,8 +116,9 @@ impl JitBuilder {
             .reclaimer
             .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
         let retirement = Retirement::new(reclaimer, self.max_retired_bytes, mem.stat_counters());
+        let profiling = Profiling::open(&self.profiling)?;
         Ok(Jit {
-            core: Arc::new(JitCore::new(mem, retirement)),
+            core: Arc::new(JitCore::new(mem, retirement, profiling)),
         })
     }
 }
@@ -124,7 +144,27 @@ impl Jit {
             },
             reclaimer: None,
             max_retired_bytes: DEFAULT_MAX_RETIRED_BYTES,
+            profiling: ProfilingConfig::default(),
         }
+    }
+
+    /// Whether `addr` lies in this `Jit`'s code reservation (its code, live or retired, and
+    /// its unused space). Async-signal-safe: two loads of immutable fields, no lock, no
+    /// allocation, so an in-process sampler may call it from a signal handler to tell JIT
+    /// frames from others.
+    pub fn contains(&self, addr: usize) -> bool {
+        let (base, len) = self.core.mem.range();
+        addr.wrapping_sub(base) < len
+    }
+
+    /// This process's perf map (written by `Jit`s built with [`JitBuilder::perf_map`]).
+    pub fn perf_map_path() -> std::path::PathBuf {
+        profiling::perf_map_path()
+    }
+
+    /// This process's jitdump file in `dir` (see [`JitBuilder::jitdump`]).
+    pub fn jitdump_path(dir: &std::path::Path) -> std::path::PathBuf {
+        profiling::jitdump_path(dir)
     }
 
     /// A `Jit` with the default configuration.

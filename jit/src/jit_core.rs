@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::code_memory::CodeMemory;
+use crate::profiling::Profiling;
 use crate::reclaim::Retirement;
 
 /// Code memory plus the retirement state of one `Jit`.
@@ -17,11 +18,17 @@ pub(crate) struct JitCore {
     pub(crate) mem: Arc<CodeMemory>,
     /// The reclaimer and its bookkeeping (`reclaim/retirement.rs`).
     pub(crate) retirement: Retirement,
+    /// Where emitted code is named for profilers (`profiling.rs`).
+    pub(crate) profiling: Profiling,
 }
 
 impl JitCore {
-    pub(crate) fn new(mem: Arc<CodeMemory>, retirement: Retirement) -> Self {
-        JitCore { mem, retirement }
+    pub(crate) fn new(mem: Arc<CodeMemory>, retirement: Retirement, profiling: Profiling) -> Self {
+        JitCore {
+            mem,
+            retirement,
+            profiling,
+        }
     }
 
     /// The id of the `Jit` (and of its code memory).

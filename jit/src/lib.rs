@@ -56,6 +56,7 @@ mod forwarding;
 mod jit;
 mod jit_core;
 mod os;
+mod profiling;
 mod probe;
 mod reclaim;
 mod site;

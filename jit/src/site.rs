@@ -104,7 +104,12 @@ impl Site {
             let bytes = arch::site_stub_image(kind, &layout, word);
             // SAFETY: the stub was just allocated and is unreachable until this function returns.
             unsafe { mem.write(&stub, &bytes, layout.exec_len) }?;
-            initial.install()
+            initial.install()?;
+            // Named by its entry address (sites have no id of their own).
+            let code = &bytes[..layout.exec_len.min(bytes.len())];
+            core.profiling
+                .code_loaded("site", stub.addr as u64, stub.addr, code);
+            Ok(())
         });
         if let Err(e) = result {
             // SAFETY: allocated above and never handed out.

@@ -117,10 +117,12 @@ impl Trampoline {
         unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
         unfinished.1 = None;
         mem.stats().emitted();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        core.profiling.code_loaded("code", id, slot.addr, &bytes);
         Ok(Trampoline {
             inner: Arc::new(TrampolineInner {
                 core: core.clone(),
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 slot,
                 len: first_len,
                 data,
