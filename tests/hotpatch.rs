@@ -158,6 +158,47 @@ fn rude_flavor_under_preemption_fails_in_a_child_and_says_it_was_expected() {
 }
 
 #[test]
+fn jitdump_and_perf_map_are_written_for_perf() {
+    let dir = std::env::temp_dir().join(format!("tramway-hotpatch-jitdump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run(&[
+        "--seconds",
+        "0.5",
+        "--tasks",
+        "20",
+        "--workers",
+        "2",
+        "--perf-map",
+        "--jitdump",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dumps: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("jit-"))
+        .collect();
+    assert_eq!(dumps.len(), 1, "one jit-<pid>.dump");
+    let bytes = std::fs::read(dumps[0].path()).unwrap();
+    // The jitdump magic `JiTD` and at least one record after the 40-byte header.
+    assert_eq!(
+        u32::from_ne_bytes(bytes[..4].try_into().unwrap()),
+        0x4A69_5444
+    );
+    assert!(bytes.len() > 40 + 56, "no records: {} bytes", bytes.len());
+    let pid = dumps[0].file_name().to_string_lossy()[4..]
+        .trim_end_matches(".dump")
+        .to_string();
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let lines = std::fs::read_to_string(&map).unwrap();
+    assert!(lines
+        .lines()
+        .any(|l| l.ends_with(" tramway:code#1") || l.contains(" tramway:code#")));
+    let _ = std::fs::remove_file(map);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn bad_flags_exit_with_usage_and_code_2() {
     assert_usage_error(&["--workers", "zero"], "--workers");
     assert_usage_error(&["--workers", "0"], "--workers");

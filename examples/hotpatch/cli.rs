@@ -10,7 +10,8 @@ use tramway::runtime::grace::{Flavor, DEFAULT_CALLBACK_DELAY};
 pub const USAGE: &str = "\
 usage: hotpatch [--seconds N] [--workers N] [--tasks N] [--sites N] [--swap-interval T]
                 [--flavor tasks|rude] [--site-kind indirect|direct] [--callback-delay T]
-                [--preempt T] [--csv FILE] [--plot FILE.svg] [--explain]
+                [--preempt T] [--csv FILE] [--plot FILE.svg] [--perf-map] [--jitdump DIR]
+                [--explain]
 
 A live service: green-thread tasks call JIT'd patch sites while a patcher thread re-JITs them and
 attaches/detaches tracing probes; retired code is unmapped after RCU Tasks-style grace periods.
@@ -36,6 +37,9 @@ Once a second it prints a status line (`--explain` says what every column means)
                        or to see a stale call, and the parent reports that outcome
   --csv FILE           also write the per-second series as CSV to FILE
   --plot FILE.svg      also draw calls/s, swaps/s and GP latency over time as an SVG chart
+  --perf-map           name JIT code for `perf report` in /tmp/perf-<pid>.map
+  --jitdump DIR        write DIR/jit-<pid>.dump for `perf record -k mono` + `perf inject --jit`
+                       (names reused code slots correctly; see the README's profiling section)
   --explain            print what each status-line column and summary row means, and exit
   -h, --help           this message
 
@@ -66,6 +70,10 @@ pub struct Options {
     pub preempt: Option<Duration>,
     /// Where to write the per-second series as CSV.
     pub csv: Option<PathBuf>,
+    /// Write the perf map (`JitBuilder::perf_map`).
+    pub perf_map: bool,
+    /// Where to write the jitdump file (`JitBuilder::jitdump`).
+    pub jitdump: Option<PathBuf>,
     /// Where to write the SVG chart.
     pub plot: Option<PathBuf>,
 }
@@ -94,6 +102,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         callback_delay: DEFAULT_CALLBACK_DELAY,
         preempt: None,
         csv: None,
+        perf_map: false,
+        jitdump: None,
         plot: None,
     };
     let mut it = args.iter();
@@ -103,6 +113,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         if arg == "--explain" {
             return Ok(Command::Explain);
+        }
+        if arg == "--perf-map" {
+            o.perf_map = true;
+            continue;
         }
         // Both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -119,6 +133,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--site-kind",
             "--callback-delay",
             "--preempt",
+            "--jitdump",
             "--csv",
             "--plot",
         ];
@@ -144,6 +159,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 o.preempt = Some(q);
             }
             "--csv" => o.csv = Some(path(flag, value)?),
+            "--jitdump" => o.jitdump = Some(path(flag, value)?),
             "--plot" => o.plot = Some(path(flag, value)?),
             "--flavor" => {
                 o.flavor = match value {

@@ -248,6 +248,13 @@ fn run(o: &Options) -> Result<Outcome, String> {
                 .flavor(o.flavor)
                 .callback_delay(o.callback_delay),
         )
+        .jit(|b| {
+            let b = b.perf_map(o.perf_map);
+            match &o.jitdump {
+                Some(dir) => b.jitdump(dir),
+                None => b,
+            }
+        })
         .build()
         .map_err(|e| e.to_string())?;
     let stats = jit.stats_handle();
