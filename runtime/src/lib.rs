@@ -44,11 +44,11 @@ pub mod qs;
 mod sched;
 pub mod sync;
 
+pub use code::in_yielding_code;
 pub use error::{
     BuildError, DomainError, JoinError, PanicPayload, RecvError, RegisterError, SendError,
     SpawnError, TryRecvError,
 };
-pub use code::in_yielding_code;
 pub use preempt::preemptible;
 pub use qs::{barrier_mode, non_yielding, BarrierMode, ThreadRegistration};
 pub use sched::api::{current, offline, sleep, yield_now, TaskInfo};
