@@ -43,7 +43,7 @@
 //!
 //! A task T that executes R after G must hold an address in R obtained before R was
 //! unpublished (from a site load that precedes the swap, by the store-buffering argument in
-//! the [`qs`](crate::qs) docs); by the contract on [`CodeRange::register`], such an address
+//! the [`qs`] docs); by the contract on [`CodeRange::register`], such an address
 //! lives only in T's registers and stack frames. Consider T at G's snapshot:
 //! * **running** (on a worker): G waits until the worker switches. If T was inside R with a
 //!   yielding frame, it switched out at a park with depth > 0, whose scan found R (registers
