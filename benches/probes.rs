@@ -1,3 +1,18 @@
+//! Probe costs: the per-call overhead of entry and exit probes, and teardown under load.
+//!
+//! Per call (`probe_call/*`, throughput in calls per second), three probed sites in the same run,
+//! each over the same implementation (a forwarding trampoline to `extern "C" fn(u64) -> u64`),
+//! called in a loop from a task of a 1-worker runtime:
+//!
+//! * `probe_call/none`: no probe attached (the site points at the implementation; the baseline);
+//! * `probe_call/entry`: one entry probe (the probe trampoline calls the dispatcher, then
+//!   tail-jumps);
+//! * `probe_call/exit`: one exit probe (a call-through trampoline: `yielding_code_enter`, a real
+//!   call, two `rdtsc`, `yielding_code_leave`, the exit dispatcher).
+//!
+//! The probes' closures only `black_box` what they receive. A summary after criterion's output
+//! prints ns/call, calls/s and the overhead over `none` for each, with the load average.
+//!
 //! Probe teardown under load (see `tramway_harness::probe_teardown`), each timed until every
 //! replaced trampoline is reclaimed:
 //!
@@ -13,9 +28,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use tramway::jit::{ForwardingSpec, ProbeHook, Probes, SiteKind, Target};
 use tramway_harness::probe_teardown::Scenario;
 
 const SITES: usize = 1000;
@@ -35,6 +52,111 @@ fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
+}
+
+extern "C" fn add_one(x: u64) -> u64 {
+    x.wrapping_add(1)
+}
+
+type AddFn = extern "C" fn(u64) -> u64;
+
+/// The three per-call cases, in the order they are measured and summarized.
+const CALL_CASES: [&str; 3] = ["none", "entry", "exit"];
+
+thread_local! {
+    /// Per-sample ns/call by case, for the summary.
+    static CALL_SAMPLES: RefCell<BTreeMap<&'static str, Vec<f64>>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
+fn calls(c: &mut Criterion) {
+    let tw = tramway::Builder::new()
+        .workers(1)
+        .build()
+        .expect("a runtime, a grace domain and a Jit");
+    let probes = Probes::new(&tw.jit);
+    let implementation = tw
+        .jit
+        .forwarding(ForwardingSpec::new(Target::Address(add_one as *const u8)))
+        .unwrap();
+    let site = || probes.site(SiteKind::Indirect, &implementation).unwrap();
+    let (none, entry, exit) = (site(), site(), site());
+    probes
+        .attach(
+            &entry,
+            ProbeHook::new(|args| {
+                black_box(args);
+            }),
+        )
+        .unwrap();
+    probes
+        .attach(
+            &exit,
+            ProbeHook::on_exit(|args, ret| {
+                black_box((args, ret));
+            }),
+        )
+        .unwrap();
+    // SAFETY: every site's implementation forwards to `add_one`; the sites outlive the calls
+    // (every `block_on` below returns before they drop), which run in tasks of the runtime the
+    // Jit's grace domain tracks.
+    let fns: [AddFn; 3] = unsafe { [none.as_fn(), entry.as_fn(), exit.as_fn()] };
+
+    let mut g = c.benchmark_group("probe_call");
+    g.throughput(Throughput::Elements(1))
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for (case, f) in CALL_CASES.into_iter().zip(fns) {
+        g.bench_function(case, |b| {
+            b.iter_custom(|iters| {
+                let elapsed = tw
+                    .runtime
+                    .block_on(move || {
+                        let t = Instant::now();
+                        let mut x = 0u64;
+                        for _ in 0..iters {
+                            x = f(black_box(x));
+                        }
+                        black_box(x);
+                        t.elapsed()
+                    })
+                    .unwrap();
+                let ns = elapsed.as_secs_f64() * 1e9 / iters.max(1) as f64;
+                CALL_SAMPLES.with(|s| s.borrow_mut().entry(case).or_default().push(ns));
+                elapsed
+            })
+        });
+    }
+    g.finish();
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!(
+        "\nprobe call overhead, median ns/call of all samples in this run (load average: {}):",
+        load.trim()
+    );
+    eprintln!(
+        "{:>6} | {:>9} | {:>12} | {:>14}",
+        "probe", "ns/call", "Mcalls/s", "over none (ns)"
+    );
+    CALL_SAMPLES.with(|samples| {
+        let samples = samples.borrow();
+        let med = |case: &str| {
+            samples.get(case).map(|v| {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+        };
+        let base = med("none");
+        for case in CALL_CASES {
+            let Some(ns) = med(case) else {
+                eprintln!("{case:>6} | not run");
+                continue;
+            };
+            let over = base.map_or("-".to_string(), |b| format!("{:+.2}", ns - b));
+            eprintln!("{case:>6} | {ns:>9.2} | {:>12.1} | {over:>14}", 1e3 / ns);
+        }
+    });
 }
 
 fn teardown(c: &mut Criterion) {
@@ -99,5 +221,5 @@ fn teardown(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, teardown);
+criterion_group!(benches, calls, teardown);
 criterion_main!(benches);

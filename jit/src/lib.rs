@@ -64,13 +64,13 @@ mod stats;
 mod trampoline;
 mod typed;
 
-pub use crate::arch::{Assembler, HookArgs};
+pub use crate::arch::{Assembler, HookArgs, ReturnValues};
 pub use crate::error::JitError;
-pub use crate::forwarding::{ForwardingSpec, Hook, Target};
+pub use crate::forwarding::{ExitHook, ForwardingSpec, Hook, Target, MAX_STACK_ARG_BYTES};
 pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
 pub use crate::probe::{
-    AttachTarget, Batch, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite, ProbedSiteRef,
-    Probes, TypedProbedSite,
+    AttachTarget, Batch, FromReturn, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite,
+    ProbedSiteRef, Probes, TypedProbedSite,
 };
 pub use crate::reclaim::{
     Deferred, ImmediateReclaim, LeakUntilDrop, Reclaim, DEFAULT_MAX_RETIRED_BYTES,

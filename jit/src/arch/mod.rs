@@ -3,9 +3,10 @@
 //! The portable modules (`site`, `trampoline`, `forwarding`, `code_memory`, `reclaim`,
 //! `probe`, `jit`) decide *where* code goes, *when* it is published and *when* it is freed;
 //! they never name a register or an instruction encoding. Everything that does lives in
-//! exactly one `arch/<arch>.rs`, selected below by `target_arch`. Porting the crate to a new
-//! architecture is one new file that defines every item of this contract (the compile-time
-//! check at the bottom of this file names each one with its signature).
+//! exactly one `arch/<arch>` module (`x86_64/`: stubs and register blocks in `mod.rs`,
+//! bodies, clock), selected below by `target_arch`. Porting the crate to a new architecture
+//! is one new module that defines every item of this contract (the compile-time check at the
+//! bottom of this file names each one with its signature).
 //!
 //! # The contract
 //! **Site stubs.** A patch site is a small stub in a code slot plus one 8-byte aligned
@@ -31,12 +32,23 @@
 //! **Bodies.** [`emit_forwarding`] (optionally count the call, optionally call a hook with
 //! the saved argument registers as [`HookArgs`], tail-jump to the target, leaving every
 //! argument of the platform's C calling convention intact) and [`emit_constant_return`].
+//! With [`ForwardingBody::call_through`] the forwarding body *calls* the target instead
+//! (the protocol is in `forwarding.rs`): it saves the argument registers, calls the entry
+//! hook if any, calls `enter` (`yielding_code_enter`), copies the declared stack-argument
+//! bytes, reads the [tick counter](ticks_to_ns), calls the target with its return address
+//! on the caller's stack, saves the return registers as [`ReturnValues`], reads the counter,
+//! calls `leave`, calls the exit hook with the saved arguments and return values, restores
+//! the return registers and returns; stack 16-byte aligned at every call, nothing stored
+//! below the stack pointer, callee-saved registers preserved.
 //! Each body's length depends only on its shape, never on the address it is emitted at
 //! ([`forwarding_len`], [`CONSTANT_RETURN_LEN`]), so the portable side allocates its slot
 //! first and assembles once, at the final address.
 //!
 //! **Hook arguments.** [`HookArgs`] is the block of saved integer argument registers a hook
 //! receives, and its docs are the public statement of what a forwarding trampoline clobbers.
+//! [`ReturnValues`] is what an exit hook receives: the return registers and the tick counter
+//! at both ends of the call; [`init_tick_clock`] prepares the conversion and
+//! [`ticks_to_ns`] converts.
 //!
 //! **Assembler.** [`Assembler`] is the dynasm `VecAssembler` for the architecture.
 //!
@@ -58,19 +70,20 @@ use self::x86_64 as imp;
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
-    "tramway-jit emits machine code for x86-64 only. A port is one new file, \
-     jit/src/arch/<arch>.rs, that implements the contract documented in jit/src/arch/mod.rs \
-     (site stubs and patch words, forwarding and constant-return bodies, HookArgs, the \
-     assembler type, trap fill, icache flush and the core-serialization policy), selected here \
-     with #[cfg(target_arch = ...)]."
+    "tramway-jit emits machine code for x86-64 only. A port is one new module, \
+     jit/src/arch/<arch>.rs (or <arch>/mod.rs), that implements the contract documented in \
+     jit/src/arch/mod.rs (site stubs and patch words, forwarding, call-through and \
+     constant-return bodies, HookArgs, ReturnValues and the tick counter, the assembler type, \
+     trap fill, icache flush and the core-serialization policy), selected here with \
+     #[cfg(target_arch = ...)]."
 );
 
 pub(crate) use self::imp::{
     emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache, forwarding_len,
-    site_patch_word, site_stub_image, site_stub_layout, sync_core_policy, CONSTANT_RETURN_LEN,
-    MAX_CODE_SPAN,
+    init_tick_clock, site_patch_word, site_stub_image, site_stub_layout, sync_core_policy,
+    ticks_to_ns, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
 };
-pub use self::imp::{Assembler, HookArgs};
+pub use self::imp::{Assembler, HookArgs, ReturnValues};
 
 /// How the code-memory backend lets a site's patch word be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,11 +130,28 @@ impl SyncCorePolicy {
 pub(crate) struct ForwardingBody {
     /// Address of the `AtomicU64` call counter (heap memory, never code), if calls are counted.
     pub(crate) counter: Option<u64>,
-    /// `(function, first argument)` of the hook call, if any: the function is called as
-    /// `extern "C" fn(user, *const HookArgs)`.
+    /// `(function, first argument)` of the (entry) hook call, if any: the function is called
+    /// as `extern "C" fn(user, *const HookArgs)`.
     pub(crate) hook: Option<(u64, u64)>,
-    /// The tail-jump target.
+    /// Call the target instead of tail-jumping to it, with an exit hook (`None`: tail jump).
+    pub(crate) call_through: Option<CallThrough>,
+    /// The target.
     pub(crate) target: u64,
+}
+
+/// What a call-through body embeds besides a forwarding body's parts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallThrough {
+    /// `(function, first argument)` of the exit hook call: the function is called as
+    /// `extern "C" fn(user, *const HookArgs, *mut ReturnValues)`.
+    pub(crate) exit_hook: (u64, u64),
+    /// `extern "C" fn()` called before the target (`yielding_code_enter`).
+    pub(crate) enter: u64,
+    /// `extern "C" fn()` called after the target returned (`yielding_code_leave`).
+    pub(crate) leave: u64,
+    /// Bytes of stack arguments to copy for the target: a multiple of 8, bounded by the
+    /// portable side (`forwarding::MAX_STACK_ARG_BYTES`).
+    pub(crate) stack_arg_bytes: usize,
 }
 
 /// Every arch file defines the same items with the same signatures; this names each one, so
@@ -131,7 +161,9 @@ const _: () = {
     let _: fn(SiteKind, &StubLayout, u64) -> Vec<u8> = site_stub_image;
     let _: fn(SiteKind, usize, usize) -> Option<u64> = site_patch_word;
     let _: fn(&mut Assembler, &ForwardingBody, usize) = emit_forwarding;
-    let _: fn(bool, bool) -> usize = forwarding_len;
+    let _: fn(&ForwardingBody) -> usize = forwarding_len;
+    let _: fn() = init_tick_clock;
+    let _: fn(u64) -> u64 = ticks_to_ns;
     let _: fn(&mut Assembler, u64) = emit_constant_return;
     let _: usize = CONSTANT_RETURN_LEN;
     let _: fn(&mut [u8]) = fill_traps;
@@ -140,4 +172,5 @@ const _: () = {
     let _: fn(bool) -> SyncCorePolicy = sync_core_policy;
     let _: usize = MAX_CODE_SPAN;
     let _: fn(&HookArgs) -> &[u64] = |args| &args.int_args;
+    let _: fn(&ReturnValues) -> (u64, u64, u64) = |r| (r.start_ticks, r.end_ticks, r.duration_ns);
 };

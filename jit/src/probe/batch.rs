@@ -9,7 +9,6 @@ use super::{
     AttachTarget, Probe, ProbeError, ProbeHook, ProbedSite, Probes, SiteCell, SiteOps, SiteState,
 };
 use crate::lock;
-use crate::reclaim::Deferred;
 use crate::trampoline::{Retired, Trampoline};
 
 /// One queued operation.
@@ -31,10 +30,10 @@ struct Plan {
     new_impl: Option<Trampoline>,
 }
 
-/// A site's new trampoline, emitted and not yet published.
+/// A site's new trampoline (the implementation, or a fresh probe trampoline that owns its
+/// snapshot), emitted and not yet published.
 struct Prepared {
     target: Trampoline,
-    snapshot: Option<Box<Snapshot>>,
 }
 
 impl<'a> Batch<'a> {
@@ -124,15 +123,13 @@ impl<'a> Batch<'a> {
             prepared.push(if plan.probes.is_empty() {
                 Prepared {
                     target: implementation.clone(),
-                    snapshot: None,
                 }
             } else {
                 let snapshot = Snapshot::new(cell.id, &plan.probes);
-                // On error the trampolines emitted so far drop unpublished (freed at once).
-                let target = dispatch::emit(&mgr.core, implementation, &snapshot)?;
+                // On error the trampolines emitted so far drop unpublished (freed at once,
+                // with their snapshots).
                 Prepared {
-                    target,
-                    snapshot: Some(snapshot),
+                    target: dispatch::emit(&mgr.core, implementation, snapshot)?,
                 }
             });
         }
@@ -150,7 +147,6 @@ impl<'a> Batch<'a> {
         // Phase 2: publish. A swap cannot fail here: every target belongs to this `Jit`, is not
         // retired (freshly emitted, or pinned) and is in range (the reservation is <= 2 GiB).
         let mut retired: Vec<Retired> = Vec::with_capacity(groups.len());
-        let mut snapshots: Vec<Box<Snapshot>> = Vec::new();
         let mut old_impls: Vec<Trampoline> = Vec::new();
         let mut first_error = None;
         let (mut attached, mut detached) = (0u64, 0u64);
@@ -171,9 +167,6 @@ impl<'a> Batch<'a> {
                 }
             }
             mgr.swaps.fetch_add(1, Ordering::Relaxed);
-            if let Some(old) = std::mem::replace(&mut st.snapshot, prep.snapshot) {
-                snapshots.push(old);
-            }
             let (old_n, new_n) = (st.probes.len() as u64, plan.probes.len() as u64);
             attached += new_n.saturating_sub(old_n);
             detached += old_n.saturating_sub(new_n);
@@ -191,15 +184,15 @@ impl<'a> Batch<'a> {
 
         // Phase 3: retire everything as one callback (one grace period). It is queued after
         // every swap above, so it runs after a grace period that started once no new call
-        // could enter the old trampolines.
-        let snapshots: Option<Deferred> =
-            (!snapshots.is_empty()).then(|| Box::new(move || drop(snapshots)) as Deferred);
+        // could enter the old trampolines; it carries their code ranges, so it is also held
+        // back while a task parked inside an implementation is inside one of them (a
+        // call-through trampoline). The old snapshots are freed with their trampolines.
         mgr.core.retirement.retire_together(
             || {
                 drop(retired);
                 drop(old_impls);
             },
-            snapshots,
+            None,
         );
         // Like `Site::swap`, but once per batch and with no lock held: a barrier while holding
         // site locks could block a worker (on the lock) that the grace period waits for.

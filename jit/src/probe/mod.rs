@@ -1,4 +1,5 @@
-//! Probes: attach and detach many entry hooks at once, with one grace period per batch.
+//! Probes: attach and detach many entry and exit hooks at once, with one grace period per
+//! batch.
 //!
 //! # Layering
 //! A [`Probes`] manager (one per [`Jit`], any number of them) owns the sites it creates:
@@ -6,14 +7,18 @@
 //! - the **implementation** trampoline, chosen by the user ([`Probes::site`],
 //!   [`ProbedSite::swap_impl`]);
 //! - the **probe trampoline**, present while at least one probe is attached: a forwarding
-//!   trampoline whose single [`Hook`](crate::Hook) is this module's dispatcher and whose target
-//!   is the implementation (`Target::Trampoline(impl)`). With no probe attached the site points
-//!   at the implementation directly, so an unprobed site costs nothing extra.
+//!   trampoline whose target is the implementation (`Target::Trampoline(impl)`) and whose
+//!   hooks are this module's dispatchers: an entry [`Hook`](crate::Hook) if some probe has an
+//!   entry part, and an [`ExitHook`](crate::ExitHook) if some probe has an exit part. Without
+//!   an exit part it tail-jumps to the implementation (the cheap path); with one it is a
+//!   **call-through** trampoline (see *Exit hooks* below). With no probe attached the site
+//!   points at the implementation directly, so an unprobed site costs nothing extra.
 //!
 //! Every change of a site's probe set or implementation emits a fresh probe trampoline and swaps
-//! the site to it: a probe trampoline is immutable, and so is the dispatcher's `user` pointer, a
-//! per-trampoline **snapshot** of the `(probe id, hook)` pairs. A `ProbedSite` does not expose its
-//! inner [`Site`](crate::Site), so the layering cannot be bypassed: `swap_impl` replaces the
+//! the site to it: a probe trampoline is immutable, and so is the dispatchers' `user` pointer, a
+//! per-trampoline **snapshot** of the `(probe id, hook)` pairs, which the trampoline owns and
+//! which is freed with its code. A `ProbedSite` does not expose its inner
+//! [`Site`](crate::Site), so the layering cannot be bypassed: `swap_impl` replaces the
 //! implementation and keeps the probes; attaching and detaching keep the implementation.
 //!
 //! The manager *pins* the implementation: it counts as one installation (the same count a site
@@ -31,37 +36,51 @@
 //! 3. unlock, then retire everything replaced: the frees of the old probe trampolines (deferred
 //!    when their [`Retired`] handles drop) are collected by the retirement's collection scope
 //!    (`reclaim/collect.rs`, through `Retirement::retire_together`) and queued through the
-//!    `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, which also drops their
-//!    snapshots. A whole batch is thus reclaimed after one grace period instead of one per
-//!    probe, however loaded the machine is.
+//!    `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, with their code ranges, which
+//!    also drops their snapshots. A whole batch is thus reclaimed after one grace period
+//!    instead of one per probe, however loaded the machine is.
 //!
-//! A snapshot is dropped by a callback queued *after* the swap that unpublished its trampoline,
-//! so it outlives every call that could still be inside that trampoline.
+//! A snapshot is dropped with its trampoline's code, by a callback queued *after* the swap that
+//! unpublished the trampoline, so it outlives every call that could still be inside that
+//! trampoline, including calls parked inside the implementation (below).
 //!
 //! # Hooks
-//! A [`ProbeHook`] is a Rust closure (`Fn(&HookArgs) + Send + Sync`) or, through the `unsafe`
-//! [`ProbeHook::from_raw`], an `extern "C"` function with a user pointer. Hooks run on the
-//! caller's stack while it is inside a trampoline, so they must not yield: the dispatcher is
-//! called, like every forwarding hook, inside [`tramway_runtime::non_yielding`]
-//! (`forwarding.rs`), where a yield point panics in debug builds
-//! (by default) with a clear message. A panic must not unwind through JIT code (the caller's
-//! frames above the trampoline do not expect it), so the dispatcher catches it, prints which
-//! probe and site panicked and why, and **aborts the process**. Continuing instead would hide a
-//! hook that may have left its own state half-updated; aborting is the conservative choice.
+//! A [`ProbeHook`] has an entry part, an exit part, or both: Rust closures
+//! (`Fn(&HookArgs)`, [`ProbeHook::new`]; `Fn(&HookArgs, &ReturnValues)`,
+//! [`ProbeHook::on_exit`] and [`ProbeHook::with_exit`]) or, through the `unsafe`
+//! [`ProbeHook::from_raw`] and [`ProbeHook::from_raw_exit`], `extern "C"` functions with a user
+//! pointer. Entry parts run in attach order before the implementation, exit parts in attach
+//! order after it returned. Hooks run on the caller's stack while it is inside a trampoline,
+//! so they must not yield: the dispatchers are called, like every forwarding hook, inside
+//! [`tramway_runtime::non_yielding`] (`forwarding.rs`), where a yield point panics in debug
+//! builds (by default) with a clear message. A panic must not unwind through JIT code (the
+//! caller's frames above the trampoline do not expect it), so the dispatcher catches it,
+//! prints which probe and site panicked and why, and **aborts the process**. Continuing
+//! instead would hide a hook that may have left its own state half-updated; aborting is the
+//! conservative choice.
 //!
 //! After [`Probes::detach`] returns, calls that *enter* the site no longer run the hook, but
 //! calls already inside the old probe trampoline may still be running it until a grace period
 //! has passed (e.g. after [`Jit::barrier`]). A closure hook's captured state is dropped only
 //! after that grace period (with the last snapshot that references it).
 //!
-//! # Not supported: exit hooks
-//! An exit (return) hook needs the trampoline to `call` the implementation instead of
-//! tail-jumping to it, so the trampoline's own address stays on the caller's stack for the whole
-//! call. Implementations may yield (they are ordinary functions of green threads), and a yield
-//! is a quiescent state: a grace period could end and unmap the trampoline while a task is
-//! parked with a return address pointing into it. Doing it safely needs a return-address shadow
-//! stack (as ftrace's `ret_stack` and kretprobes have) or a read-side-marked grace-period flavor;
-//! neither exists yet, so only entry hooks are offered.
+//! # Exit hooks
+//! While some attached probe has an exit part, the probe trampoline *calls* the
+//! implementation, so its return address stays on the caller's stack for the whole call. The
+//! implementation is an ordinary function and may park (sleep, wait on an `Event`), which is a
+//! quiescent state; a task parked there is still *inside* the probe trampoline, and will run
+//! the exit dispatcher, with the snapshot, when it returns. The call-through trampoline raises
+//! the task's yielding-code depth around the call, so the park scans the task's stack and the
+//! runtime holds back the free of every code range the stack points into; the old probe
+//! trampoline, and the snapshot it owns with the probes' closures, is therefore freed only
+//! after the task has returned out of it, however long it parks and whatever was detached
+//! meanwhile. The mechanism, why it is preferred to BPF's in-flight count, and its costs
+//! (a real call, no tail calls through the site, declared stack arguments:
+//! [`ProbeHook::stack_arg_bytes`]) are in the module docs of `forwarding.rs`. Typed sites
+//! decode their result type for exit probes: [`TypedProbedSite::exit_hook`].
+//!
+//! [`ReturnValues`]: crate::ReturnValues
+//! [`HookArgs`]: crate::HookArgs
 
 mod batch;
 mod dispatch;
@@ -72,10 +91,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use self::batch::Batch;
 pub use self::dispatch::ProbeHook;
-pub use self::typed::{AttachTarget, ProbedSiteRef, TypedProbedSite};
+pub use self::typed::{AttachTarget, FromReturn, ProbedSiteRef, TypedProbedSite};
 
 use self::batch::Op;
-use self::dispatch::{Entry, Snapshot};
+use self::dispatch::Entry;
 
 use crate::error::JitError;
 use crate::jit::Jit;
@@ -207,10 +226,9 @@ pub(crate) struct SiteCell {
 pub(crate) struct SiteState {
     /// The pinned implementation (one installation is ours; see the module docs).
     pub(crate) implementation: Trampoline,
-    /// Attached probes in attach order (the order hooks run in).
+    /// Attached probes in attach order (the order hooks run in). The current probe
+    /// trampoline owns its own copy (its snapshot).
     pub(crate) probes: Vec<Entry>,
-    /// The snapshot the current probe trampoline's dispatcher reads (`Some` iff probes exist).
-    pub(crate) snapshot: Option<Box<Snapshot>>,
 }
 
 impl Probes {
@@ -250,7 +268,6 @@ impl Probes {
                 state: Mutex::new(SiteState {
                     implementation: implementation.clone(),
                     probes: Vec::new(),
-                    snapshot: None,
                 }),
             }),
         })
@@ -385,13 +402,8 @@ impl Drop for SiteCell {
         // Release our pin; `site` (dropped after this) releases its own installation of the
         // current trampoline (the implementation or the probe trampoline targeting it).
         st.implementation.uninstall();
-        if let Some(snapshot) = st.snapshot.take() {
-            // Calls may still be inside the probe trampoline: the snapshot outlives them.
-            self.mgr
-                .core
-                .retirement
-                .defer_uncounted(Box::new(move || drop(snapshot)));
-        }
+        // The probe trampoline, if any, owns its snapshot: it is freed with the trampoline,
+        // after calls still inside it (parked ones included) have left.
         let m = &self.mgr;
         m.attached
             .fetch_sub(st.probes.len() as u64, Ordering::Relaxed);

@@ -7,19 +7,90 @@
 //! probed site alive (the site, its implementation, its probe set and the snapshot the current
 //! probe trampoline reads), so dropping the `TypedProbedSite` while handles exist changes
 //! nothing for callers.
+//!
+//! Typed exit probes ([`TypedProbedSite::exit_hook`]) decode the site's result type from the
+//! return registers ([`FromReturn`]).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{ProbeError, ProbedSite, Probes, SiteCell};
+use super::{ProbeError, ProbeHook, ProbedSite, Probes, SiteCell};
 use crate::site::SiteKind;
 use crate::typed::{AbiFn, SiteFn, TypedTrampoline};
+use crate::{HookArgs, ReturnValues};
 
 mod sealed {
     /// Keeps [`AttachTarget`](super::AttachTarget) implemented by this crate's types only.
     pub trait Sealed {}
     impl Sealed for super::ProbedSite {}
     impl<F: super::AbiFn> Sealed for super::TypedProbedSite<F> {}
+
+    /// Keeps [`FromReturn`](super::FromReturn) implemented by this crate's types only.
+    pub trait SealedReturn {}
+}
+
+/// A result type a typed exit probe decodes from the [`ReturnValues`] of a call: `()` and
+/// every scalar [`AbiValue`](crate::AbiValue) this crate implements (integers, `bool`, `f32`,
+/// `f64`, raw pointers). Sealed.
+pub trait FromReturn: sealed::SealedReturn + Sized {
+    /// The value the call returned, as the platform's C calling convention returns it.
+    fn from_return(ret: &ReturnValues) -> Self;
+}
+
+macro_rules! from_int_return {
+    ($($t:ty),*) => {$(
+        impl sealed::SealedReturn for $t {}
+        impl FromReturn for $t {
+            /// The first integer return register, truncated to the type (the C calling
+            /// convention leaves the upper bits of narrow results unspecified).
+            fn from_return(ret: &ReturnValues) -> Self {
+                ret.int_rets[0] as $t
+            }
+        }
+    )*};
+}
+from_int_return!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+
+impl sealed::SealedReturn for () {}
+impl FromReturn for () {
+    fn from_return(_: &ReturnValues) -> Self {}
+}
+
+impl sealed::SealedReturn for bool {}
+impl FromReturn for bool {
+    /// The low byte of the first integer return register (0 or 1 by the C ABI).
+    fn from_return(ret: &ReturnValues) -> Self {
+        ret.int_rets[0] as u8 != 0
+    }
+}
+
+impl sealed::SealedReturn for f32 {}
+impl FromReturn for f32 {
+    fn from_return(ret: &ReturnValues) -> Self {
+        f32::from_bits(ret.vec_rets[0][0] as u32)
+    }
+}
+
+impl sealed::SealedReturn for f64 {}
+impl FromReturn for f64 {
+    fn from_return(ret: &ReturnValues) -> Self {
+        f64::from_bits(ret.vec_rets[0][0])
+    }
+}
+
+impl<T: 'static> sealed::SealedReturn for *const T {}
+impl<T: 'static> FromReturn for *const T {
+    fn from_return(ret: &ReturnValues) -> Self {
+        ret.int_rets[0] as usize as *const T
+    }
+}
+
+impl<T: 'static> sealed::SealedReturn for *mut T {}
+impl<T: 'static> FromReturn for *mut T {
+    fn from_return(ret: &ReturnValues) -> Self {
+        ret.int_rets[0] as usize as *mut T
+    }
 }
 
 /// A site [`Probes::attach`] accepts: a [`ProbedSite`] or a [`TypedProbedSite`].
@@ -78,6 +149,37 @@ impl<F: AbiFn> TypedProbedSite<F> {
         // reaches implements `F`; the cell keeps the site, its implementation, its probe
         // trampoline and its snapshot mapped while the handle lives.
         unsafe { SiteFn::new(core, entry, cell) }
+    }
+
+    /// An exit hook for this site's signature (it is not attached: pass it to
+    /// [`Probes::attach`]): `f` receives the call's integer arguments, its result decoded as
+    /// `F`'s result type, and its duration (see [`ProbeHook::on_exit`]). Typed signatures pass
+    /// no stack arguments, so nothing needs declaring.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::{Arc, Mutex};
+    /// use tramway_jit::{Jit, Probes, SiteKind};
+    ///
+    /// extern "C" fn half(x: f64) -> f64 { x / 2.0 }
+    /// let jit = Jit::new()?;
+    /// let probes = Probes::new(&jit);
+    /// let site = probes.typed_site(SiteKind::Indirect, &jit.forward(half as extern "C" fn(f64) -> f64)?)?;
+    /// let seen = Arc::new(Mutex::new(None));
+    /// let s = seen.clone();
+    /// probes.attach(&site, site.exit_hook(move |_, r: f64, _| *s.lock().unwrap() = Some(r)))?;
+    /// assert_eq!(site.handle().call((3.0,))?, 1.5);
+    /// assert_eq!(*seen.lock().unwrap(), Some(1.5));
+    /// # Ok(()) }
+    /// ```
+    pub fn exit_hook(
+        &self,
+        f: impl Fn(&HookArgs, F::Output, Duration) + Send + Sync + 'static,
+    ) -> ProbeHook
+    where
+        F::Output: FromReturn,
+    {
+        ProbeHook::on_exit(move |args, ret| f(args, F::Output::from_return(ret), ret.duration()))
     }
 
     /// Replaces the implementation, keeping the probes (see [`ProbedSite::swap_impl`]).

@@ -1,7 +1,10 @@
 //! x86-64 (System V): every encoding the crate emits, and why it is safe to patch.
 //!
 //! Implements the contract of `arch/mod.rs`. Nothing here decides where bytes go or when they
-//! are published; `code_memory` and `site.rs` do.
+//! are published; `code_memory` and `site.rs` do. This file holds the site stubs, the patch
+//! words, traps and the register blocks hooks see ([`HookArgs`], [`ReturnValues`]);
+//! `bodies.rs` the trampoline bodies (forwarding, call-through, constant return) and
+//! `clock.rs` the timestamp counter exit hooks time calls with.
 //!
 //! # Site stubs
 //! ```text
@@ -30,9 +33,17 @@
 //! [`sync_core_policy`] with `sync_core` opted in provides (HotSpot hit an erratum with this
 //! kind of patching, JDK-8223613; indirect sites avoid the question).
 
-use dynasmrt::{dynasm, DynasmApi};
+mod bodies;
+mod clock;
 
-use super::{ForwardingBody, StubLayout, StubMemory, SyncCorePolicy};
+pub(crate) use self::bodies::{
+    emit_constant_return, emit_forwarding, forwarding_len, CONSTANT_RETURN_LEN,
+};
+pub(crate) use self::clock::{init_tick_clock, ticks_to_ns};
+
+use std::time::Duration;
+
+use super::{StubLayout, StubMemory, SyncCorePolicy};
 use crate::site::SiteKind;
 
 /// The assembler type handed to emit closures: a dynasm `VecAssembler` for x86-64, created at
@@ -41,7 +52,8 @@ pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
 
 /// The integer argument registers of the C calling convention, as a forwarding hook sees them.
 ///
-/// On x86-64 (System V) these are `rdi, rsi, rdx, rcx, r8, r9`, in that order.
+/// On x86-64 (System V) these are `rdi, rsi, rdx, rcx, r8, r9`, in that order. An exit hook
+/// sees the values they had when the call entered the trampoline.
 ///
 /// What a forwarding trampoline preserves and clobbers (x86-64): every argument register (the
 /// six above, `xmm0-7` and `al`, the vector-register count of a varargs call) and all stack
@@ -50,11 +62,72 @@ pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
 /// is clobbered (caller-saved, not an argument register). With a hook, also whatever a C-ABI
 /// call may clobber besides the saved registers: `r10` (the static-chain register, so targets
 /// that take a static chain need a hook-less trampoline), `xmm8-15` and upper vector halves.
+///
+/// A **call-through** trampoline (one with an exit hook, see [`ReturnValues`]) clobbers the
+/// same as a hooked one on the way in, passes only the declared number of stack-argument
+/// bytes (`ForwardingSpec::stack_arg_bytes`; the rest of the target's stack-argument area is
+/// the trampoline's frame), and on the way out preserves `rax`, `rdx`, `xmm0` and `xmm1`
+/// (every System V return register but the x87 ones: `long double` results are not
+/// supported, and `__m256` results lose their upper halves) and every callee-saved register.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookArgs {
     /// `rdi, rsi, rdx, rcx, r8, r9` at the call, in that order.
     pub int_args: [u64; 6],
+}
+
+/// What an exit hook sees of a call that returned: its return registers and its duration.
+///
+/// On x86-64 (System V) an integer or pointer result is in `rax` (`int_rets[0]`), a 128-bit
+/// or two-word struct result in `rax:rdx`, a `float`/`double` result in the low lane of
+/// `xmm0` (`vec_rets[0][0]`), a two-float struct in `xmm0` and `xmm1`. A result wider than
+/// 16 bytes is returned in memory: `rax` then holds the address of the caller's buffer.
+///
+/// The call-through trampoline reads the timestamp counter (`rdtsc`) just before it calls the
+/// target and just after the target returned, so [`duration_ns`](Self::duration_ns) covers the
+/// target alone (not the entry hooks), including the time a task spent parked inside it. The
+/// counter is converted to nanoseconds with a frequency calibrated once against the monotonic
+/// clock (`std::time::Instant`) when the first call-through trampoline is emitted. On CPUs
+/// with an invariant, synchronized TSC (`constant_tsc` and `nonstop_tsc` in
+/// `/proc/cpuinfo`), as on every x86-64 CPU of the last decade, a call that parks on one
+/// worker and resumes on another is timed correctly; elsewhere the duration is approximate
+/// (and 0 if the counter appears to run backwards).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReturnValues {
+    /// `rax, rdx` after the call, in that order.
+    pub int_rets: [u64; 2],
+    /// `xmm0, xmm1` after the call, each as its low and high 64-bit lane.
+    pub vec_rets: [[u64; 2]; 2],
+    /// Timestamp-counter value just before the call.
+    pub start_ticks: u64,
+    /// Timestamp-counter value just after the call returned.
+    pub end_ticks: u64,
+    /// `end_ticks - start_ticks` in nanoseconds (filled in before the exit hook runs).
+    pub duration_ns: u64,
+}
+
+impl ReturnValues {
+    /// The `i`-th integer return register (`rax`, `rdx`), or `None` past the last one.
+    pub fn int(&self, i: usize) -> Option<u64> {
+        self.int_rets.get(i).copied()
+    }
+
+    /// The `i`-th floating-point return register's low lane (`xmm0`, `xmm1`) as an `f64`.
+    pub fn f64(&self, i: usize) -> Option<f64> {
+        self.vec_rets.get(i).map(|v| f64::from_bits(v[0]))
+    }
+
+    /// The `i`-th floating-point return register's low lane (`xmm0`, `xmm1`) as an `f32`.
+    pub fn f32(&self, i: usize) -> Option<f32> {
+        self.vec_rets.get(i).map(|v| f32::from_bits(v[0] as u32))
+    }
+
+    /// The duration of the call ([`duration_ns`](Self::duration_ns)).
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.duration_ns)
+    }
 }
 
 /// A reservation of at most 2 GiB keeps every target within `rel32` reach of every direct site.
@@ -167,159 +240,21 @@ pub(crate) fn sync_core_policy(opted_in: bool) -> SyncCorePolicy {
     }
 }
 
-/// `mov rax, imm64; ret`.
-pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
-    dynasm!(ops
-        ; .arch x64
-        ; mov rax, QWORD value as i64
-        ; ret
-    );
-}
-
-/// Length of [`emit_constant_return`]'s body: `mov rax, imm64` (10) + `ret` (1).
-pub(crate) const CONSTANT_RETURN_LEN: usize = 11;
-
-/// Length of the tail jump: `jmp rel32` (5) padded with 8 `int3`, or `mov r11, imm64` (10) +
-/// `jmp r11` (3); the same either way, so a body's length never depends on its address.
-const TAIL_JUMP_LEN: usize = 13;
-
-/// Length of the counting prologue: `mov r11, imm64` (10) + `lock inc qword [r11]` (4).
-const COUNT_LEN: usize = 14;
-
-/// Length of a forwarding body with (`counted`) a call counter and (`hooked`) a hook call.
-pub(crate) fn forwarding_len(counted: bool, hooked: bool) -> usize {
-    /// The hook call's length, measured once by assembling it (it depends on no address).
-    static HOOK_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let hook = *HOOK_LEN.get_or_init(|| {
-        let mut ops = Assembler::new(0);
-        emit_hook_call(&mut ops, 0, 0);
-        ops.offset().0
-    });
-    TAIL_JUMP_LEN + if counted { COUNT_LEN } else { 0 } + if hooked { hook } else { 0 }
-}
-
-/// The forwarding trampoline body, emitted to run at address `at`.
-///
-/// ```text
-/// [counted:] mov r11, counter ; lock inc qword [r11]   ; the counter lives in heap memory
-/// [hook:]    push rax, r9, r8, rcx, rdx, rsi, rdi      ; rsp was 8 mod 16 at entry, now 0 mod 16
-///            sub rsp, 128 ; movdqu [rsp+16*i], xmm_i   ; xmm0-7 (float args)
-///            mov rdi, user ; lea rsi, [rsp+128]        ; HookArgs = saved rdi, rsi, rdx, rcx, r8, r9
-///            mov rax, hook ; call rax                  ; rsp is 16-byte aligned at the call
-///            restore xmm0-7, rdi..r9, rax              ; al = vector-register count of a varargs call
-/// jmp rel32 target ; int3 x8                           ; tail jump within +-2 GiB, else:
-/// mov r11, target ; jmp r11                            ;   the caller's frame is untouched
-/// ```
-///
-/// The trampoline itself clobbers only r11 (caller-saved, not an argument register), so every
-/// C-ABI argument register reaches the target unchanged, whatever the signature; stack arguments
-/// are untouched. A hook, being a C-ABI call, may also clobber r10 and the non-argument vector
-/// state (xmm8-15, upper halves), which no System V argument lives in. Without a counter or a
-/// hook the body is just the tail jump: from JIT code in the same reservation, one extra
-/// direct jump over a bare site.
-pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody, at: usize) {
-    if let Some(counter) = body.counter {
-        dynasm!(ops
-            ; .arch x64
-            ; mov r11, QWORD counter as i64
-            ; lock inc QWORD [r11]
-        );
-    }
-    if let Some((func, user)) = body.hook {
-        emit_hook_call(ops, func, user);
-    }
-    let jmp_at = at as i64 + ops.offset().0 as i64;
-    match i32::try_from((body.target as i64).wrapping_sub(jmp_at + 5)) {
-        Ok(rel) => {
-            let r = rel.to_le_bytes();
-            ops.extend([0xE9, r[0], r[1], r[2], r[3]]);
-            ops.extend([INT3; TAIL_JUMP_LEN - 5]);
-        }
-        Err(_) => dynasm!(ops
-            ; .arch x64
-            ; mov r11, QWORD body.target as i64
-            ; jmp r11
-        ),
-    }
-}
-
-/// Saves the argument registers, calls `func(user, &saved)`, restores them.
-fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
-    dynasm!(ops
-        ; .arch x64
-        ; push rax
-        ; push r9
-        ; push r8
-        ; push rcx
-        ; push rdx
-        ; push rsi
-        ; push rdi
-        ; sub rsp, 128
-        ; movdqu [rsp], xmm0
-        ; movdqu [rsp + 16], xmm1
-        ; movdqu [rsp + 32], xmm2
-        ; movdqu [rsp + 48], xmm3
-        ; movdqu [rsp + 64], xmm4
-        ; movdqu [rsp + 80], xmm5
-        ; movdqu [rsp + 96], xmm6
-        ; movdqu [rsp + 112], xmm7
-        ; mov rdi, QWORD user as i64
-        ; lea rsi, [rsp + 128]
-        ; mov rax, QWORD func as i64
-        ; call rax
-        ; movdqu xmm0, [rsp]
-        ; movdqu xmm1, [rsp + 16]
-        ; movdqu xmm2, [rsp + 32]
-        ; movdqu xmm3, [rsp + 48]
-        ; movdqu xmm4, [rsp + 64]
-        ; movdqu xmm5, [rsp + 80]
-        ; movdqu xmm6, [rsp + 96]
-        ; movdqu xmm7, [rsp + 112]
-        ; add rsp, 128
-        ; pop rdi
-        ; pop rsi
-        ; pop rdx
-        ; pop rcx
-        ; pop r8
-        ; pop r9
-        ; pop rax
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn body_lengths_do_not_depend_on_the_address() {
-        for (counted, hooked) in [(false, false), (true, false), (false, true), (true, true)] {
-            for (at, target) in [(0x1000usize, 0x2000u64), (0x1000, 1 << 40)] {
-                let body = ForwardingBody {
-                    counter: counted.then_some(0x5000),
-                    hook: hooked.then_some((0x6000, 0x7000)),
-                    target,
-                };
-                let mut ops = Assembler::new(at);
-                emit_forwarding(&mut ops, &body, at);
-                assert_eq!(ops.offset().0, forwarding_len(counted, hooked));
-            }
-        }
-        let mut ops = Assembler::new(0);
-        emit_constant_return(&mut ops, u64::MAX);
-        assert_eq!(ops.offset().0, CONSTANT_RETURN_LEN);
-    }
-
-    #[test]
-    fn a_near_tail_jump_is_rel32() {
-        let body = ForwardingBody {
-            counter: None,
-            hook: None,
-            target: 0x1000 + 0x40,
+    fn return_value_accessors_read_the_right_lanes() {
+        let r = ReturnValues {
+            int_rets: [7, 8],
+            vec_rets: [[1.5f64.to_bits(), 0], [u64::from(2.5f32.to_bits()), 0]],
+            duration_ns: 1_500,
+            ..ReturnValues::default()
         };
-        let mut ops = Assembler::new(0x1000);
-        emit_forwarding(&mut ops, &body, 0x1000);
-        let bytes = ops.finalize().unwrap();
-        assert_eq!(bytes[..5], [0xE9, 0x3B, 0, 0, 0]);
+        assert_eq!((r.int(0), r.int(1), r.int(2)), (Some(7), Some(8), None));
+        assert_eq!((r.f64(0), r.f32(1), r.f64(2)), (Some(1.5), Some(2.5), None));
+        assert_eq!(r.duration(), Duration::from_nanos(1_500));
     }
 
     #[test]
