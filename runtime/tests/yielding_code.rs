@@ -254,3 +254,40 @@ fn shutdown_leaks_a_task_parked_inside_yielding_code_instead_of_unwinding_it() {
     assert_eq!(unwound_inside.load(Ordering::SeqCst), 0);
     assert_eq!(unwound_outside.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn offline_inside_yielding_code_keeps_the_task_online() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let (inside, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (i, r) = (inside.clone(), release.clone());
+    let task = rt
+        .spawn(move || {
+            in_yielding_code(|| {
+                // A blocking call inside yielding code: JIT frames may be on this stack, which
+                // no scan has seen, so the task must not go offline.
+                tramway_runtime::offline(|| {
+                    i.store(true, Ordering::SeqCst);
+                    while !r.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+        })
+        .unwrap();
+    assert!(eventually(|| inside.load(Ordering::SeqCst)));
+    let cookie = gp.start_poll();
+    std::thread::sleep(Duration::from_millis(50));
+    let ended_while_inside = gp.poll(&cookie);
+    // Release the task before asserting, so a failure reports instead of hanging the drop.
+    release.store(true, Ordering::SeqCst);
+    task.join().unwrap();
+    assert!(
+        !ended_while_inside,
+        "a grace period ended while the task was offline inside yielding code"
+    );
+    assert!(eventually(|| gp.poll(&cookie)));
+}

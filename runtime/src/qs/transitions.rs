@@ -304,7 +304,8 @@ pub(crate) fn thread_online(thread: &ThreadReader) {
 /// **Offline guard**: the caller (a task on its worker, or an online registered thread) is
 /// quiescent until the guard drops, for the length of a blocking call that runs no JIT code.
 ///
-/// Inside a non-yielding section the caller is not quiescent and the guard does nothing. The
+/// Inside a non-yielding section, or inside yielding code (`crate::code`), the caller is not
+/// quiescent and the guard does nothing. The
 /// guard keeps no pointer to the reader it took offline: a task may migrate to another worker
 /// meanwhile (if the blocking call yields), so the drop looks up the caller's reader again and
 /// brings *that* one back online if it is offline.
@@ -323,7 +324,10 @@ enum Took {
 impl OfflineGuard {
     /// Takes the caller offline (see the type docs).
     pub(crate) fn new() -> Self {
-        if in_non_yielding() {
+        // Inside yielding code the task's stack may hold JIT frames: going offline without a
+        // stack scan would let a grace period free them under the blocked task, so it stays
+        // online (a blocking call there holds grace periods up instead).
+        if in_non_yielding() || super::reader::yielding_code_depth() > 0 {
             return OfflineGuard {
                 took: Took::Nothing,
             };

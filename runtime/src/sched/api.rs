@@ -73,8 +73,9 @@ pub fn sleep(dur: Duration) {
 /// resumes the task is brought back online).
 ///
 /// Inside a [`non_yielding`](crate::non_yielding) section (a JIT hook: the caller's return
-/// path runs through a trampoline) the caller is not quiescent, so `offline` then just runs
-/// `f`.
+/// path runs through a trampoline), and inside yielding code
+/// ([`in_yielding_code`](crate::in_yielding_code): JIT frames may be on the task's stack), the
+/// caller is not quiescent, so `offline` then just runs `f` (grace periods wait for it).
 pub fn offline<R>(f: impl FnOnce() -> R) -> R {
     let guard = OfflineGuard::new();
     if guard.took_worker_offline() {
