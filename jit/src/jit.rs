@@ -117,6 +117,15 @@ impl JitBuilder {
             .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
         let retirement = Retirement::new(reclaimer, self.max_retired_bytes, mem.stat_counters());
         let profiling = Profiling::open(&self.profiling)?;
+        let (base, len) = mem.range();
+        tracing::debug!(
+            target: "tramway::jit",
+            jit = id,
+            base,
+            reservation = len,
+            chunk_size = self.cfg.chunk_size,
+            "jit built"
+        );
         Ok(Jit {
             core: Arc::new(JitCore::new(mem, retirement, profiling)),
         })

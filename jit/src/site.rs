@@ -200,6 +200,13 @@ impl SiteInner {
         }
         let old = std::mem::replace(&mut *current, new.clone());
         old.uninstall();
+        tracing::trace!(
+            target: "tramway::jit",
+            site = self.stub.addr,
+            old = old.id(),
+            new = new.id(),
+            "site swapped"
+        );
         Ok(Retired::new(old))
     }
 }

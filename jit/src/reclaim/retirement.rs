@@ -70,12 +70,6 @@ impl Retirement {
         }
     }
 
-    /// Queues `f` behind a grace period without counting it (for memory that code may still
-    /// read but that is not code itself, such as a probe snapshot).
-    pub(crate) fn defer_uncounted(&self, f: Deferred) {
-        self.reclaimer.defer(f);
-    }
-
     /// Runs `release` (which drops handles and so defers frees) with this thread's deferred
     /// frees collected, then queues all of them, followed by `then`, as **one** reclaimer
     /// callback: one grace period for the lot (see `collect.rs` for why that is sound).
@@ -126,10 +120,18 @@ impl Retirement {
         if !self.reclaimer.barrier_waits_for_grace_period() {
             return;
         }
-        for _ in 0..MAX_THROTTLE_ROUNDS {
-            if self.stats.retired_bytes() <= self.max_retired_bytes {
+        for round in 0..MAX_THROTTLE_ROUNDS {
+            let retired = self.stats.retired_bytes();
+            if retired <= self.max_retired_bytes {
                 return;
             }
+            tracing::debug!(
+                target: "tramway::jit",
+                retired_bytes = retired,
+                max_retired_bytes = self.max_retired_bytes,
+                round,
+                "backlog throttle: waiting for reclamation"
+            );
             self.reclaimer.barrier();
         }
     }

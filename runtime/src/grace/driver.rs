@@ -244,9 +244,22 @@ impl Engine {
             }
         }
         let mut claim = Claim(self, Some(batch));
+        // A span per grace period (a disabled callsite costs one relaxed load when nobody
+        // listens); its end event carries the outcome.
+        let span = tracing::debug_span!(target: "tramway::grace", "grace_period", gp, expedited);
+        let _entered = span.enter();
+        let start = std::time::Instant::now();
         self.run_grace_period(gp, expedited);
         let mut batch = claim.1.take().unwrap_or_default();
         let held = self.hold_referenced(&mut batch);
+        tracing::debug!(
+            target: "tramway::grace",
+            gp,
+            duration_us = start.elapsed().as_micros() as u64,
+            callbacks = batch.len(),
+            held = held.0.len(),
+            "grace period ended"
+        );
         self.finish(gp, batch, held);
     }
 
@@ -257,7 +270,15 @@ impl Engine {
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
         seq.running = false;
+        let newly_held = !held.is_empty();
         seq.held.add(held, version);
+        if newly_held {
+            // An idle driver waits without a timeout while nothing is held: wake it, so that it
+            // rechecks held callbacks from now on (a GP run inline by an OS thread ends here
+            // while the driver sleeps; without this the held callbacks waited for unrelated
+            // work, up to forever).
+            self.wake_driver(&seq);
+        }
         self.release_task_waiters(&mut seq, Until::Completed, gp);
         if batch.is_empty() && seq.ready.is_empty() && !seq.draining {
             self.callbacks_done.store(gp, Ordering::Release);
@@ -358,6 +379,12 @@ impl Engine {
             list.drain(..).partition(|cb| cb.code.referenced_by(&refs));
         // Order the reference reads before the frees (as at the end of a GP).
         std::sync::atomic::fence(Ordering::SeqCst);
+        tracing::debug!(
+            target: "tramway::grace",
+            freed = free.len(),
+            still_held = held.len(),
+            "rechecked callbacks held back by parked tasks' code references"
+        );
         let mut seq = self.lock();
         seq.held.add(held, version);
         if !free.is_empty() {

@@ -121,7 +121,13 @@ impl<'a> Backoff<'a> {
             waited,
             holdouts,
         };
-        tracing::warn!(target: "tramway::grace", "{report}");
+        tracing::warn!(
+            target: "tramway::grace",
+            grace_period = report.grace_period,
+            waited_us = report.waited.as_micros() as u64,
+            holdouts = report.holdouts.len(),
+            "grace period stalled: {report}"
+        );
         if let Some(cb) = &self.engine.config.on_stall {
             // A panicking callback must not take the grace period down with it (the GP would
             // never end, and every later one would wait behind it).

@@ -46,6 +46,14 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     // this read (qs docs, "Holdouts").
     let mut holdouts = registry.holdouts();
     let preempted = holdouts.iter().filter(|(t, _)| t.was_preempted()).count();
+    if !holdouts.is_empty() {
+        tracing::trace!(
+            target: "tramway::grace",
+            holdouts = holdouts.len(),
+            preempted,
+            "waiting for holdouts (tasks switched out inside JIT code)"
+        );
+    }
     engine
         .counters
         .preempted_holdouts

@@ -1,0 +1,168 @@
+//! The structured events both crates emit, seen by a minimal subscriber: a grace period's end
+//! (with its number and duration, inside its span), a stall report (with its holdout count),
+//! a site swap (with both trampoline ids) and backlog throttling.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
+use tramway::runtime::grace::{GraceConfig, GraceDomain};
+use tramway::runtime::{non_yielding, Runtime};
+
+/// One event: its message and fields, as text.
+#[derive(Debug, Clone)]
+struct Seen {
+    target: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Fields(Vec<(String, String)>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0
+            .push((field.name().to_string(), format!("{value:?}")));
+    }
+}
+
+/// Records every event (all levels) and counts spans.
+#[derive(Default, Clone)]
+struct Recorder {
+    events: Arc<Mutex<Vec<Seen>>>,
+    spans: Arc<AtomicU64>,
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        if span.metadata().name() == "grace_period" {
+            self.spans.fetch_add(1, Ordering::Relaxed);
+        }
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        self.events.lock().unwrap().push(Seen {
+            target: event.metadata().target().to_string(),
+            fields: f.0,
+        });
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Recorder {
+    fn with_message(&self, msg: &str) -> Vec<Seen> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.field("message").is_some_and(|m| m.contains(msg)))
+            .cloned()
+            .collect()
+    }
+}
+
+#[test]
+fn grace_periods_swaps_throttling_and_stalls_are_structured_events() {
+    let rec = Recorder::default();
+    // Global: the grace-period driver and the runtime's threads emit too.
+    tracing::subscriber::set_global_default(rec.clone()).unwrap();
+
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let gp = GraceDomain::new(
+        &rt,
+        GraceConfig::default().stall_timeout(Duration::from_millis(20)),
+    )
+    .unwrap();
+    gp.synchronize();
+    let ended = rec.with_message("grace period ended");
+    assert!(!ended.is_empty(), "no grace-period event");
+    let e = &ended[0];
+    assert_eq!(e.target, "tramway::grace");
+    assert!(
+        e.field("gp").is_some() && e.field("duration_us").is_some(),
+        "{e:?}"
+    );
+    assert!(
+        rec.spans.load(Ordering::Relaxed) >= 1,
+        "no grace_period span"
+    );
+
+    // A stall: a task spins (online, inside a non-yielding section) past the stall timeout.
+    let release = Arc::new(AtomicU64::new(0));
+    let r = release.clone();
+    let spinner = rt
+        .spawn(move || {
+            non_yielding(|| {
+                while r.load(Ordering::Acquire) == 0 {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .unwrap();
+    let g = gp.clone();
+    let waiter = std::thread::spawn(move || g.synchronize());
+    while rec.with_message("grace period stalled").is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    release.store(1, Ordering::Release);
+    waiter.join().unwrap();
+    spinner.join().unwrap();
+    let stall = &rec.with_message("grace period stalled")[0];
+    assert_eq!(stall.field("holdouts"), Some("1"), "{stall:?}");
+    assert!(stall.field("waited_us").is_some());
+
+    // A swap, with both ids, and throttling (a bound every swap exceeds).
+    let jit = Jit::builder()
+        .reclaimer(Arc::new(gp.clone()))
+        .max_retired_bytes(1)
+        .build()
+        .unwrap();
+    assert!(!rec.with_message("jit built").is_empty());
+    extern "C" fn f() {}
+    let a = jit
+        .forwarding(ForwardingSpec::new(Target::Address(f as *const u8)))
+        .unwrap();
+    let b = jit
+        .forwarding(ForwardingSpec::new(Target::Address(f as *const u8)))
+        .unwrap();
+    let site = jit.site(SiteKind::Indirect, &a).unwrap();
+    let retired = site.swap(&b).unwrap();
+    let swaps = rec.with_message("site swapped");
+    let s = swaps.last().expect("a swap event");
+    assert_eq!(s.field("old"), Some(a.id().to_string().as_str()));
+    assert_eq!(s.field("new"), Some(b.id().to_string().as_str()));
+    drop((retired, a));
+    drop(
+        site.swap(
+            &jit.forwarding(ForwardingSpec::new(Target::Address(f as *const u8)))
+                .unwrap(),
+        ),
+    );
+    assert!(
+        !rec.with_message("backlog throttle").is_empty(),
+        "no throttling event"
+    );
+}
