@@ -1,5 +1,4 @@
-//! tramway: replace machine code while it runs, and free the old code only once no task can
-//! be inside it.
+#![doc = include_str!("../README.md")]
 //!
 //! # How the crates meet
 //!

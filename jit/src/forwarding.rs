@@ -2,7 +2,7 @@
 //! tail-jump to a target or, with an exit hook, **call** it and run the exit hook on the way
 //! back (a *call-through* trampoline).
 //!
-//! [`emit`] is the one way to build one, for [`Jit::forwarding`](crate::Jit::forwarding) and for
+//! `emit` is the one way to build one, for [`Jit::forwarding`](crate::Jit::forwarding) and for
 //! the probe dispatcher alike: it checks the spec (null address, foreign or retired target
 //! trampoline, stack-argument bytes), marks a target trampoline reachable and keeps it alive,
 //! places the call counter and the hook cells in heap memory the trampoline owns, and has
@@ -11,8 +11,8 @@
 //! # Every hook runs inside a non-yielding section
 //! While a hook runs, its caller is inside the trampoline: the hook returns into trampoline
 //! code. Nothing it calls may therefore report a quiescent state for that caller. The
-//! trampoline never calls a user's hook directly: it calls [`call_hook`] (entry) or
-//! [`call_exit_hook`] (exit), Rust shims in this crate, with the address of the trampoline's
+//! trampoline never calls a user's hook directly: it calls `call_hook` (entry) or
+//! `call_exit_hook` (exit), Rust shims in this crate, with the address of the trampoline's
 //! hook cell (the user's `{func, user}` pair), and the shim runs the hook inside
 //! [`tramway_runtime::non_yielding`]. There, `offline(..)`,
 //! `ThreadRegistration::quiescent()` and `offline()` do nothing, a yield point panics (in debug
@@ -26,7 +26,7 @@
 //! An exit hook must run after the target has returned, with its return registers, so the
 //! trampoline cannot tail-jump: it calls the target, and its own return address stays on the
 //! caller's stack for the whole call. The body (registers by name in `arch/`):
-//! 1. save the argument registers; run the entry hook, if any (through [`call_hook`], inside
+//! 1. save the argument registers; run the entry hook, if any (through `call_hook`, inside
 //!    `non_yielding`);
 //! 2. call [`yielding_code_enter`](tramway_runtime::code::yielding_code_enter), restore the
 //!    argument registers, and copy the declared number of stack-argument bytes
@@ -35,7 +35,7 @@
 //! 3. read the tick counter, `call` the target (a real call), read the counter again;
 //! 4. save the return registers ([`ReturnValues`]), call
 //!    [`yielding_code_leave`](tramway_runtime::code::yielding_code_leave), run the exit hook
-//!    (through [`call_exit_hook`], inside `non_yielding`) with the saved arguments, the return
+//!    (through `call_exit_hook`, inside `non_yielding`) with the saved arguments, the return
 //!    values and the call's duration, restore the return registers and return to the caller.
 //!
 //! ## Why a task may park inside the target
@@ -104,7 +104,7 @@ pub const MAX_STACK_ARG_BYTES: usize = 256;
 /// A function called by a forwarding trampoline before it jumps to (or calls) its target.
 ///
 /// The hook runs on the caller's stack and thread, with the caller's argument registers saved,
-/// inside a [`tramway_runtime::non_yielding`] section (see the module docs of `forwarding.rs`):
+/// inside a [`tramway_runtime::non_yielding`] section (see the [module docs](self)):
 /// it must not yield, block on the runtime, or unwind, because the runtime's grace periods
 /// rely on trampoline code (hooks included) never containing a yield point. `user` must stay
 /// valid until the trampoline is reclaimed.
@@ -189,7 +189,7 @@ pub struct ForwardingSpec {
     /// An optional hook called before the target.
     pub hook: Option<Hook>,
     /// An optional hook called after the target returned; with it, the trampoline calls the
-    /// target instead of tail-jumping to it (module docs).
+    /// target instead of tail-jumping to it (see the [module docs](self)).
     pub exit_hook: Option<ExitHook>,
     /// Bytes of stack arguments a call-through trampoline passes to its target (0 by default):
     /// a multiple of 8, at most [`MAX_STACK_ARG_BYTES`]. Declare what the target's signature

@@ -181,8 +181,12 @@ impl Jit {
         Jit::builder().build()
     }
 
-    /// Emits a forwarding trampoline: count the call (if the spec asks), call the hook (if any),
-    /// tail-jump to the target.
+    /// Emits a forwarding trampoline: count the call (if the spec asks), call the entry hook (if
+    /// any), then tail-jump to the target; or, with an
+    /// [`exit_hook`](ForwardingSpec::exit_hook), call the target and run the exit hook with its
+    /// return values before returning to the caller (a call-through trampoline: see the
+    /// [`forwarding`](crate::forwarding) module for its frame and why it is safe to retire while
+    /// a task is parked inside the target).
     ///
     /// Every argument of the platform's C calling convention (argument registers and stack
     /// arguments) reaches the target unchanged, so it forwards any C signature. Without a hook
@@ -192,7 +196,8 @@ impl Jit {
     /// limits that follow from them, are on [`HookArgs`](crate::HookArgs).
     ///
     /// Errors: [`JitError::NullTarget`]; for `Target::Trampoline`,
-    /// [`JitError::ForeignTrampoline`] and [`JitError::Retired`].
+    /// [`JitError::ForeignTrampoline`] and [`JitError::Retired`]; [`JitError::InvalidConfig`]
+    /// for a bad [`ForwardingSpec::stack_arg_bytes`].
     pub fn forwarding(&self, spec: ForwardingSpec) -> Result<Trampoline, JitError> {
         forwarding::emit(&self.core, spec)
     }
@@ -201,10 +206,40 @@ impl Jit {
     ///
     /// `emit` is called twice, with assemblers based at a provisional and at the final address;
     /// both passes must produce the same length ([`JitError::EmitLengthChanged`] otherwise).
+    /// The assembler is dynasm's, re-exported as [`dynasmrt`](crate::dynasmrt) (so an embedder
+    /// needs no direct dependency of its own); start every `dynasm!` block with `.arch x64`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tramway_jit::JitError> {
+    /// use tramway_jit::dynasmrt::{dynasm, DynasmApi};
+    /// use tramway_jit::{Jit, SiteKind};
+    ///
+    /// let jit = Jit::new()?;
+    /// // SAFETY: the code below implements `extern "C" fn(u64) -> u64`, does not yield and
+    /// // references no memory.
+    /// let double = unsafe {
+    ///     jit.custom(|ops| {
+    ///         dynasm!(ops
+    ///             ; .arch x64
+    ///             ; lea rax, [rdi + rdi]
+    ///             ; ret
+    ///         );
+    ///     })?
+    /// };
+    /// let site = jit.site(SiteKind::Indirect, &double)?;
+    /// // SAFETY: the site's only trampoline implements this signature, and `site` (which keeps
+    /// // it mapped) outlives the call.
+    /// let f: extern "C" fn(u64) -> u64 = unsafe { site.as_fn() };
+    /// assert_eq!(f(21), 42);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Safety
     /// The code must implement the signature its callers use and:
-    /// - never yield or block on the runtime (grace periods rely on trampolines having no yield point);
+    /// - never yield or block on the runtime (grace periods rely on trampolines having no yield
+    ///   point), unless every call of it runs inside
+    ///   [`tramway_runtime::in_yielding_code`] and the `Jit`'s reclaimer is a grace domain, whose
+    ///   grace periods then hold the code while a parked task's stack points into it;
     /// - never write to code memory, and reference only memory that outlives the trampoline's reclamation;
     /// - be position-dependent only through dynasm relocations (they are resolved at the final address).
     pub unsafe fn custom<F: Fn(&mut Assembler)>(&self, emit: F) -> Result<Trampoline, JitError> {

@@ -6,26 +6,35 @@
 //! its final address and copied in complete before anything can jump to it.
 //!
 //! - A [`Trampoline`] is a handle to emitted code: a forwarding trampoline (count, optional
-//!   [`Hook`], tail-jump to a [`Target`]), custom code ([`Jit::custom`]) or
-//!   [`Jit::constant_return`].
+//!   entry [`Hook`], then a tail-jump to a [`Target`]; or, with an [`ExitHook`], a call of the
+//!   target and the exit hook on the way back: the [`forwarding`] module), custom code
+//!   ([`Jit::custom`]) or [`Jit::constant_return`]. Lifecycle: the [`trampoline`] module.
 //! - A [`Site`] is a stable entry callers call; [`Site::swap`] re-points it with one atomic store
-//!   (the patch protocol is described in `site.rs`) and returns the old trampoline as [`Retired`].
+//!   (the patch protocol: the [`site`] module) and returns the old trampoline as [`Retired`].
+//!   [`TypedSite`] and [`SiteFn`] call it without `unsafe` (the [`typed`] module says what they
+//!   check).
 //! - Retired code is freed only through a [`Reclaim`] implementation (the runtime's grace periods;
 //!   [`LeakUntilDrop`] by default here), never while a caller may still be inside it (the
-//!   whole retire chain is drawn in `reclaim/mod.rs`).
+//!   whole retire chain is drawn in the [`reclaim`] module).
+//! - [`Probes`] attach and detach entry and exit hooks on many sites with one grace period per
+//!   batch (the [`probe`] module).
 //!
 //! Trampoline code never yields: hooks and custom code must not contain yield points, because the
 //! runtime's grace periods treat every yield point as a quiescent state. Every hook runs inside a
 //! [`tramway_runtime::non_yielding`] section, so nothing it calls reports a quiescent state.
+//! Code that does yield (a compiled body that calls into the runtime and parks) is declared with
+//! [`tramway_runtime::in_yielding_code`]; its frees carry their code range
+//! ([`Reclaim::defer_code`]), and a grace period holds any range a parked task's stack points
+//! into.
 //!
 //! # Layout
+//! Public modules hold the design explanations of the items they define (each item is also
+//! re-exported here). Private ones:
 //! - `arch/`: every byte of machine code behind one contract (`arch/mod.rs`), one file per
 //!   architecture; `os/`: every system call, one file per OS.
 //! - `code_memory/`: the allocator over two W^X backends (memfd double mapping, mprotect).
-//! - `trampoline.rs`, `forwarding.rs`, `site.rs`: handles, the forwarding kind, patch sites;
-//!   `jit_core.rs`: the state they share; `jit.rs`: the builder and facade.
-//! - `reclaim/`: every path from "unreachable" to "unmapped".
-//! - `probe/`: batched entry probes, built on the above (the core never imports it).
+//! - `jit_core.rs`: the state every handle shares; `jit.rs`: the builder and facade;
+//!   `profiling.rs`: naming code for perf (perf map, jitdump).
 //!
 //! ```
 //! # fn main() -> Result<(), tramway_jit::JitError> {
@@ -52,17 +61,17 @@
 mod arch;
 mod code_memory;
 mod error;
-mod forwarding;
+pub mod forwarding;
 mod jit;
 mod jit_core;
 mod os;
-mod probe;
+pub mod probe;
 mod profiling;
-mod reclaim;
-mod site;
+pub mod reclaim;
+pub mod site;
 mod stats;
-mod trampoline;
-mod typed;
+pub mod trampoline;
+pub mod typed;
 
 pub use crate::arch::{Assembler, HookArgs, ReturnValues};
 pub use crate::error::JitError;

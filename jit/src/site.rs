@@ -61,7 +61,7 @@ pub enum SiteKind {
     #[default]
     Indirect,
     /// A direct jump instruction, patched by rewriting the instruction (cross-modifying code;
-    /// see the module docs).
+    /// see the [module docs](self)).
     Direct,
 }
 
@@ -163,7 +163,8 @@ impl Site {
         self.inner.kind
     }
 
-    /// Points the site at `new` and retires the previous trampoline (see the module docs).
+    /// Points the site at `new` and retires the previous trampoline (see the
+    /// [module docs](self)).
     ///
     /// Errors: [`JitError::ForeignTrampoline`] if `new` belongs to another `Jit`,
     /// [`JitError::Retired`] if `new` is retired, [`JitError::TargetOutOfRange`] for a direct

@@ -2,7 +2,7 @@
 //! reference count, and the patcher frees retired code once its count is zero.
 //!
 //! # Design
-//! Callers do not go through a patch site. A shared [`RcShared::cur`] points at a
+//! Callers do not go through a patch site. A shared `RcShared::cur` points at a
 //! [`Record`] `{ code, refs }`; a call is
 //!
 //! ```text

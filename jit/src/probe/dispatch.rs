@@ -27,16 +27,17 @@ type ExitFn = dyn Fn(&HookArgs, &ReturnValues) + Send + Sync;
 ///
 /// A site whose probes have no exit part keeps the cheap path: its probe trampoline
 /// tail-jumps to the implementation. While some attached probe has an exit part the probe
-/// trampoline calls the implementation instead (a call-through trampoline, see the module
-/// docs of `probe/mod.rs`), and a task may park inside the implementation; detaching is safe
-/// meanwhile.
+/// trampoline calls the implementation instead (a call-through trampoline, see the
+/// [`probe`](crate::probe) module docs), and a task may park inside the implementation;
+/// detaching is safe meanwhile.
 ///
 /// Each part runs on the caller's stack and thread while it is inside a trampoline: it must
 /// not yield or block on the runtime (it runs inside
 /// [`non_yielding`](tramway_runtime::non_yielding), where a yield point panics in debug
 /// builds), and it must not panic: a panic aborts the process with a message naming the probe
-/// (see the module docs of `probe/mod.rs`). It must not attach, detach or swap implementations
-/// either: a commit may wait for a grace period, which would wait for the hook's own task.
+/// (see the [`probe`](crate::probe) module docs). It must not attach, detach or swap
+/// implementations either: a commit may wait for a grace period, which would wait for the
+/// hook's own task.
 #[derive(Clone)]
 pub struct ProbeHook {
     entry: Option<Arc<EntryFn>>,

@@ -18,7 +18,7 @@
 //! the site to it: a probe trampoline is immutable, and so is the dispatchers' `user` pointer, a
 //! per-trampoline **snapshot** of the `(probe id, hook)` pairs, which the trampoline owns and
 //! which is freed with its code. A `ProbedSite` does not expose its inner
-//! [`Site`](crate::Site), so the layering cannot be bypassed: `swap_impl` replaces the
+//! [`Site`], so the layering cannot be bypassed: `swap_impl` replaces the
 //! implementation and keeps the probes; attaching and detaching keep the implementation.
 //!
 //! The manager *pins* the implementation: it counts as one installation (the same count a site
@@ -34,7 +34,7 @@
 //!    changed;
 //! 2. swap every affected site;
 //! 3. unlock, then retire everything replaced: the frees of the old probe trampolines (deferred
-//!    when their [`Retired`] handles drop) are collected by the retirement's collection scope
+//!    when their [`Retired`](crate::Retired) handles drop) are collected by the retirement's collection scope
 //!    (`reclaim/collect.rs`, through `Retirement::retire_together`) and queued through the
 //!    `Jit`'s [`Reclaim`](crate::Reclaim) as **one** callback, with their code ranges, which
 //!    also drops their snapshots. A whole batch is thus reclaimed after one grace period
@@ -152,7 +152,45 @@ pub struct ProbeStats {
     pub swaps: u64,
 }
 
-/// Manages probe sets on the sites it creates; see the module docs. Cheap to clone.
+/// Manages probe sets on the sites it creates (layering, batching and exit hooks: the
+/// [module docs](self)). Cheap to clone.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use tramway_jit::{Jit, ProbeHook, Probes, SiteKind};
+///
+/// extern "C" fn square(x: u64) -> u64 { x * x }
+/// let jit = Jit::new()?;
+/// let probes = Probes::new(&jit);
+/// let square = jit.forward(square as extern "C" fn(u64) -> u64)?;
+/// let sites = (0..3)
+///     .map(|_| probes.typed_site(SiteKind::Indirect, &square))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// let calls = Arc::new(AtomicU64::new(0));
+/// // One batch: every site is swapped to a probe trampoline, and the trampolines it replaced
+/// // are retired behind one grace period.
+/// let attached = probes.batch(|b| {
+///     sites
+///         .iter()
+///         .map(|site| {
+///             let calls = calls.clone();
+///             b.attach(site, ProbeHook::new(move |args| {
+///                 calls.fetch_add(args.int_args[0], Ordering::Relaxed);
+///             }))
+///         })
+///         .collect::<Result<Vec<_>, _>>()
+/// })?;
+/// for site in &sites {
+///     assert_eq!(site.handle().call((3,))?, 9); // the implementation still runs
+/// }
+/// assert_eq!(calls.load(Ordering::Relaxed), 9); // each entry hook saw the argument 3
+/// probes.detach_all(&attached)?; // one batch again; the sites point at `square` directly
+/// sites[0].handle().call((4,))?;
+/// assert_eq!(calls.load(Ordering::Relaxed), 9);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Probes {
     pub(crate) mgr: Arc<Manager>,
@@ -224,7 +262,7 @@ pub(crate) struct SiteCell {
 }
 
 pub(crate) struct SiteState {
-    /// The pinned implementation (one installation is ours; see the module docs).
+    /// The pinned implementation (one installation is ours; see the [module docs](self)).
     pub(crate) implementation: Trampoline,
     /// Attached probes in attach order (the order hooks run in). The current probe
     /// trampoline owns its own copy (its snapshot).
@@ -299,9 +337,9 @@ impl Probes {
     }
 
     /// Runs `f` to queue attach / detach / implementation swaps on a [`Batch`], then commits
-    /// them (see the module docs) and returns `f`'s result. If `f` fails nothing is committed;
-    /// if the commit fails nothing has changed (probes `f` got from [`Batch::attach`] are then
-    /// not attached).
+    /// them (see the [module docs](self)) and returns `f`'s result. If `f` fails nothing is
+    /// committed; if the commit fails nothing has changed (probes `f` got from
+    /// [`Batch::attach`] are then not attached).
     pub fn batch<R>(
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<R, ProbeError>,

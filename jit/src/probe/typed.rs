@@ -119,7 +119,8 @@ impl<F: AbiFn> AttachTarget for TypedProbedSite<F> {
     }
 }
 
-/// A probed site whose every implementation implements `F` (see the module docs).
+/// A probed site whose every implementation implements `F` (what a typed handle checks: the
+/// [`typed`](crate::typed) module docs).
 pub struct TypedProbedSite<F: AbiFn> {
     site: ProbedSite,
     _f: PhantomData<F>,

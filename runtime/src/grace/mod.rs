@@ -95,7 +95,8 @@ use crate::primitive::Arc;
 use crate::qs::QsRegistry;
 use crate::Runtime;
 
-/// Which grace-period algorithm a [`GraceDomain`] runs; see the module docs.
+/// Which grace-period algorithm a [`GraceDomain`] runs (the algorithms, their costs and an
+/// example with each: the [module docs](self)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Flavor {
@@ -104,8 +105,9 @@ pub enum Flavor {
     Tasks,
     /// Force each worker through its scheduler once. Correct only while every switch is
     /// voluntary: a task switched out inside a non-yielding section (a hook that reached a
-    /// yield point) is not waited for, so safe typed call handles refuse to run under it
-    /// ([`GraceDomain::tracks_current_thread`] is false); kept for comparison and tests.
+    /// yield point) or preempted inside JIT code ([`crate::preempt`]) is not waited for, so
+    /// safe typed call handles refuse to run under it ([`GraceDomain::tracks_current_thread`]
+    /// is false); kept for comparison and tests.
     Rude,
 }
 

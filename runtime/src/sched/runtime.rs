@@ -1,25 +1,6 @@
 //! [`Runtime`]: the user-facing handle (spawn, block_on, shutdown, stats, thread registration).
 //!
-//! # Shutdown policy
-//!
-//! Shutdown happens on [`Runtime::shutdown`] or when the last `Runtime` handle is dropped:
-//!
-//! 1. new spawns fail with [`SpawnError::ShutDown`];
-//! 2. every worker finishes the task slice it is running (up to that task's next yield point;
-//!    a task that never yields delays shutdown) and leaves its loop;
-//! 3. the last worker out *cancels* every task that has not finished (queued, parked,
-//!    sleeping, never started): its coroutine is dropped, which unwinds its stack on that
-//!    worker thread (corosensei's forced unwind runs the destructors of everything on the
-//!    task's stack), and its join handle returns [`JoinError::Cancelled`];
-//! 4. `shutdown` joins every worker thread, so no thread outlives it.
-//!
-//! Called from inside one of this runtime's own tasks, `shutdown` only starts the sequence
-//! (a worker cannot join itself); the workers still exit on their own. A task that owns a
-//! `Runtime` clone keeps the runtime alive until it finishes or `shutdown` is called.
-//!
-//! Cancellation and panic capture need `panic = "unwind"` (the default): under
-//! `panic = "abort"` a task panic aborts the process and dropping a suspended coroutine is
-//! impossible (corosensei panics, which aborts).
+//! The shutdown policy is documented on [`Runtime`] (its `# Shutdown` section).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -93,6 +74,30 @@ impl Drop for Handle {
 
 /// A green-thread runtime: M tasks on N worker threads. Cloning is cheap (shared handle); the
 /// runtime shuts down on [`shutdown`](Self::shutdown) or when the last clone is dropped.
+///
+/// # Shutdown
+/// Shutdown happens on [`Runtime::shutdown`] or when the last `Runtime` handle is dropped:
+///
+/// 1. new spawns fail with [`SpawnError::ShutDown`];
+/// 2. every worker finishes the task slice it is running (up to that task's next yield point;
+///    a task that never yields delays shutdown) and leaves its loop;
+/// 3. the last worker out *cancels* every task that has not finished (queued, parked,
+///    sleeping, never started): its coroutine is dropped, which unwinds its stack on that
+///    worker thread (corosensei's forced unwind runs the destructors of everything on the
+///    task's stack), and its join handle returns [`JoinError::Cancelled`]. A task whose stack
+///    may hold JIT frames (preempted inside JIT code, or parked inside
+///    [`in_yielding_code`](crate::in_yielding_code)) is never unwound, since JIT frames have no
+///    unwind information: its coroutine and stack are leaked, and its join handle still
+///    returns `Cancelled`;
+/// 4. `shutdown` joins every worker thread, so no thread outlives it.
+///
+/// Called from inside one of this runtime's own tasks, `shutdown` only starts the sequence
+/// (a worker cannot join itself); the workers still exit on their own. A task that owns a
+/// `Runtime` clone keeps the runtime alive until it finishes or `shutdown` is called.
+///
+/// Cancellation and panic capture need `panic = "unwind"` (the default): under
+/// `panic = "abort"` a task panic aborts the process and dropping a suspended coroutine is
+/// impossible (corosensei panics, which aborts).
 #[derive(Clone)]
 pub struct Runtime {
     handle: Arc<Handle>,
@@ -256,7 +261,8 @@ impl Runtime {
         Ok(self.spawn(f)?.join()?)
     }
 
-    /// Shuts the runtime down (see the module docs for the policy) and joins the workers.
+    /// Shuts the runtime down (the policy: [`Runtime`]'s `# Shutdown` section) and joins the
+    /// workers.
     /// Idempotent; concurrent callers all return after the workers are joined.
     pub fn shutdown(&self) {
         shutdown(self.shared());
