@@ -41,6 +41,7 @@ use tramway::jit::{Jit, Trampoline};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{preemptible, Runtime};
 use tramway_harness::bench::histogram::Histogram;
+use tramway_harness::bench::rounds::{cell, loadavg, median};
 
 const USAGE: &str = "\
 usage: cargo bench --bench preempt -- [--quick] [--rounds N] [--round-ms MS] [spin|gp]
@@ -308,26 +309,4 @@ fn gp_scenario(opts: &Opts, f: CountDown, per_ms: u64) {
             median(&preempted[s])
         );
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// `median [min-max]` with `digits` decimals.
-fn cell(v: &[f64], digits: usize) -> String {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    format!("{:.d$} [{:.d$}-{:.d$}]", median(v), lo, hi, d = digits)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }

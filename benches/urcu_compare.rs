@@ -76,6 +76,7 @@ use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::{ForwardingSpec, Jit, Site, SiteKind, Target, Trampoline};
 use tramway::runtime::ThreadRegistration;
 use tramway::Tramway;
+use tramway_harness::bench::rounds::loadavg;
 use tramway_harness::bench::workload::emit_body;
 use tramway_harness::urcu::{self, FnSlot, RetireSlot, Urcu};
 
@@ -1188,12 +1189,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 fn cpu_model() -> String {

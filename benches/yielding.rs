@@ -38,6 +38,7 @@ use tramway::runtime::code::{
 };
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Event, Runtime};
+use tramway_harness::bench::rounds::{cell, loadavg, median};
 
 const USAGE: &str = "\
 usage: cargo bench --bench yielding -- [--quick] [--rounds N] [marks|park|gp]
@@ -322,26 +323,4 @@ fn gp(opts: &Opts) {
             );
         }
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// `median [min-max]` with `digits` decimals.
-fn cell(v: &[f64], digits: usize) -> String {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    format!("{:.d$} [{:.d$}-{:.d$}]", median(v), lo, hi, d = digits)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }

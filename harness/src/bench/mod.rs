@@ -8,8 +8,10 @@
 //!   design; its safety argument is in the module docs).
 //! * [`patcher`]: the patcher thread's per-strategy swap/retire/reclaim logic.
 //! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
+//! * [`rounds`]: medians, ranges and the load average for the interleaved-round benches.
 
 pub mod histogram;
 pub mod patcher;
 pub mod refcount;
+pub mod rounds;
 pub mod workload;
