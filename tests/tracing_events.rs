@@ -1,6 +1,6 @@
 //! The structured events both crates emit, seen by a minimal subscriber: a grace period's end
 //! (with its number and duration, inside its span), a stall report (with its holdout count),
-//! a site swap (with both trampoline ids) and backlog throttling.
+//! a site swap (with both trampoline ids), backlog throttling and probe batch commits.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-use tramway::jit::{ForwardingSpec, Jit, SiteKind, Target};
+use tramway::jit::{ForwardingSpec, Jit, ProbeHook, Probes, SiteKind, Target};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{non_yielding, Runtime};
 
@@ -165,4 +165,20 @@ fn grace_periods_swaps_throttling_and_stalls_are_structured_events() {
         !rec.with_message("backlog throttle").is_empty(),
         "no throttling event"
     );
+
+    // A probe batch commit, with what it changed.
+    let probes = Probes::new(&jit);
+    let probed = probes
+        .site(
+            SiteKind::Indirect,
+            &jit.forwarding(ForwardingSpec::new(Target::Address(f as *const u8)))
+                .unwrap(),
+        )
+        .unwrap();
+    let probe = probes.attach(&probed, ProbeHook::new(|_| {})).unwrap();
+    probes.detach(&probe).unwrap();
+    let commits = rec.with_message("probe batch committed");
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(commits[0].field("attached"), Some("1"));
+    assert_eq!(commits[1].field("detached"), Some("1"));
 }

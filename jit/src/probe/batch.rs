@@ -93,7 +93,8 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    /// Commits the queued operations (see the module docs of `probe/mod.rs`).
+    /// Commits the queued operations (the three phases: the [`probe`](crate::probe) module
+    /// docs).
     pub(crate) fn commit(self) -> Result<(), ProbeError> {
         let mgr = self.probes.mgr.clone();
         if self.ops.is_empty() {
@@ -181,6 +182,15 @@ impl<'a> Batch<'a> {
         mgr.attached.fetch_add(attached, Ordering::Relaxed);
         mgr.attached.fetch_sub(detached, Ordering::Relaxed);
         mgr.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "tramway::jit",
+            manager = mgr.id,
+            sites = retired.len(),
+            attached,
+            detached,
+            failed = first_error.is_some(),
+            "probe batch committed"
+        );
 
         // Phase 3: retire everything as one callback (one grace period). It is queued after
         // every swap above, so it runs after a grace period that started once no new call
