@@ -76,9 +76,13 @@
 //! - Only [`ForwardingSpec::stack_arg_bytes`] bytes of stack arguments reach the target; the
 //!   rest of its stack-argument area is the trampoline's frame. Register arguments are all
 //!   forwarded (the registers by name are on [`HookArgs`]).
-//! - The trampoline has no unwind information, so nothing may unwind through it: a target
-//!   that unwinds (a `C-unwind` function that panics) aborts the process. The runtime never
-//!   unwinds a task parked inside yielding code (at shutdown its stack is leaked instead).
+//! - Nothing may unwind through the trampoline: a target that unwinds (a `C-unwind` function
+//!   that panics) aborts the process. Without unwind information the unwinder finds no frame
+//!   description and the panic cannot start; with it
+//!   ([`JitBuilder::unwind_info`](crate::JitBuilder::unwind_info): backtraces then walk
+//!   through the trampoline), its personality routine refuses the unwind, with the same
+//!   result (`unwind.rs`). The runtime never unwinds a task parked inside yielding code (at
+//!   shutdown its stack is leaked instead).
 //! - On a registered OS thread, which has no stack the runtime scans, the raised depth is a
 //!   non-yielding section: grace periods wait for the whole call, parks included.
 //! - The target may park (sleep, wait, yield) but must not block inside
@@ -394,6 +398,7 @@ pub(crate) fn emit_owning(
         target,
     };
     let len = arch::forwarding_len(&body);
+    let calls_out = body.hook.is_some() || body.call_through.is_some();
     let referenced = (hook.is_some() || exit.is_some() || owned.is_some()).then(|| {
         Box::new(Referenced {
             _entry: hook,
@@ -404,10 +409,16 @@ pub(crate) fn emit_owning(
     let data = CodeData {
         calls: counter,
         referenced,
+        unwind: None,
     };
     Trampoline::emit(
         core,
-        &|ops, at| arch::emit_forwarding(ops, &body, at),
+        &|ops, at| {
+            let mut rows = arch::FrameRows::default();
+            arch::emit_forwarding(ops, &body, at, &mut rows);
+            // Only bodies that call out can be on a stack below another frame (unwind.rs).
+            calls_out.then_some(rows)
+        },
         Some(len),
         data,
         keepalive,

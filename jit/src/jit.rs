@@ -33,6 +33,7 @@ pub struct JitBuilder {
     reclaimer: Option<Arc<dyn Reclaim>>,
     max_retired_bytes: usize,
     profiling: ProfilingConfig,
+    unwind_info: bool,
 }
 
 impl JitBuilder {
@@ -50,6 +51,41 @@ impl JitBuilder {
     /// default; see [`Jit::jitdump_path`]). The first `Jit` that asks decides the directory.
     pub fn jitdump(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.profiling.jitdump_dir = Some(dir.into());
+        self
+    }
+
+    /// Registers DWARF unwind information for every trampoline that calls a hook (a forwarding
+    /// trampoline with an entry hook, a call-through trampoline, a probe trampoline), so that
+    /// a backtrace taken inside a hook, or inside the target of a call-through trampoline,
+    /// walks through the trampoline into its caller. It serves in-process unwinders built on
+    /// libgcc (`std::backtrace::Backtrace`, glibc's `backtrace(3)`), not those that read
+    /// unwind tables from files (`perf --call-graph dwarf`, gdb). Off by default.
+    ///
+    /// Each such trampoline gets an `.eh_frame` buffer (one CIE and one FDE, 80 bytes of heap,
+    /// plus libgcc's own record of it) registered with libgcc's `__register_frame` before the trampoline can be
+    /// reached, and deregistered when its code is freed, before the slot can be reused; the
+    /// number registered is [`JitStats::unwind_registered`]. Unwinding *through* a trampoline
+    /// stays impossible: its personality routine stops a panic or a forced unwind there, so
+    /// it aborts as before (the design and its ordering argument: `jit/src/unwind.rs`).
+    ///
+    /// Why off: the registrations slow the rest of the process, not just this `Jit`. Before
+    /// GCC 13, libgcc keeps registered objects in a list that every unwinder lookup walks
+    /// under one global mutex, once per frame of every panic and backtrace on every thread,
+    /// and each deregistration searches the same list. Measured with Debian 12's libgcc
+    /// (GCC 12.2) on a shared 2-vCPU guest (`cargo bench --bench unwind`, four runs, load
+    /// average 1-4): a caught panic 20 frames deep costs about 18 µs with nothing
+    /// registered, 9-15x that with 1000 registered trampolines and 120-310x with 10 000 (a
+    /// `Backtrace::force_capture()`: 16 µs, 17-27x, 240-510x). Emitting, swapping in and
+    /// retiring a hooked trampoline costs about 1.2 µs off and 2.2-3.5x that on; in a
+    /// profile, libgcc's deregistration is the largest single cost (a quarter of the samples:
+    /// each free searches the list, which holds every registration still waiting for its
+    /// grace period). GCC 13's libgcc uses a b-tree instead (logarithmic lookups and
+    /// removals), but a library cannot choose the libgcc it runs with.
+    ///
+    /// Every hook-calling trampoline also keeps a frame record (`rbp` chain) whether or not
+    /// this is on, so frame-pointer unwinders (`perf -g`) walk through it for free.
+    pub fn unwind_info(mut self, yes: bool) -> Self {
+        self.unwind_info = yes;
         self
     }
 
@@ -127,7 +163,7 @@ impl JitBuilder {
             "jit built"
         );
         Ok(Jit {
-            core: Arc::new(JitCore::new(mem, retirement, profiling)),
+            core: Arc::new(JitCore::new(mem, retirement, profiling, self.unwind_info)),
         })
     }
 }
@@ -154,6 +190,7 @@ impl Jit {
             reclaimer: None,
             max_retired_bytes: DEFAULT_MAX_RETIRED_BYTES,
             profiling: ProfilingConfig::default(),
+            unwind_info: false,
         }
     }
 
@@ -245,7 +282,10 @@ impl Jit {
     pub unsafe fn custom<F: Fn(&mut Assembler)>(&self, emit: F) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops, _| emit(ops),
+            &|ops, _| {
+                emit(ops);
+                None
+            },
             None,
             CodeData::default(),
             None,
@@ -262,14 +302,26 @@ impl Jit {
         &self,
         emit: F,
     ) -> Result<Trampoline, JitError> {
-        Trampoline::emit(&self.core, &emit, None, CodeData::default(), None)
+        Trampoline::emit(
+            &self.core,
+            &|ops, at| {
+                emit(ops, at);
+                None
+            },
+            None,
+            CodeData::default(),
+            None,
+        )
     }
 
     /// Emits a function `extern "C" fn(..) -> u64` that returns `value`.
     pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops, _| arch::emit_constant_return(ops, value),
+            &|ops, _| {
+                arch::emit_constant_return(ops, value);
+                None
+            },
             Some(arch::CONSTANT_RETURN_LEN),
             CodeData::default(),
             None,

@@ -1,4 +1,5 @@
-//! The state shared by a `Jit` and every handle it gave out: code memory and retirement.
+//! The state shared by a `Jit` and every handle it gave out: code memory, retirement and the
+//! settings emission reads (profiling, unwind information).
 //!
 //! Every [`Trampoline`](crate::Trampoline), [`Site`](crate::Site) and probe manager holds an
 //! `Arc<JitCore>`, so the memory its code lives in and the reclaimer that will free it outlive
@@ -20,14 +21,22 @@ pub(crate) struct JitCore {
     pub(crate) retirement: Retirement,
     /// Where emitted code is named for profilers (`profiling.rs`).
     pub(crate) profiling: Profiling,
+    /// Whether hook-calling trampolines get registered unwind information (`unwind.rs`).
+    pub(crate) unwind_info: bool,
 }
 
 impl JitCore {
-    pub(crate) fn new(mem: Arc<CodeMemory>, retirement: Retirement, profiling: Profiling) -> Self {
+    pub(crate) fn new(
+        mem: Arc<CodeMemory>,
+        retirement: Retirement,
+        profiling: Profiling,
+        unwind_info: bool,
+    ) -> Self {
         JitCore {
             mem,
             retirement,
             profiling,
+            unwind_info,
         }
     }
 

@@ -34,7 +34,8 @@
 //!   architecture; `os/`: every system call, one file per OS.
 //! - `code_memory/`: the allocator over two W^X backends (memfd double mapping, mprotect).
 //! - `jit_core.rs`: the state every handle shares; `jit.rs`: the builder and facade;
-//!   `profiling.rs`: naming code for perf (perf map, jitdump).
+//!   `profiling.rs`: naming code for perf (perf map, jitdump); `unwind.rs`: DWARF unwind
+//!   information for hook-calling trampolines, so backtraces walk through them (opt-in).
 //!
 //! ```
 //! # fn main() -> Result<(), tramway_jit::JitError> {
@@ -72,6 +73,7 @@ pub mod site;
 mod stats;
 pub mod trampoline;
 pub mod typed;
+mod unwind;
 
 pub use crate::arch::{Assembler, HookArgs, ReturnValues};
 pub use crate::error::JitError;

@@ -8,8 +8,8 @@
 //! the same trampoline too: every derived gauge (`live`, `retired`, `retired_bytes`) is then
 //! non-negative, and `emitted == live + retired + reclaimed` holds by construction. The
 //! patcher's events and the reclaimer's sit on different cache lines, so a patch storm and the
-//! grace-period thread freeing behind it do not contend. Mapped bytes, chunks and sites are
-//! plain gauges.
+//! grace-period thread freeing behind it do not contend. Mapped bytes, chunks, sites and
+//! unwind registrations are plain gauges.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,6 +42,12 @@ pub struct JitStats {
     pub leaked: u64,
     /// Patch sites whose stubs are still allocated.
     pub sites: u64,
+    /// Trampolines whose unwind information is registered with the system unwinder now
+    /// ([`JitBuilder::unwind_info`](crate::JitBuilder::unwind_info): the hook-calling ones,
+    /// from emission until their code is freed; leaked ones stay registered). Once frees have
+    /// run ([`Jit::barrier`](crate::Jit::barrier)), it equals the number of hook-calling
+    /// trampolines still alive or leaked.
+    pub unwind_registered: u64,
 }
 
 impl JitStats {
@@ -78,6 +84,7 @@ pub(crate) struct StatCounters {
     mapped_bytes: AtomicUsize,
     chunks: AtomicUsize,
     sites: AtomicU64,
+    unwind_registered: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -139,6 +146,16 @@ impl StatCounters {
         self.sites.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A trampoline's unwind information was registered.
+    pub(crate) fn unwind_registered(&self) {
+        self.unwind_registered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A trampoline's unwind information was deregistered (before its slot was freed).
+    pub(crate) fn unwind_deregistered(&self) {
+        self.unwind_registered.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Retired bytes awaiting reclamation, cheaply (the backlog throttle's check).
     pub(crate) fn retired_bytes(&self) -> usize {
         let out = self.consumed.retired_bytes.load(Ordering::Acquire);
@@ -167,6 +184,7 @@ impl StatCounters {
             reclaimed: reclaimed_retired + reclaimed_unretired,
             leaked,
             sites: self.sites.load(Ordering::Relaxed),
+            unwind_registered: self.unwind_registered.load(Ordering::Relaxed),
         }
     }
 }

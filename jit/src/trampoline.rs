@@ -9,8 +9,9 @@
 //! - otherwise (it became *reachable*): the free is handed to the `Jit`'s [`Reclaim`](crate::Reclaim)
 //!   implementation (through `Retirement::defer_free`), and runs after a grace period. The
 //!   deferred callback owns the `Arc` of the code memory (not the `Jit`, to avoid cycles) and
-//!   the heap memory the code references (`CodeData`: call counter, hook cell). The whole
-//!   chain is drawn in `reclaim/mod.rs`.
+//!   the heap memory the code references (`CodeData`: call counter, hook cell, and the
+//!   registered unwind information, which the free deregisters *before* it frees the slot:
+//!   `unwind.rs`). The whole chain is drawn in `reclaim/mod.rs`.
 //!
 //! A trampoline may be installed in several sites. It becomes *retired* when it is swapped out of
 //! (or its site drops from) the last site it was installed in; a retired trampoline can never be
@@ -20,10 +21,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::arch::Assembler;
+use crate::arch::{self, Assembler, FrameRows};
 use crate::code_memory::Slot;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
+use crate::unwind::UnwindRegistration;
 
 /// Set once the trampoline is retired; never cleared.
 const RETIRED: u64 = 1 << 63;
@@ -48,6 +50,9 @@ pub(crate) struct CodeData {
     /// from Rust: it is held only so that it is dropped (or leaked) together with the code.
     #[allow(dead_code)]
     pub(crate) referenced: Option<Box<dyn Send + Sync>>,
+    /// The code's `.eh_frame`, registered with the system unwinder (`unwind.rs`); set by
+    /// [`Trampoline::emit`], dropped (deregistered) before the slot is freed.
+    pub(crate) unwind: Option<UnwindRegistration>,
 }
 
 /// A handle to emitted code.
@@ -75,23 +80,29 @@ impl Trampoline {
     /// With `len` known (the crate's own bodies, whose length depends only on their shape) the
     /// slot is allocated first and `emit` runs once, at the final address; otherwise (custom
     /// code) it runs twice: once to size the code, once at its final address.
+    ///
+    /// `emit` returns the frame rows of code that calls out (a hook-calling forwarding body),
+    /// `None` otherwise; with the `Jit`'s unwind information on, the rows are registered
+    /// after the code is written and before the handle exists (`unwind.rs`).
     pub(crate) fn emit(
         core: &Arc<JitCore>,
-        emit: &dyn Fn(&mut Assembler, usize),
+        emit: &dyn Fn(&mut Assembler, usize) -> Option<FrameRows>,
         len: Option<usize>,
-        data: CodeData,
+        mut data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
         let mem = &core.mem;
         let assemble = |base: usize, capacity: usize| {
             let mut ops = Assembler::new_with_capacity(base, capacity, 0, 0, 0, 0, 0);
-            emit(&mut ops, base);
-            ops.finalize()
-                .map_err(|e| JitError::Assemble(e.to_string()))
+            let rows = emit(&mut ops, base);
+            let bytes = ops
+                .finalize()
+                .map_err(|e| JitError::Assemble(e.to_string()))?;
+            Ok::<_, JitError>((bytes, rows))
         };
         let first_len = match len {
             Some(len) => len,
-            None => assemble(mem.range().0, 64)?.len(),
+            None => assemble(mem.range().0, 64)?.0.len(),
         };
         let slot = mem.alloc(first_len)?;
         /// Frees the slot unless the emission completes, also if the final pass unwinds (a
@@ -106,7 +117,7 @@ impl Trampoline {
             }
         }
         let mut unfinished = Unfinished(mem, Some(slot));
-        let bytes = assemble(slot.addr, first_len)?;
+        let (bytes, rows) = assemble(slot.addr, first_len)?;
         if bytes.len() != first_len {
             return Err(JitError::EmitLengthChanged {
                 first: first_len,
@@ -116,6 +127,21 @@ impl Trampoline {
         // SAFETY: the slot was just allocated and is unreachable from any site.
         unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
         unfinished.1 = None;
+        if let Some(rows) = rows.filter(|_| core.unwind_info) {
+            // SAFETY: the code is written at `slot.addr`, the rows were recorded while
+            // assembling exactly these bytes, and the slot is ours alone (any earlier
+            // registration of its range was dropped before its previous free). The
+            // registration lives in `data`, which the free path drops before the slot.
+            data.unwind = Some(unsafe {
+                UnwindRegistration::register(
+                    &arch::CIE,
+                    slot.addr,
+                    bytes.len(),
+                    &arch::cfa_program(&rows),
+                )
+            });
+            mem.stats().unwind_registered();
+        }
         mem.stats().emitted();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         core.profiling.code_loaded("code", id, slot.addr, &bytes);
@@ -255,7 +281,7 @@ impl Drop for TrampolineInner {
         );
         let mem = self.core.mem.clone();
         let slot = self.slot;
-        let data = std::mem::take(&mut self.data);
+        let mut data = std::mem::take(&mut self.data);
         match *self.disposition.get_mut() {
             DISPOSE_LEAK => {
                 // The code stays mapped for the life of the process: keep the code memory (and
@@ -266,6 +292,12 @@ impl Drop for TrampolineInner {
             }
             disposition => {
                 let free = move || {
+                    // Deregister the unwind information first: once the slot is freed it may
+                    // hold another trampoline's code (`unwind.rs`: the ordering).
+                    if let Some(unwind) = data.unwind.take() {
+                        drop(unwind);
+                        mem.stats().unwind_deregistered();
+                    }
                     // SAFETY: this runs once, either because the code was never reachable, or after
                     // the reclaimer's grace period (or the `reclaim_now` caller's promise).
                     unsafe { mem.free(slot) };

@@ -44,6 +44,14 @@
 //! ([`forwarding_len`], [`CONSTANT_RETURN_LEN`]), so the portable side allocates its slot
 //! first and assembles once, at the final address.
 //!
+//! **Unwind information.** [`emit_forwarding`] records, into a [`FrameRows`], where the
+//! canonical frame address is at every instruction of a body that calls a hook (those bodies
+//! set up a frame record, so frame-pointer unwinders walk through them too);
+//! [`cfa_program`] encodes the rows as DWARF CFA instructions for the body's FDE, and
+//! [`CIE`] holds the architecture's CIE parameters (alignment factors, return-address
+//! column, initial rules). The `.eh_frame` framing and the registration are portable
+//! (`unwind.rs`). Like a body's length, its rows depend only on its shape.
+//!
 //! **Hook arguments.** [`HookArgs`] is the block of saved integer argument registers a hook
 //! receives, and its docs are the public statement of what a forwarding trampoline clobbers.
 //! [`ReturnValues`] is what an exit hook receives: the return registers and the tick counter
@@ -62,6 +70,7 @@
 //! `code_memory` through `os`): after writing new code, and after patching a direct site.
 
 use crate::site::SiteKind;
+use crate::unwind::CieParams;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -73,15 +82,16 @@ compile_error!(
     "tramway-jit emits machine code for x86-64 only. A port is one new module, \
      jit/src/arch/<arch>.rs (or <arch>/mod.rs), that implements the contract documented in \
      jit/src/arch/mod.rs (site stubs and patch words, forwarding, call-through and \
-     constant-return bodies, HookArgs, ReturnValues and the tick counter, the assembler type, \
-     trap fill, icache flush and the core-serialization policy), selected here with \
+     constant-return bodies and their frame rows (CFI), HookArgs, ReturnValues and the tick \
+     counter, the assembler type, trap fill, icache flush and the core-serialization policy), \
+     selected here with \
      #[cfg(target_arch = ...)]."
 );
 
 pub(crate) use self::imp::{
-    emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache, forwarding_len,
-    init_tick_clock, site_patch_word, site_stub_image, site_stub_layout, sync_core_policy,
-    ticks_to_ns, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
+    cfa_program, emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache,
+    forwarding_len, init_tick_clock, site_patch_word, site_stub_image, site_stub_layout,
+    sync_core_policy, ticks_to_ns, FrameRows, CIE, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
 };
 pub use self::imp::{Assembler, HookArgs, ReturnValues};
 
@@ -160,7 +170,10 @@ const _: () = {
     let _: fn(SiteKind, StubMemory) -> Option<StubLayout> = site_stub_layout;
     let _: fn(SiteKind, &StubLayout, u64) -> Vec<u8> = site_stub_image;
     let _: fn(SiteKind, usize, usize) -> Option<u64> = site_patch_word;
-    let _: fn(&mut Assembler, &ForwardingBody, usize) = emit_forwarding;
+    let _: fn(&mut Assembler, &ForwardingBody, usize, &mut FrameRows) = emit_forwarding;
+    let _: fn() -> FrameRows = FrameRows::default;
+    let _: fn(&FrameRows) -> Vec<u8> = cfa_program;
+    let _: CieParams = CIE;
     let _: fn(&ForwardingBody) -> usize = forwarding_len;
     let _: fn() = init_tick_clock;
     let _: fn(u64) -> u64 = ticks_to_ns;

@@ -1,11 +1,18 @@
 //! x86-64 trampoline bodies: forwarding (tail jump), call-through (exit hooks) and constant
 //! return. A body's length depends only on its shape (which parts it has, how many
 //! stack-argument bytes it copies), never on its address or the addresses it embeds.
+//!
+//! The two bodies that call out (the entry-hook call of a forwarding body, and the
+//! call-through body) set up a frame record (`push rbp; mov rbp, rsp`: `rbp` points at the
+//! saved `rbp`, the return address into the caller is right above it), so frame-pointer
+//! unwinders walk through them, and record where their frame changes ([`FrameRows`],
+//! `cfi.rs`), so DWARF unwinders do too once the rows are registered (`unwind.rs`).
 
 use std::mem::{offset_of, size_of};
 
 use dynasmrt::{dynasm, DynasmApi};
 
+use super::cfi::FrameRows;
 use super::{Assembler, HookArgs, ReturnValues, INT3};
 use crate::arch::{CallThrough, ForwardingBody};
 
@@ -39,14 +46,14 @@ pub(crate) fn forwarding_len(body: &ForwardingBody) -> usize {
         // the address, and both encodings have the same length). Exit-hooked bodies are rare
         // enough that this second assembly does not matter.
         let mut ops = Assembler::new(0);
-        emit_forwarding(&mut ops, body, 0);
+        emit_forwarding(&mut ops, body, 0, &mut FrameRows::default());
         return ops.offset().0;
     }
     /// The hook call's length, measured once by assembling it (it depends on no address).
     static HOOK_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let hook = *HOOK_LEN.get_or_init(|| {
         let mut ops = Assembler::new(0);
-        emit_hook_call(&mut ops, 0, 0);
+        emit_hook_call(&mut ops, 0, 0, &mut FrameRows::default());
         ops.offset().0
     });
     TAIL_JUMP_LEN
@@ -55,15 +62,17 @@ pub(crate) fn forwarding_len(body: &ForwardingBody) -> usize {
 }
 
 /// The forwarding trampoline body, emitted to run at address `at`: a tail jump (below) or,
-/// with `body.call_through`, a call-through ([`emit_call_through`]).
+/// with `body.call_through`, a call-through ([`emit_call_through`]). The rows of its frame
+/// (for unwind information) are recorded into `rows` as it is assembled.
 ///
 /// ```text
 /// [counted:] mov r11, counter ; lock inc qword [r11]   ; the counter lives in heap memory
-/// [hook:]    push rax, r9, r8, rcx, rdx, rsi, rdi      ; rsp was 8 mod 16 at entry, now 0 mod 16
-///            sub rsp, 128 ; movdqu [rsp+16*i], xmm_i   ; xmm0-7 (float args)
-///            mov rdi, user ; lea rsi, [rsp+128]        ; HookArgs = saved rdi, rsi, rdx, rcx, r8, r9
+/// [hook:]    push rbp ; mov rbp, rsp                   ; a frame record (rsp was 8 mod 16 at entry)
+///            push rax, r9, r8, rcx, rdx, rsi, rdi      ; rsp now 8 mod 16
+///            sub rsp, 136 ; movdqu [rsp+16*i], xmm_i   ; xmm0-7 (float args); rsp 0 mod 16
+///            mov rdi, user ; lea rsi, [rsp+136]        ; HookArgs = saved rdi, rsi, rdx, rcx, r8, r9
 ///            mov rax, hook ; call rax                  ; rsp is 16-byte aligned at the call
-///            restore xmm0-7, rdi..r9, rax              ; al = vector-register count of a varargs call
+///            restore xmm0-7, rdi..r9, rax ; pop rbp    ; al = vector-register count of a varargs call
 /// jmp rel32 target ; int3 x8                           ; tail jump within +-2 GiB, else:
 /// mov r11, target ; jmp r11                            ;   the caller's frame is untouched
 /// ```
@@ -74,7 +83,12 @@ pub(crate) fn forwarding_len(body: &ForwardingBody) -> usize {
 /// state (xmm8-15, upper halves), which no System V argument lives in. Without a counter or a
 /// hook the body is just the tail jump: from JIT code in the same reservation, one extra
 /// direct jump over a bare site.
-pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody, at: usize) {
+pub(crate) fn emit_forwarding(
+    ops: &mut Assembler,
+    body: &ForwardingBody,
+    at: usize,
+    rows: &mut FrameRows,
+) {
     if let Some(counter) = body.counter {
         dynasm!(ops
             ; .arch x64
@@ -85,11 +99,11 @@ pub(crate) fn emit_forwarding(ops: &mut Assembler, body: &ForwardingBody, at: us
     match &body.call_through {
         None => {
             if let Some((func, user)) = body.hook {
-                emit_hook_call(ops, func, user);
+                emit_hook_call(ops, func, user, rows);
             }
             emit_tail_jump(ops, body.target, at);
         }
-        Some(ct) => emit_call_through(ops, body.hook, ct, body.target, at),
+        Some(ct) => emit_call_through(ops, body.hook, ct, body.target, at, rows),
     }
 }
 
@@ -128,8 +142,19 @@ fn emit_call(ops: &mut Assembler, target: u64, at: usize) {
     }
 }
 
-/// Saves the argument registers, calls `func(user, &saved)`, restores them.
-fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
+/// Sets up a frame record, saves the argument registers, calls `func(user, &saved)`,
+/// restores them and pops the frame record (the layout is in [`emit_forwarding`]'s docs).
+fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64, rows: &mut FrameRows) {
+    dynasm!(ops
+        ; .arch x64
+        ; push rbp
+    );
+    rows.pushed_rbp(ops.offset().0);
+    dynasm!(ops
+        ; .arch x64
+        ; mov rbp, rsp
+    );
+    rows.frame_pointer_set(ops.offset().0);
     dynasm!(ops
         ; .arch x64
         ; push rax
@@ -139,7 +164,7 @@ fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
         ; push rdx
         ; push rsi
         ; push rdi
-        ; sub rsp, 128
+        ; sub rsp, 136
         ; movdqu [rsp], xmm0
         ; movdqu [rsp + 16], xmm1
         ; movdqu [rsp + 32], xmm2
@@ -149,7 +174,7 @@ fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
         ; movdqu [rsp + 96], xmm6
         ; movdqu [rsp + 112], xmm7
         ; mov rdi, QWORD user as i64
-        ; lea rsi, [rsp + 128]
+        ; lea rsi, [rsp + 136]
         ; mov rax, QWORD func as i64
         ; call rax
         ; movdqu xmm0, [rsp]
@@ -160,7 +185,7 @@ fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
         ; movdqu xmm5, [rsp + 80]
         ; movdqu xmm6, [rsp + 96]
         ; movdqu xmm7, [rsp + 112]
-        ; add rsp, 128
+        ; add rsp, 136
         ; pop rdi
         ; pop rsi
         ; pop rdx
@@ -168,7 +193,9 @@ fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64) {
         ; pop r8
         ; pop r9
         ; pop rax
+        ; pop rbp
     );
+    rows.popped_rbp(ops.offset().0);
 }
 
 const fn round_up_16(n: i32) -> i32 {
@@ -253,13 +280,16 @@ impl Frame {
 /// ```
 ///
 /// Only `rbp` of the callee-saved registers is touched (saved and restored); the calls are
-/// C-ABI calls, which preserve the others. Frame layout: [`Frame`].
+/// C-ABI calls, which preserve the others. Frame layout: [`Frame`]; `push rbp; mov rbp, rsp`
+/// makes it a frame record (`rbp` points at the saved `rbp`, the return address into the
+/// caller above it), and its rows are recorded into `rows`.
 fn emit_call_through(
     ops: &mut Assembler,
     hook: Option<(u64, u64)>,
     ct: &CallThrough,
     target: u64,
     at: usize,
+    rows: &mut FrameRows,
 ) {
     let f = Frame::new(ct.stack_arg_bytes);
     let size = f.size();
@@ -279,7 +309,15 @@ fn emit_call_through(
     dynasm!(ops
         ; .arch x64
         ; push rbp
+    );
+    rows.pushed_rbp(ops.offset().0);
+    dynasm!(ops
+        ; .arch x64
         ; mov rbp, rsp
+    );
+    rows.frame_pointer_set(ops.offset().0);
+    dynasm!(ops
+        ; .arch x64
         ; sub rsp, size
         ; mov [rsp + a], rdi
         ; mov [rsp + a1], rsi
@@ -367,6 +405,10 @@ fn emit_call_through(
         ; movdqu xmm0, [rsp + ret_xmm0]
         ; movdqu xmm1, [rsp + ret_xmm1]
         ; leave
+    );
+    rows.popped_rbp(ops.offset().0);
+    dynasm!(ops
+        ; .arch x64
         ; ret
     );
 }
@@ -397,7 +439,7 @@ mod tests {
                 for (at, target) in [(0x1000usize, 0x2000u64), (0x1000, 1 << 40)] {
                     let b = body(counted, hooked, stack, target);
                     let mut ops = Assembler::new(at);
-                    emit_forwarding(&mut ops, &b, at);
+                    emit_forwarding(&mut ops, &b, at, &mut FrameRows::default());
                     assert_eq!(ops.offset().0, forwarding_len(&b), "{stack:?}");
                     lens.push(ops.offset().0);
                 }
@@ -413,7 +455,7 @@ mod tests {
     fn a_near_tail_jump_is_rel32() {
         let b = body(false, false, None, 0x1000 + 0x40);
         let mut ops = Assembler::new(0x1000);
-        emit_forwarding(&mut ops, &b, 0x1000);
+        emit_forwarding(&mut ops, &b, 0x1000, &mut FrameRows::default());
         let bytes = ops.finalize().unwrap();
         assert_eq!(bytes[..5], [0xE9, 0x3B, 0, 0, 0]);
     }

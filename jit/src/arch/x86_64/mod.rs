@@ -3,8 +3,9 @@
 //! Implements the contract of `arch/mod.rs`. Nothing here decides where bytes go or when they
 //! are published; `code_memory` and `site.rs` do. This file holds the site stubs, the patch
 //! words, traps and the register blocks hooks see ([`HookArgs`], [`ReturnValues`]);
-//! `bodies.rs` the trampoline bodies (forwarding, call-through, constant return) and
-//! `clock.rs` the timestamp counter exit hooks time calls with.
+//! `bodies.rs` the trampoline bodies (forwarding, call-through, constant return),
+//! `cfi.rs` the call-frame information of the bodies that call hooks, and `clock.rs` the
+//! timestamp counter exit hooks time calls with.
 //!
 //! # Site stubs
 //! ```text
@@ -34,11 +35,13 @@
 //! kind of patching, JDK-8223613; indirect sites avoid the question).
 
 mod bodies;
+mod cfi;
 mod clock;
 
 pub(crate) use self::bodies::{
     emit_constant_return, emit_forwarding, forwarding_len, CONSTANT_RETURN_LEN,
 };
+pub(crate) use self::cfi::{cfa_program, FrameRows, CIE};
 pub(crate) use self::clock::{init_tick_clock, ticks_to_ns};
 
 use std::time::Duration;
