@@ -111,20 +111,31 @@ fn grace_periods_swaps_throttling_and_stalls_are_structured_events() {
     );
 
     // A stall: a task spins (online, inside a non-yielding section) past the stall timeout.
-    let release = Arc::new(AtomicU64::new(0));
-    let r = release.clone();
+    let (release, started) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r, s) = (release.clone(), started.clone());
     let spinner = rt
         .spawn(move || {
             non_yielding(|| {
+                s.store(1, Ordering::Release);
                 while r.load(Ordering::Acquire) == 0 {
                     std::hint::spin_loop();
                 }
             })
         })
         .unwrap();
+    // The grace period must start while the task spins (one that ends before the task runs
+    // reports nothing).
+    while started.load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let g = gp.clone();
     let waiter = std::thread::spawn(move || g.synchronize());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while rec.with_message("grace period stalled").is_empty() {
+        if std::time::Instant::now() > deadline {
+            release.store(1, Ordering::Release);
+            panic!("no stall event within 30 s");
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     release.store(1, Ordering::Release);
