@@ -1,4 +1,4 @@
-//! Builds the liburcu QSBR shim (`csrc/urcu_shim.c`) for `benches/urcu_compare.rs`, but only
+//! Builds the liburcu QSBR shim (`csrc/urcu_shim.c`) for `benches/urcu_compare/main.rs`, but only
 //! where liburcu is installed.
 //!
 //! 1. A probe: a five-line C program against `<urcu/urcu-qsbr.h>` (the namespaced header
@@ -86,7 +86,7 @@ fn main() {
         }
         Err(why) if flag("TRAMWAY_URCU_WARN") => {
             println!(
-                "cargo::warning=benches/urcu_compare.rs will skip liburcu QSBR: {why} \
+                "cargo::warning=benches/urcu_compare/main.rs will skip liburcu QSBR: {why} \
                  (to compare with it: apt-get install liburcu-dev)"
             );
         }

@@ -1,5 +1,5 @@
 //! liburcu QSBR as a yardstick: safe wrappers over the C shim `harness/csrc/urcu_shim.c`,
-//! for `benches/urcu_compare.rs`.
+//! for `benches/urcu_compare/main.rs`.
 //!
 //! # Availability
 //! `harness/build.rs` compiles the shim only where a probe against `<urcu/urcu-qsbr.h>` links

@@ -1,5 +1,5 @@
 //! Reporting for the interleaved-round benches (`benches/preempt.rs`, `yielding.rs`,
-//! `tracing_cost.rs`, `urcu_compare.rs`): each setting is measured once per round, settings
+//! `tracing_cost.rs`, `urcu_compare/`): each setting is measured once per round, settings
 //! alternate within a round, and a cell is the median of the rounds with their range, printed
 //! beside the load average.
 
