@@ -41,12 +41,12 @@ use tramway::jit::{Jit, Trampoline};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{preemptible, Runtime};
 use tramway_harness::bench::histogram::Histogram;
-use tramway_harness::bench::rounds::{cell, loadavg, median};
+use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench preempt -- [--quick] [--rounds N] [--round-ms MS] [spin|gp]
 
-  --quick        3 rounds of 150 ms (CI smoke)
+  --quick        3 rounds of 133 ms (CI smoke)
   --rounds N     rounds per setting (default 7)
   --round-ms MS  measured time per round and setting (default 400)
   spin | gp      run one scenario only
@@ -62,62 +62,15 @@ const SETTINGS: [(&str, Option<Duration>); 3] = [
 /// `extern "C" fn(iterations: u64) -> u64`: counts `iterations` down to zero in JIT code.
 type CountDown = extern "C" fn(u64) -> u64;
 
-struct Opts {
-    rounds: usize,
-    round: Duration,
-    only: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<Option<Opts>, String> {
-    let mut opts = Opts {
-        rounds: 7,
-        round: Duration::from_millis(400),
-        only: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => {}
-            "--help" | "-h" => return Ok(None),
-            "--quick" => {
-                opts.rounds = 3;
-                opts.round = Duration::from_millis(150);
-            }
-            "--rounds" | "--round-ms" => {
-                let v: u64 = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| format!("{a} needs a positive integer"))?;
-                if a == "--rounds" {
-                    opts.rounds = v as usize;
-                } else {
-                    opts.round = Duration::from_millis(v);
-                }
-            }
-            "spin" | "gp" => opts.only = Some(a.clone()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(opts))
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("preempt: not measuring under cargo test; run `cargo bench --bench preempt`");
-        return ExitCode::SUCCESS;
-    }
-    let opts = match parse(&args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("preempt: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let opts = match Opts::from_env(
+        "preempt",
+        USAGE,
+        &["spin", "gp"],
+        Opts::defaults(Duration::from_millis(400)),
+    ) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     let jit = Jit::new().expect("a Jit");
     let code = emit_count_down(&jit);
@@ -134,11 +87,10 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
-    let wants = |id: &str| opts.only.as_deref().is_none_or(|o| o == id);
-    if wants("spin") {
+    if opts.wants("spin") {
         spin_scenario(&opts, count_down);
     }
-    if wants("gp") {
+    if opts.wants("gp") {
         gp_scenario(&opts, count_down, per_ms);
     }
     println!("load after: {}", loadavg());

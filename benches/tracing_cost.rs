@@ -26,7 +26,7 @@
 use std::fmt::Debug;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -34,7 +34,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
 use tramway::jit::{SiteKind, Trampoline};
-use tramway_harness::bench::rounds::{cell, loadavg};
+use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs};
 
 const USAGE: &str = "\
 usage: cargo bench --bench tracing_cost -- [--quick] [--rounds N]
@@ -111,40 +111,16 @@ fn under<T>(k: usize, f: impl FnOnce() -> T) -> (T, u64) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!(
-            "tracing_cost: not measuring under cargo test; run `cargo bench --bench tracing_cost`"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let mut rounds = 7;
-    let mut quick = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => {}
-            "--help" | "-h" => {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "--quick" => {
-                quick = true;
-                rounds = 3;
-            }
-            "--rounds" => match it.next().and_then(|v| v.parse().ok()).filter(|v| *v > 0) {
-                Some(n) => rounds = n,
-                None => {
-                    eprintln!("tracing_cost: --rounds needs a positive integer\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            other => {
-                eprintln!("tracing_cost: unknown argument {other:?}\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let opts = match RoundArgs::from_env(
+        "tracing_cost",
+        USAGE,
+        &[],
+        RoundArgs::defaults(Duration::ZERO),
+    ) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let (rounds, quick) = (opts.rounds, opts.quick);
     println!(
         "tracing_cost: {rounds} rounds; nproc {}; load before: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -194,15 +170,14 @@ fn main() -> ExitCode {
         "{:<18} {:>26} {:>10} {:>26} {:>10} {:>12}",
         "setting", "synchronize() ns", "ratio", "emit+swap+retire ns", "ratio", "events seen"
     );
-    let base = |v: &[f64]| tramway_harness::bench::rounds::median(v);
     for k in 0..3 {
         println!(
             "{:<18} {:>26} {:>9.3}x {:>26} {:>9.3}x {:>12}",
             SETTINGS[k],
             cell(&gp_ns[k], 0),
-            base(&gp_ns[k]) / base(&gp_ns[0]),
+            median(&gp_ns[k]) / median(&gp_ns[0]),
             cell(&swap_ns[k], 0),
-            base(&swap_ns[k]) / base(&swap_ns[0]),
+            median(&swap_ns[k]) / median(&swap_ns[0]),
             events[k]
         );
     }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tramway::jit::{ForwardingSpec, Hook, HookArgs, Jit, SiteKind, Target, Trampoline};
-use tramway_harness::bench::rounds::{cell, loadavg, median};
+use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench unwind -- [--quick] [--rounds N] [churn|panic]
@@ -43,57 +43,15 @@ usage: cargo bench --bench unwind -- [--quick] [--rounds N] [churn|panic]
   churn | panic   run one scenario only
 ";
 
-struct Opts {
-    rounds: usize,
-    quick: bool,
-    only: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<Option<Opts>, String> {
-    let mut o = Opts {
-        rounds: 7,
-        quick: false,
-        only: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => {}
-            "--help" | "-h" => return Ok(None),
-            "--quick" => {
-                o.quick = true;
-                o.rounds = 3;
-            }
-            "--rounds" => {
-                o.rounds = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|v| *v > 0)
-                    .ok_or("--rounds needs a positive integer")?;
-            }
-            "churn" | "panic" => o.only = Some(a.clone()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(o))
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("unwind: not measuring under cargo test; run `cargo bench --bench unwind`");
-        return ExitCode::SUCCESS;
-    }
-    let opts = match parse(&args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("unwind: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let opts = match Opts::from_env(
+        "unwind",
+        USAGE,
+        &["churn", "panic"],
+        Opts::defaults(Duration::ZERO),
+    ) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     println!(
         "unwind: {} rounds; nproc {}; load before: {}",
@@ -101,11 +59,10 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
-    let wants = |id: &str| opts.only.as_deref().is_none_or(|o| o == id);
-    if wants("churn") {
+    if opts.wants("churn") {
         churn(&opts);
     }
-    if wants("panic") {
+    if opts.wants("panic") {
         panic_cost(&opts);
     }
     println!("load after: {}", loadavg());

@@ -38,7 +38,7 @@ use tramway::runtime::code::{
 };
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Event, Runtime};
-use tramway_harness::bench::rounds::{cell, loadavg, median};
+use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench yielding -- [--quick] [--rounds N] [marks|park|gp]
@@ -48,57 +48,15 @@ usage: cargo bench --bench yielding -- [--quick] [--rounds N] [marks|park|gp]
   marks | park | gp   run one scenario only
 ";
 
-struct Opts {
-    rounds: usize,
-    quick: bool,
-    only: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<Option<Opts>, String> {
-    let mut o = Opts {
-        rounds: 7,
-        quick: false,
-        only: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--bench" => {}
-            "--help" | "-h" => return Ok(None),
-            "--quick" => {
-                o.quick = true;
-                o.rounds = 3;
-            }
-            "--rounds" => {
-                o.rounds = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|v| *v > 0)
-                    .ok_or("--rounds needs a positive integer")?;
-            }
-            "marks" | "park" | "gp" => o.only = Some(a.clone()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(o))
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("yielding: not measuring under cargo test; run `cargo bench --bench yielding`");
-        return ExitCode::SUCCESS;
-    }
-    let opts = match parse(&args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("yielding: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let opts = match Opts::from_env(
+        "yielding",
+        USAGE,
+        &["marks", "park", "gp"],
+        Opts::defaults(Duration::ZERO),
+    ) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     println!(
         "yielding: {} rounds; nproc {}; load before: {}",
@@ -106,14 +64,13 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
-    let wants = |id: &str| opts.only.as_deref().is_none_or(|o| o == id);
-    if wants("marks") {
+    if opts.wants("marks") {
         marks(&opts);
     }
-    if wants("park") {
+    if opts.wants("park") {
         park(&opts);
     }
-    if wants("gp") {
+    if opts.wants("gp") {
         gp(&opts);
     }
     println!("load after: {}", loadavg());

@@ -27,8 +27,126 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The command line of an interleaved-round bench: `--quick` (CI smoke), `--rounds N`,
+/// `--round-ms MS`, `-h`/`--help`, and at most one scenario name from the bench's list.
+#[derive(Clone, Debug)]
+pub struct RoundArgs {
+    /// Rounds per setting.
+    pub rounds: usize,
+    /// Measured time per round and setting (for benches whose rounds are timed).
+    pub round: std::time::Duration,
+    /// `--quick` was given: shorter runs.
+    pub quick: bool,
+    /// The one scenario to run, if one was named.
+    pub only: Option<String>,
+}
+
+impl RoundArgs {
+    /// The defaults: 7 rounds of `round` (3 rounds of `round / 3` with `--quick`); a zero
+    /// `round` for a bench whose rounds are counted, not timed (it refuses `--round-ms`).
+    pub fn defaults(round: std::time::Duration) -> RoundArgs {
+        RoundArgs {
+            rounds: 7,
+            round,
+            quick: false,
+            only: None,
+        }
+    }
+
+    /// Whether scenario `id` runs (every scenario when none was named).
+    pub fn wants(&self, id: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == id)
+    }
+
+    /// Parses the process's arguments for bench `name`. Under `cargo test` (no `--bench`
+    /// argument) it prints that it does not measure; for `--help` it prints `usage`; for a bad
+    /// argument it prints the reason and `usage`. In those cases it returns the exit code the
+    /// bench should return (success, success, 2).
+    pub fn from_env(
+        name: &str,
+        usage: &str,
+        scenarios: &[&str],
+        defaults: RoundArgs,
+    ) -> Result<RoundArgs, std::process::ExitCode> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if !args.iter().any(|a| a == "--bench") {
+            println!("{name}: not measuring under cargo test; run `cargo bench --bench {name}`");
+            return Err(std::process::ExitCode::SUCCESS);
+        }
+        match Self::parse(&args, scenarios, defaults) {
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => {
+                print!("{usage}");
+                Err(std::process::ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}\n{usage}");
+                Err(std::process::ExitCode::from(2))
+            }
+        }
+    }
+
+    /// Parses `args`; `Ok(None)` for `--help`.
+    pub fn parse(
+        args: &[String],
+        scenarios: &[&str],
+        mut o: RoundArgs,
+    ) -> Result<Option<RoundArgs>, String> {
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--bench" => {}
+                "--help" | "-h" => return Ok(None),
+                "--quick" => {
+                    o.quick = true;
+                    o.rounds = 3;
+                    o.round /= 3;
+                }
+                "--round-ms" if o.round.is_zero() => {
+                    return Err(
+                        "this bench's rounds are not timed: --round-ms does not apply".into(),
+                    )
+                }
+                "--rounds" | "--round-ms" => {
+                    let v: u64 = it
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|v| *v > 0)
+                        .ok_or_else(|| format!("{a} needs a positive integer"))?;
+                    if a == "--rounds" {
+                        o.rounds = v as usize;
+                    } else {
+                        o.round = std::time::Duration::from_millis(v);
+                    }
+                }
+                s if scenarios.contains(&s) => o.only = Some(s.to_string()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arguments() {
+        use super::RoundArgs;
+        use std::time::Duration;
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let d = RoundArgs::defaults(Duration::from_millis(300));
+        let o = RoundArgs::parse(&args(&["--bench", "--quick", "gp"]), &["gp"], d.clone())
+            .unwrap()
+            .unwrap();
+        assert!(o.quick && o.rounds == 3 && o.round == Duration::from_millis(100));
+        assert!(o.wants("gp") && !o.wants("spin"));
+        assert!(RoundArgs::parse(&args(&["--rounds", "0"]), &[], d.clone()).is_err());
+        assert!(RoundArgs::parse(&args(&["spin"]), &["gp"], d.clone()).is_err());
+        assert!(RoundArgs::parse(&args(&["-h"]), &[], d).unwrap().is_none());
+        let counted = RoundArgs::defaults(Duration::ZERO);
+        assert!(RoundArgs::parse(&args(&["--round-ms", "5"]), &[], counted).is_err());
+    }
+
     #[test]
     fn median_and_cell() {
         assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
