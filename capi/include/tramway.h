@@ -272,6 +272,20 @@ typedef struct tw_jit_config_t {
      * periods before it returns (default 1 MiB).
      */
     size_t max_retired_bytes;
+    /**
+     * Nonzero: append `START SIZE name` for every code object to `/tmp/perf-<pid>.map`, so
+     * `perf report` names JIT code (default 0). Added after the first version of the
+     * struct: a caller built against that version gets the default.
+     */
+    uint32_t perf_map;
+    /**
+     * Nonzero: register DWARF unwind information for every trampoline that calls a hook
+     * with libgcc, so a backtrace taken inside a hook reaches the code that called the site
+     * (default 0: libgcc before GCC 13 walks a list of registrations on every unwind in the
+     * process; the cost is measured in the README's profiling section). Added after the
+     * first version of the struct.
+     */
+    uint32_t unwind_info;
 } tw_jit_config_t;
 
 /**

@@ -80,6 +80,16 @@ pub struct tw_jit_config_t {
     /// Bound on retired but not yet freed code: a swap that leaves more waits for grace
     /// periods before it returns (default 1 MiB).
     pub max_retired_bytes: size_t,
+    /// Nonzero: append `START SIZE name` for every code object to `/tmp/perf-<pid>.map`, so
+    /// `perf report` names JIT code (default 0). Added after the first version of the
+    /// struct: a caller built against that version gets the default.
+    pub perf_map: u32,
+    /// Nonzero: register DWARF unwind information for every trampoline that calls a hook
+    /// with libgcc, so a backtrace taken inside a hook reaches the code that called the site
+    /// (default 0: libgcc before GCC 13 walks a list of registrations on every unwind in the
+    /// process; the cost is measured in the README's profiling section). Added after the
+    /// first version of the struct.
+    pub unwind_info: u32,
 }
 
 /// A config struct as [`read`] handles it.
@@ -120,13 +130,16 @@ impl Config for tw_grace_config_t {
 
 impl Config for tw_jit_config_t {
     const NAME: &'static str = "tw_jit_config_t";
-    const FIRST_SIZE: usize = size_of::<Self>();
+    /// The first version ended with `max_retired_bytes`.
+    const FIRST_SIZE: usize = std::mem::offset_of!(tw_jit_config_t, perf_map);
     fn defaults() -> Self {
         tw_jit_config_t {
             size: size_of::<Self>(),
             reservation_size: DEFAULT_RESERVATION,
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_retired_bytes: DEFAULT_MAX_RETIRED_BYTES,
+            perf_map: 0,
+            unwind_info: 0,
         }
     }
 }
@@ -229,6 +242,8 @@ impl tw_jit_config_t {
             .reservation_size(self.reservation_size)
             .chunk_size(self.chunk_size)
             .max_retired_bytes(self.max_retired_bytes)
+            .perf_map(self.perf_map != 0)
+            .unwind_info(self.unwind_info != 0)
     }
 }
 

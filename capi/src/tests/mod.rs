@@ -49,6 +49,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(|_| {})
+    }
+
+    /// A fixture whose jit config `adjust` changes (after the defaults and a 16 MiB
+    /// reservation).
+    fn with(adjust: impl FnOnce(&mut tw_jit_config_t)) -> Fixture {
         let mut domain = null_mut();
         let mut jit = null_mut();
         let mut cfg = std::mem::MaybeUninit::<tw_jit_config_t>::uninit();
@@ -58,6 +64,7 @@ impl Fixture {
             tw_jit_config_init(cfg.as_mut_ptr());
             let mut cfg = cfg.assume_init();
             cfg.reservation_size = 16 << 20;
+            adjust(&mut cfg);
             ok(tw_jit_new(domain, &cfg, &mut jit));
         }
         Fixture { domain, jit }
@@ -166,6 +173,38 @@ fn a_config_smaller_than_its_first_version_is_rejected_by_new() {
     assert_eq!(c, tw_error_code_t::TW_ERROR_INVALID_ARGUMENT, "{msg}");
     assert!(msg.contains("smaller than the first version"), "{msg}");
     assert!(jit.is_null());
+}
+
+#[test]
+fn a_config_of_the_first_version_gets_the_defaults_of_later_fields() {
+    // A caller built against the first version passes its smaller size and never wrote
+    // `perf_map` or `unwind_info`: garbage there must not be read.
+    let f = Fixture::with(|cfg| {
+        cfg.size = std::mem::offset_of!(tw_jit_config_t, perf_map);
+        cfg.perf_map = 0xdead;
+        cfg.unwind_info = 0xbeef;
+    });
+    // SAFETY: a live jit handle.
+    let jit = unsafe { &(*f.jit).jit };
+    let code = f.forward(add_one);
+    assert_eq!(jit.stats().unwind_registered, 0);
+    // SAFETY: made above, deleted once.
+    unsafe { tw_code_delete(code) };
+}
+
+#[test]
+fn perf_map_writes_the_code_to_the_perf_map() {
+    let f = Fixture::with(|cfg| cfg.perf_map = 1);
+    let code = f.forward(add_one);
+    // SAFETY: a live code handle.
+    let addr = unsafe { tw_code_addr(code) } as usize;
+    let map = std::fs::read_to_string(tramway_jit::Jit::perf_map_path()).expect("the perf map");
+    assert!(
+        map.lines().any(|l| l.starts_with(&format!("{addr:x} "))),
+        "no line for {addr:#x}"
+    );
+    // SAFETY: made above, deleted once.
+    unsafe { tw_code_delete(code) };
 }
 
 #[test]

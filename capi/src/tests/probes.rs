@@ -37,7 +37,10 @@ struct ProbeFixture {
 
 impl ProbeFixture {
     fn new() -> ProbeFixture {
-        let f = Fixture::new();
+        ProbeFixture::on(Fixture::new())
+    }
+
+    fn on(f: Fixture) -> ProbeFixture {
         let implementation = f.forward(add_one);
         let (mut probes, mut site) = (null_mut(), null_mut());
         // SAFETY: live handles, valid out-parameters.
@@ -221,4 +224,26 @@ fn what_a_hook_must_not_do_fails_with_in_hook() {
         tw_thread_is_online(),
         "the hook's unregister attempt changed nothing"
     );
+}
+
+#[test]
+fn unwind_info_registers_the_probe_trampolines_unwind_information() {
+    let p = ProbeFixture::on(Fixture::with(|cfg| cfg.unwind_info = 1));
+    // SAFETY: a live jit handle.
+    let jit = unsafe { &(*p.f.jit).jit };
+    assert_eq!(jit.stats().unwind_registered, 0);
+    let counter = Counter::default();
+    let probe = p.attach(&counter);
+    // The probe trampoline calls the dispatcher: it carries unwind information.
+    assert!(jit.stats().unwind_registered >= 1, "{:?}", jit.stats());
+    // SAFETY: live handles; the probe is detached and deleted once.
+    unsafe {
+        ok(tw_probe_detach(p.probes, probe));
+        assert!(tw_quiescent());
+        ok(tw_jit_barrier(p.f.jit));
+        tw_probe_delete(probe);
+    }
+    // Deregistered when its trampoline was freed, after the grace period.
+    assert_eq!(jit.stats().unwind_registered, 0, "{:?}", jit.stats());
+    assert_eq!(counter.finalized.load(Ordering::SeqCst), 1);
 }
