@@ -114,23 +114,25 @@ pub enum CodeRangeError {
 /// Wrap calls into JIT code that may park (a compiled body that calls runtime helpers), or the
 /// runtime helper JIT code calls that may park. Scopes nest. Outside a task it is a
 /// [`non_yielding`](crate::non_yielding) section (a registered thread's quiescent-state reports
-/// are ignored inside it). Cost: two plain stores to the task's own counter.
+/// are ignored inside it). Cost: a load and two plain stores to the task's own counter; on
+/// leaving, the depth is restored to its value on entry (an unbalanced C-ABI enter inside the
+/// scope ends with it).
 pub fn in_yielding_code<R>(f: impl FnOnce() -> R) -> R {
     let Some(depth) = qs::task_yielding_depth() else {
         return crate::non_yielding(f);
     };
-    /// Leaves the scope even if `f` unwinds.
-    struct Leave(*const AtomicU32);
+    /// Leaves the scope even if `f` unwinds, restoring the depth it entered with.
+    struct Leave(*const AtomicU32, u32);
     impl Drop for Leave {
         fn drop(&mut self) {
             // SAFETY: the task's own counter (see `qs::task_yielding_depth`), alive as long as
             // the task's stack; the task may have migrated meanwhile, the counter moved with it.
-            qs::yielding_code_leave(unsafe { &*self.0 });
+            qs::yielding_code_restore(unsafe { &*self.0 }, self.1);
         }
     }
     // SAFETY: as in `Leave::drop`.
-    qs::yielding_code_enter(unsafe { &*depth });
-    let _leave = Leave(depth);
+    let prev = qs::yielding_code_enter(unsafe { &*depth });
+    let _leave = Leave(depth, prev);
     f()
 }
 
@@ -142,8 +144,10 @@ pub fn in_yielding_code<R>(f: impl FnOnce() -> R) -> R {
 /// ABI lets a callee clobber and never unwinds.
 pub extern "C" fn yielding_code_enter() {
     match qs::task_yielding_depth() {
-        // SAFETY: the task's own counter (see `qs::task_yielding_depth`).
-        Some(d) => qs::yielding_code_enter(unsafe { &*d }),
+        Some(d) => {
+            // SAFETY: the task's own counter (see `qs::task_yielding_depth`).
+            qs::yielding_code_enter(unsafe { &*d });
+        }
         None => qs::thread_non_yielding_enter(),
     }
 }

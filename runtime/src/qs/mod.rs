@@ -120,7 +120,7 @@ pub(crate) use cell::QsSnapshot;
 pub(crate) use reader::{
     in_non_yielding, in_task, is_active_reader_of, on_worker_thread, preemptible,
     task_yielding_depth, thread_non_yielding_enter, thread_non_yielding_leave, yielding_code_depth,
-    yielding_code_enter, yielding_code_leave,
+    yielding_code_enter, yielding_code_leave, yielding_code_restore,
 };
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
 #[cfg(all(loom, test))]

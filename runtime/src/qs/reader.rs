@@ -231,10 +231,20 @@ pub(crate) fn task_yielding_depth() -> Option<*const AtomicU32> {
     })
 }
 
-/// Raises the depth counter `d` (owner only: a load and a store, no read-modify-write).
+/// Raises the depth counter `d` (owner only: a load and a store, no read-modify-write) and
+/// returns its previous value.
 #[inline]
-pub(crate) fn yielding_code_enter(d: &AtomicU32) {
-    d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+pub(crate) fn yielding_code_enter(d: &AtomicU32) -> u32 {
+    let prev = d.load(Ordering::Relaxed);
+    d.store(prev + 1, Ordering::Relaxed);
+    prev
+}
+
+/// Leaves a scope entered with [`yielding_code_enter`] by storing back the depth it returned:
+/// one store, so back-to-back scopes do not chain two store-to-load forwards each.
+#[inline]
+pub(crate) fn yielding_code_restore(d: &AtomicU32, prev: u32) {
+    d.store(prev, Ordering::Relaxed);
 }
 
 /// Lowers it (saturating: an unbalanced leave cannot wrap the depth around).
