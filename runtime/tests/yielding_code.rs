@@ -193,7 +193,7 @@ fn the_depth_nests_and_is_zero_outside_tasks() {
         tramway_runtime::code::yielding_code_leave(); // unbalanced: saturates
         assert_eq!(yielding_code_depth(), 0);
         // A scope restores the depth it entered with, also past an unbalanced C-ABI enter.
-        in_yielding_code(tramway_runtime::code::yielding_code_enter);
+        in_yielding_code(|| tramway_runtime::code::yielding_code_enter());
         assert_eq!(yielding_code_depth(), 0);
     })
     .unwrap()
