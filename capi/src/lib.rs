@@ -9,8 +9,9 @@
 //! - `jit.rs`, `emit.rs`, `site.rs`, `probes.rs`: code memory, custom emission, patch sites,
 //!   probes.
 //!
-//! `include/tramway.h` is generated from these files by cbindgen (`cargo run -p tramway-capi
-//! --example gen-header`); `tests/header.rs` fails when it is stale.
+//! `include/tramway.h` is generated from these files by cbindgen
+//! (`TRAMWAY_BLESS_HEADER=1 cargo test -p tramway-capi --test header`); without the variable
+//! that test fails when the header is stale.
 // The C names (`tw_jit_t`, `TW_ERROR_RETIRED`) are the API.
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
