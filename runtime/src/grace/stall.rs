@@ -38,7 +38,9 @@ const MAX_SLEEP: Duration = Duration::from_millis(1);
 pub(super) struct Backoff<'a> {
     engine: &'a Engine,
     grace_period: u64,
-    start: Instant,
+    /// When the GP first had to sleep (stall reports count from there; a GP that ends while
+    /// it spins never reads the clock).
+    start: Option<Instant>,
     sleep: Duration,
     next_report: Duration,
     expedited: bool,
@@ -51,7 +53,7 @@ impl<'a> Backoff<'a> {
         Backoff {
             engine,
             grace_period,
-            start: Instant::now(),
+            start: None,
             sleep: if expedited {
                 EXPEDITED_FIRST_SLEEP
             } else {
@@ -97,10 +99,11 @@ impl<'a> Backoff<'a> {
                     return;
                 }
             }
+            let start = *self.start.get_or_insert_with(Instant::now);
             thread::park_timeout(self.sleep);
             registry.disarm_waker();
             self.sleep = (self.sleep * 2).min(MAX_SLEEP);
-            let waited = self.start.elapsed();
+            let waited = start.elapsed();
             if waited >= self.next_report {
                 if let Some(holdouts) = late(true) {
                     self.report(waited, holdouts);
