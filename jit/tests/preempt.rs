@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tramway_harness::wait::within;
+
 use tramway_jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway_jit::{Jit, Site, SiteKind, Trampoline};
 use tramway_runtime::grace::{Flavor, GraceConfig, GraceDomain};
@@ -47,17 +49,6 @@ fn preemptive_runtime(workers: usize) -> Runtime {
         .expect("a preemptive runtime")
 }
 
-fn eventually(timeout: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 /// A task calls `site` (a spin loop) inside a preemptible scope and spins until released.
 struct Spinner {
     release: Arc<AtomicU64>,
@@ -84,7 +75,7 @@ fn spin_in_site(rt: &Runtime, site: &Site) -> Spinner {
             v
         })
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || inside.load(Ordering::Acquire)));
+    assert!(within(Duration::from_secs(10), || inside.load(Ordering::Acquire)));
     Spinner {
         release,
         inside,
@@ -173,7 +164,7 @@ fn preempted_inside_a_retired_trampoline(flavor: Flavor) -> (bool, u64) {
         .unwrap();
     let spinner = spin_in_site(&rt, &site);
     // Wait until the spinner has been preempted (a holdout, switched out inside T1).
-    assert!(eventually(Duration::from_secs(10), || rt
+    assert!(within(Duration::from_secs(10), || rt
         .stats()
         .preempt
         .preemptions
@@ -182,7 +173,7 @@ fn preempted_inside_a_retired_trampoline(flavor: Flavor) -> (bool, u64) {
                                                         // A cookie for a GP after the retirement; keep the worker busy enough to be preempted
                                                         // again and again meanwhile (another task runs each time).
     let cookie = gp.start_poll();
-    let ended_under_the_task = eventually(Duration::from_millis(300), || gp.poll(&cookie));
+    let ended_under_the_task = within(Duration::from_millis(300), || gp.poll(&cookie));
     let reclaimed_under_the_task = stats.get().reclaimed >= 1;
     spinner.release.store(1, Ordering::Release);
     let result = spinner.task.join().unwrap();
@@ -405,7 +396,7 @@ fn cancel_preempted_child() {
         .site(SiteKind::Indirect, &spin_until_set(&jit, 1))
         .unwrap();
     let spinner = spin_in_site(&rt, &site);
-    assert!(eventually(Duration::from_secs(10), || rt
+    assert!(within(Duration::from_secs(10), || rt
         .stats()
         .preempt
         .preemptions

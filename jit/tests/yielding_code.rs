@@ -6,15 +6,15 @@
 //! semantics, no scan consulted): the body is freed while the task is parked inside it, and
 //! the task crashes on trap-filled code when it returns into it (in a child process).
 
-use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tramway_harness::unsound::IgnoresCodeRanges;
 use tramway_jit::dynasmrt::{dynasm, DynasmApi};
-use tramway_jit::{Deferred, Jit, Reclaim, Site, SiteKind, Trampoline};
+use tramway_jit::{Jit, Reclaim, Site, SiteKind, Trampoline};
 use tramway_runtime::grace::{GraceConfig, GraceDomain};
 use tramway_runtime::{in_yielding_code, Event, Runtime};
 
@@ -72,14 +72,7 @@ fn constant(jit: &Jit, v: i32) -> Trampoline {
 type BodyFn = extern "C" fn(*const Gate) -> u64;
 
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
+    tramway_harness::wait::within(Duration::from_secs(20), cond)
 }
 
 struct Setup {
@@ -222,27 +215,6 @@ fn a_task_parked_inside_jit_code_does_not_stall_patchers() {
     assert_eq!(task.join().unwrap(), 1);
 }
 
-/// A deliberately unsound reclaimer for the control: grace periods, but code ranges dropped,
-/// so tasks parked inside yielding code are treated as quiescent for everything.
-struct IgnoreCodeRanges(GraceDomain);
-
-// SAFETY: NOT sound: `defer_code` ignores the ranges. Used only by the control child, which
-// must crash.
-unsafe impl Reclaim for IgnoreCodeRanges {
-    fn defer(&self, f: Deferred) {
-        self.0.call_boxed(f);
-    }
-    fn defer_code(&self, _code: &[Range<usize>], f: Deferred) {
-        self.0.call_boxed(f);
-    }
-    fn barrier(&self) {
-        self.0.barrier();
-    }
-    fn barrier_waits_for_grace_period(&self) -> bool {
-        true
-    }
-}
-
 const CONTROL_CHILD: &str = "TRAMWAY_YIELDING_CODE_CONTROL_CHILD";
 
 #[test]
@@ -250,7 +222,7 @@ fn control_child() {
     if std::env::var_os(CONTROL_CHILD).is_none() {
         return;
     }
-    let s = setup(|gp| Arc::new(IgnoreCodeRanges(gp.clone())));
+    let s = setup(|gp| Arc::new(IgnoresCodeRanges(gp.clone())));
     let task = call_and_park(&s);
     drop(s.site.swap(&parking_body(&s.jit, 2)).unwrap());
     s.gp.synchronize();

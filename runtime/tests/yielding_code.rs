@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tramway_runtime::code::{in_yielding_code, yielding_code_depth, CodeRange};
 use tramway_runtime::grace::{GraceConfig, GraceDomain};
@@ -21,14 +21,7 @@ fn range_of(code: &'static [u8; 64]) -> std::ops::Range<usize> {
 }
 
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
+    tramway_harness::wait::within(Duration::from_secs(20), cond)
 }
 
 struct Parked {

@@ -9,24 +9,13 @@ mod parked;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tramway_jit::dynasmrt::{dynasm, DynasmApi};
 use tramway_jit::{
     ExitHook, ForwardingSpec, Hook, HookArgs, Jit, JitError, ProbeError, ProbeHook, ProbedSite,
     Probes, ReturnValues, SiteKind, Target, Trampoline, MAX_STACK_ARG_BYTES,
 };
-
-fn eventually(timeout: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
 
 /// A tail-jumping trampoline to `f` (an `extern "C" fn` cast to an address).
 fn forward_to(jit: &Jit, f: *const u8) -> Trampoline {

@@ -3,18 +3,19 @@
 //! the control, where a reclaimer that ignores code ranges frees it under the task (in a child
 //! process, which dies returning into freed code).
 
-use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tramway_jit::{Deferred, Jit, ProbeHook, Probes, Reclaim, SiteKind};
+use tramway_jit::{Jit, ProbeHook, Probes, Reclaim, SiteKind};
 use tramway_runtime::grace::{GraceConfig, GraceDomain};
 use tramway_runtime::Runtime;
 
-use super::{eventually, forward_to};
+use super::forward_to;
+use tramway_harness::unsound::IgnoresCodeRanges;
+use tramway_harness::wait::within;
 
 /// What the implementation below and the test share.
 #[derive(Default)]
@@ -95,7 +96,7 @@ fn detach_while_parked(reclaimer: fn(&GraceDomain) -> Arc<dyn Reclaim>) -> Parke
     let g = gate.clone();
     let task = rt.spawn(move || f(&*g, 41)).unwrap();
     // Parked inside the implementation at least once (so its stack was scanned).
-    assert!(eventually(Duration::from_secs(20), || gate
+    assert!(within(Duration::from_secs(20), || gate
         .parks
         .load(Ordering::SeqCst)
         >= 1));
@@ -117,7 +118,7 @@ fn detach_while_parked(reclaimer: fn(&GraceDomain) -> Arc<dyn Reclaim>) -> Parke
 
     gate.release.store(true, Ordering::SeqCst);
     let result = task.join().unwrap();
-    let freed_after_return = eventually(Duration::from_secs(20), || {
+    let freed_after_return = within(Duration::from_secs(20), || {
         jit.barrier();
         drops.load(Ordering::SeqCst) == 1
     });
@@ -161,30 +162,6 @@ fn a_detached_exit_probe_state_is_freed_only_after_the_parked_task_left() {
 fn a_parked_call_holds_back_only_its_own_dispatcher() {
     let p = detach_while_parked(sound);
     assert!(p.unrelated_reclaimed_while_parked, "{p:?}");
-}
-
-/// A deliberately unsound reclaimer: a grace domain that ignores code ranges (every ranged
-/// free is queued as a plain callback), i.e. exit hooks on the plain Tasks flavor.
-struct IgnoresCodeRanges(GraceDomain);
-
-// SAFETY: NOT sound, on purpose (the control below): `defer_code` does not wait for tasks
-// parked inside the code. Everything else is the domain's own.
-unsafe impl Reclaim for IgnoresCodeRanges {
-    fn defer(&self, f: Deferred) {
-        self.0.call_boxed(f);
-    }
-    fn defer_code(&self, _code: &[Range<usize>], f: Deferred) {
-        self.0.call_boxed(f);
-    }
-    fn barrier(&self) {
-        self.0.barrier();
-    }
-    fn barrier_waits_for_grace_period(&self) -> bool {
-        true
-    }
-    fn tracks_current_thread(&self) -> bool {
-        self.0.tracks_current_thread()
-    }
 }
 
 fn unsound(gp: &GraceDomain) -> Arc<dyn Reclaim> {
