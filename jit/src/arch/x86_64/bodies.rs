@@ -142,9 +142,9 @@ fn emit_call(ops: &mut Assembler, target: u64, at: usize) {
     }
 }
 
-/// Sets up a frame record, saves the argument registers, calls `func(user, &saved)`,
-/// restores them and pops the frame record (the layout is in [`emit_forwarding`]'s docs).
-fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64, rows: &mut FrameRows) {
+/// `push rbp; mov rbp, rsp`: the frame record both hook-calling bodies open with, its two CFA
+/// rows recorded right after each instruction.
+fn emit_frame_record(ops: &mut Assembler, rows: &mut FrameRows) {
     dynasm!(ops
         ; .arch x64
         ; push rbp
@@ -155,6 +155,12 @@ fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64, rows: &mut FrameRow
         ; mov rbp, rsp
     );
     rows.frame_pointer_set(ops.offset().0);
+}
+
+/// Sets up a frame record, saves the argument registers, calls `func(user, &saved)`,
+/// restores them and pops the frame record (the layout is in [`emit_forwarding`]'s docs).
+fn emit_hook_call(ops: &mut Assembler, func: u64, user: u64, rows: &mut FrameRows) {
+    emit_frame_record(ops, rows);
     dynasm!(ops
         ; .arch x64
         ; push rax
@@ -306,16 +312,7 @@ fn emit_call_through(
     let start = ret + offset_of!(ReturnValues, start_ticks) as i32;
     let end = ret + offset_of!(ReturnValues, end_ticks) as i32;
 
-    dynasm!(ops
-        ; .arch x64
-        ; push rbp
-    );
-    rows.pushed_rbp(ops.offset().0);
-    dynasm!(ops
-        ; .arch x64
-        ; mov rbp, rsp
-    );
-    rows.frame_pointer_set(ops.offset().0);
+    emit_frame_record(ops, rows);
     dynasm!(ops
         ; .arch x64
         ; sub rsp, size
