@@ -148,6 +148,21 @@ fn code_outside_a_preemptible_scope_or_outside_jit_code_is_not_preempted() {
     assert_eq!(task.join().unwrap(), 1);
 }
 
+/// A site over a `spin_until_set` trampoline (tag 1), and a task spinning in it that the
+/// runtime has preempted at least once.
+fn preempted_spinner(rt: &Runtime, jit: &Jit) -> (Site, Spinner) {
+    let site = jit
+        .site(SiteKind::Indirect, &spin_until_set(jit, 1))
+        .unwrap();
+    let spinner = spin_in_site(rt, &site);
+    assert!(within(Duration::from_secs(10), || rt
+        .stats()
+        .preempt
+        .preemptions
+        >= 1));
+    (site, spinner)
+}
+
 /// The scenario of the pair below: a task preempted inside trampoline T1; the site is swapped
 /// to T2 and T1 retired; a grace period of `flavor` then runs. Returns whether the GP ended
 /// while the task was still preempted inside T1, and the task's result once released.
@@ -159,19 +174,11 @@ fn preempted_inside_a_retired_trampoline(flavor: Flavor) -> (bool, u64) {
         .build()
         .unwrap();
     let stats = jit.stats_handle();
-    let site = jit
-        .site(SiteKind::Indirect, &spin_until_set(&jit, 1))
-        .unwrap();
-    let spinner = spin_in_site(&rt, &site);
-    // Wait until the spinner has been preempted (a holdout, switched out inside T1).
-    assert!(within(Duration::from_secs(10), || rt
-        .stats()
-        .preempt
-        .preemptions
-        >= 1));
-    drop(site.swap(&spin_until_set(&jit, 2)).unwrap()); // T1 retired
-                                                        // A cookie for a GP after the retirement; keep the worker busy enough to be preempted
-                                                        // again and again meanwhile (another task runs each time).
+    // Once preempted, the spinner is a holdout, switched out inside T1.
+    let (site, spinner) = preempted_spinner(&rt, &jit);
+    // T1 retired. A cookie for a GP after the retirement; keep the worker busy enough to be
+    // preempted again and again meanwhile (another task runs each time).
+    drop(site.swap(&spin_until_set(&jit, 2)).unwrap());
     let cookie = gp.start_poll();
     let ended_under_the_task = within(Duration::from_millis(300), || gp.poll(&cookie));
     let reclaimed_under_the_task = stats.get().reclaimed >= 1;
@@ -392,15 +399,7 @@ fn cancel_preempted_child() {
     }
     let rt = preemptive_runtime(1);
     let jit = Jit::new().unwrap();
-    let site = jit
-        .site(SiteKind::Indirect, &spin_until_set(&jit, 1))
-        .unwrap();
-    let spinner = spin_in_site(&rt, &site);
-    assert!(within(Duration::from_secs(10), || rt
-        .stats()
-        .preempt
-        .preemptions
-        >= 1));
+    let (_site, spinner) = preempted_spinner(&rt, &jit);
     // An unrelated task keeps the worker switching, so the spinner sits in the preempted
     // queue when shutdown comes; it is cancelled there, never unwound through JIT frames.
     let _busy = rt.spawn(|| loop {
