@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use tramway_harness::example_bin::cargo_build;
+
 /// How long the example may run (it takes well under a second).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -46,28 +48,7 @@ fn c_compiler() -> Option<String> {
 fn built_library_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/<test>-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable in target/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => panic!("unexpected target layout: {}", profile_dir.display()),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--package", "tramway-capi", "--lib"])
-            .args(["--profile", &profile, "--target-dir"])
-            .arg(target_dir)
-            .current_dir(crate_dir())
-            .status()
-            .expect("run cargo build -p tramway-capi");
-        assert!(status.success(), "cargo build -p tramway-capi failed");
+        let profile_dir = cargo_build(&["--package", "tramway-capi", "--lib"]);
         for lib in ["libtramway.a", "libtramway.so"] {
             let path = profile_dir.join(lib);
             assert!(

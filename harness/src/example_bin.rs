@@ -19,6 +19,19 @@ pub fn example_binary(name: &str) -> PathBuf {
     if let Some(p) = built.get(name) {
         return p.clone();
     }
+    let profile_dir = cargo_build(&["--package", "tramway", "--example", name]);
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} missing after cargo build", bin.display());
+    built.insert(name.to_string(), bin.clone());
+    bin
+}
+
+/// Runs `cargo build --quiet ARGS` for the calling test's profile into its target directory
+/// (cargo does nothing if the artifacts are up to date) and returns `target/<profile>`, where
+/// the artifacts are.
+pub fn cargo_build(args: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>
     let profile_dir = exe
@@ -31,30 +44,16 @@ pub fn example_binary(name: &str) -> PathBuf {
         Some("debug") => "dev",
         Some(other) => other,
         None => panic!("unexpected target layout: {}", profile_dir.display()),
-    }
-    .to_string();
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "tramway",
-            "--example",
-            name,
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--profile", profile, "--target-dir"])
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .expect("run cargo build for the example");
-    assert!(status.success(), "building example {name} failed");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} missing after cargo build", bin.display());
-    built.insert(name.to_string(), bin.clone());
-    bin
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {} failed", args.join(" "));
+    profile_dir
 }
