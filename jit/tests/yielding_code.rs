@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tramway_harness::unsound::IgnoresCodeRanges;
 use tramway_jit::dynasmrt::{dynasm, DynasmApi};
-use tramway_jit::{Jit, Reclaim, Site, SiteKind, Trampoline};
+use tramway_jit::{Jit, JitBuilder, Reclaim, Site, SiteKind, Trampoline};
 use tramway_runtime::grace::{GraceConfig, GraceDomain};
 use tramway_runtime::{in_yielding_code, Event, Runtime};
 
@@ -84,9 +84,19 @@ struct Setup {
 }
 
 fn setup(reclaimer: impl FnOnce(&GraceDomain) -> Arc<dyn Reclaim>) -> Setup {
+    setup_with(reclaimer, |b| b)
+}
+
+/// [`setup`], with the `Jit`'s builder adjusted by `jit`.
+fn setup_with(
+    reclaimer: impl FnOnce(&GraceDomain) -> Arc<dyn Reclaim>,
+    jit: impl FnOnce(JitBuilder) -> JitBuilder,
+) -> Setup {
     let rt = Runtime::builder().workers(2).build().unwrap();
     let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
-    let jit = Jit::builder().reclaimer(reclaimer(&gp)).build().unwrap();
+    let jit = jit(Jit::builder().reclaimer(reclaimer(&gp)))
+        .build()
+        .unwrap();
     let site = jit
         .site(SiteKind::Indirect, &parking_body(&jit, 1))
         .unwrap();
@@ -166,29 +176,9 @@ fn unrelated_retired_code_is_freed_while_the_task_stays_parked() {
 
 #[test]
 fn a_task_parked_inside_jit_code_does_not_stall_patchers() {
-    let rt = Runtime::builder().workers(2).build().unwrap();
-    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
     // A backlog bound below the held body's size: every swap throttles (waits for barriers),
     // so a patcher whose barriers waited for the held body would stall.
-    let jit = Jit::builder()
-        .reclaimer(Arc::new(gp.clone()))
-        .max_retired_bytes(1)
-        .build()
-        .unwrap();
-    let site = jit
-        .site(SiteKind::Indirect, &parking_body(&jit, 1))
-        .unwrap();
-    let gate = Arc::new(Gate {
-        inside: AtomicBool::new(false),
-        release: Event::new(),
-    });
-    let s = Setup {
-        rt,
-        gp,
-        jit,
-        site,
-        gate,
-    };
+    let s = setup_with(|gp| Arc::new(gp.clone()), |b| b.max_retired_bytes(1));
     let task = call_and_park(&s);
     drop(s.site.swap(&parking_body(&s.jit, 2)).unwrap());
     let other = s
