@@ -390,10 +390,11 @@ void tw_jit_config_init(struct tw_jit_config_t *cfg);
  *
  * `emit(user, buf, cap, final_addr)` writes the machine code into `buf` (at most `cap` =
  * `min(max_len, chunk size)` bytes) as it must be for execution at `final_addr`, and returns
- * its length (0 = failure). It is called twice, synchronously on this thread: once with a
- * provisional address to size the code, once with the address the code is installed at; it
- * must return the same length both times (`TW_ERROR_EMIT_FAILED` otherwise). Only the bytes
- * of the last call are kept, at exactly its `final_addr`. It must not call into this
+ * its length (0 = failure). It is called once or twice, synchronously on this thread: once
+ * at the address of a slot sized by a guess (the previous custom code's length), and again,
+ * at another slot's address, when the code needs a slot of another size; it must return the
+ * same length both times (`TW_ERROR_EMIT_FAILED` otherwise). Only the bytes of the last
+ * call are kept, at exactly its `final_addr`. It must not call into this
  * library.
  *
  * Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL, `max_len` 0), `TW_ERROR_EMIT_FAILED`,

@@ -1,10 +1,11 @@
 //! `tw_jit_emit`: custom machine code written by a C callback at its final address.
 //!
-//! `Jit::custom_at` runs its closure twice, each time with a fresh dynasm assembler and the
-//! address its bytes are assembled for: first a provisional one (to size the code), then the
-//! slot the code is copied into. Each pass calls the C callback with that address into a
-//! scratch buffer and appends the bytes to the assembler. The code must have the same length
-//! in both passes; only the second pass's bytes are kept.
+//! `Jit::custom_at` runs its closure once or twice, each time with a fresh dynasm assembler
+//! and the address of a slot its bytes are assembled for: once when the slot it guessed (the
+//! size of the previous custom code) fits the code's size class, again at a slot of the right
+//! size when it does not. Each pass calls the C callback with that address into a scratch
+//! buffer and appends the bytes to the assembler. The code must have the same length in both
+//! passes; only the last pass's bytes are kept.
 //!
 //! As a safety net against a change of that protocol, the finished code must sit at the
 //! address the last pass was given, or the call fails with `TW_ERROR_EMIT_FAILED` (the code,
@@ -31,7 +32,7 @@ fn emit_failed(message: impl Into<String>) -> Error {
     Error::new(tw_error_code_t::TW_ERROR_EMIT_FAILED, message)
 }
 
-/// What the two passes share.
+/// What the passes share.
 struct Passes {
     emit: unsafe extern "C" fn(*mut c_void, *mut u8, usize, usize) -> usize,
     user: *mut c_void,
@@ -76,10 +77,11 @@ impl Passes {
 ///
 /// `emit(user, buf, cap, final_addr)` writes the machine code into `buf` (at most `cap` =
 /// `min(max_len, chunk size)` bytes) as it must be for execution at `final_addr`, and returns
-/// its length (0 = failure). It is called twice, synchronously on this thread: once with a
-/// provisional address to size the code, once with the address the code is installed at; it
-/// must return the same length both times (`TW_ERROR_EMIT_FAILED` otherwise). Only the bytes
-/// of the last call are kept, at exactly its `final_addr`. It must not call into this
+/// its length (0 = failure). It is called once or twice, synchronously on this thread: once
+/// at the address of a slot sized by a guess (the previous custom code's length), and again,
+/// at another slot's address, when the code needs a slot of another size; it must return the
+/// same length both times (`TW_ERROR_EMIT_FAILED` otherwise). Only the bytes of the last
+/// call are kept, at exactly its `final_addr`. It must not call into this
 /// library.
 ///
 /// Errors: `TW_ERROR_INVALID_ARGUMENT` (NULL, `max_len` 0), `TW_ERROR_EMIT_FAILED`,

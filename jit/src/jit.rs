@@ -151,7 +151,7 @@ impl JitBuilder {
         let reclaimer = self
             .reclaimer
             .unwrap_or_else(|| Arc::new(LeakUntilDrop::new()));
-        let retirement = Retirement::new(reclaimer, self.max_retired_bytes, mem.stat_counters());
+        let retirement = Retirement::new(reclaimer, self.max_retired_bytes, Arc::clone(&mem));
         let profiling = Profiling::open(&self.profiling)?;
         let (base, len) = mem.range();
         tracing::debug!(
@@ -241,8 +241,11 @@ impl Jit {
 
     /// Emits custom code.
     ///
-    /// `emit` is called twice, with assemblers based at a provisional and at the final address;
-    /// both passes must produce the same length ([`JitError::EmitLengthChanged`] otherwise).
+    /// `emit` is called with an assembler based at the address the code will run at. The slot
+    /// is sized by a guess (the length of this `Jit`'s previous custom code); when the code
+    /// needs a slot of another size, `emit` is called a second time, at the final address,
+    /// and both passes must produce the same length ([`JitError::EmitLengthChanged`]
+    /// otherwise).
     /// The assembler is dynasm's, re-exported as [`dynasmrt`](crate::dynasmrt) (so an embedder
     /// needs no direct dependency of its own); start every `dynasm!` block with `.arch x64`.
     ///

@@ -7,6 +7,7 @@
 //! Deferred frees hold only the `Arc<CodeMemory>` they free into (not the core, which holds
 //! the reclaimer that holds them: no cycle).
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crate::code_memory::CodeMemory;
@@ -23,6 +24,9 @@ pub(crate) struct JitCore {
     pub(crate) profiling: Profiling,
     /// Whether hook-calling trampolines get registered unwind information (`unwind.rs`).
     pub(crate) unwind_info: bool,
+    /// The length of the last custom code emitted: the slot size `Trampoline::emit`
+    /// guesses for the next one (a hint, so relaxed and racy by design).
+    pub(crate) custom_len_hint: AtomicUsize,
 }
 
 impl JitCore {
@@ -37,6 +41,7 @@ impl JitCore {
             retirement,
             profiling,
             unwind_info,
+            custom_len_hint: AtomicUsize::new(0),
         }
     }
 

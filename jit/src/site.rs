@@ -51,6 +51,7 @@ use crate::code_memory::Slot;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
 use crate::lock;
+use crate::reclaim::CodeFree;
 use crate::trampoline::{Retired, Trampoline};
 
 /// How a site jumps to its current trampoline.
@@ -233,16 +234,10 @@ impl std::fmt::Debug for Site {
 
 impl Drop for SiteInner {
     fn drop(&mut self) {
-        let mem = self.core.mem.clone();
-        let stub = self.stub;
         // Callers may still be inside the stub: free it only after a grace period.
         self.core
             .retirement
-            .defer_free(stub.addr..stub.addr + stub.size, move || {
-                // SAFETY: deferred past a grace period after the site became unreachable.
-                unsafe { mem.free(stub) };
-                mem.stats().site_freed();
-            });
+            .defer_free(CodeFree::SiteStub(self.stub));
         let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
         current.uninstall();
         // The `current` handle drops with `self`, deferring the trampoline's free if it was the last.

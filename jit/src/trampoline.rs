@@ -25,6 +25,7 @@ use crate::arch::{self, Assembler, FrameRows};
 use crate::code_memory::Slot;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
+use crate::reclaim::CodeFree;
 use crate::unwind::UnwindRegistration;
 
 /// Set once the trampoline is retired; never cleared.
@@ -77,9 +78,12 @@ impl Trampoline {
     /// Emits code with `emit(ops, address it will run at)`, copies it into code memory, and
     /// returns the handle. The code is complete before this returns.
     ///
-    /// With `len` known (the crate's own bodies, whose length depends only on their shape) the
-    /// slot is allocated first and `emit` runs once, at the final address; otherwise (custom
-    /// code) it runs twice: once to size the code, once at its final address.
+    /// `emit` runs at the address of the slot the code is copied into, usually once. With
+    /// `len` known (the crate's own bodies, whose length depends only on their shape) the slot
+    /// is allocated for it. Otherwise (custom code) the slot is a guess: the size of the last
+    /// custom code this `Jit` emitted, so that code of a steady shape is assembled once; if
+    /// the code needs another slot size, `emit` runs again at a slot of the right size, and
+    /// both passes must produce the same length.
     ///
     /// `emit` returns the frame rows of code that calls out (a hook-calling forwarding body),
     /// `None` otherwise; with the `Jit`'s unwind information on, the rows are registered
@@ -88,42 +92,67 @@ impl Trampoline {
         core: &Arc<JitCore>,
         emit: &dyn Fn(&mut Assembler, usize) -> Option<FrameRows>,
         len: Option<usize>,
-        mut data: CodeData,
+        data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
         let mem = &core.mem;
-        let assemble = |base: usize, capacity: usize| {
-            let mut ops = Assembler::new_with_capacity(base, capacity, 0, 0, 0, 0, 0);
-            let rows = emit(&mut ops, base);
+        let assemble = |addr: usize, capacity: usize| {
+            let mut ops = Assembler::new(addr);
+            ops.reserve_ops(capacity);
+            let rows = emit(&mut ops, addr);
             let bytes = ops
                 .finalize()
                 .map_err(|e| JitError::Assemble(e.to_string()))?;
             Ok::<_, JitError>((bytes, rows))
         };
-        let first_len = match len {
-            Some(len) => len,
-            None => assemble(mem.range().0, 64)?.0.len(),
-        };
-        let slot = mem.alloc(first_len)?;
-        /// Frees the slot unless the emission completes, also if the final pass unwinds (a
-        /// panicking emit closure): nothing can reach the slot yet.
-        struct Unfinished<'a>(&'a crate::code_memory::CodeMemory, Option<Slot>);
-        impl Drop for Unfinished<'_> {
-            fn drop(&mut self) {
-                if let Some(slot) = self.1.take() {
-                    // SAFETY: allocated by `emit`, never written into a site or handed out.
-                    unsafe { self.0.free(slot) };
-                }
+        let mut unfinished = Unfinished(mem, None);
+        let mut first = None;
+        if let Some(len) = len {
+            first = Some(len);
+        } else if let Some(slot) = mem.alloc_mapped(core.custom_len_hint.load(Ordering::Relaxed)) {
+            // Custom code, assembled at a guessed slot: kept if its size class fits.
+            unfinished.1 = Some(slot);
+            let (bytes, rows) = assemble(slot.addr, slot.size)?;
+            if mem.slot_size(bytes.len())? == slot.size {
+                return Self::finish(core, unfinished, bytes, rows, data, keepalive);
             }
+            core.custom_len_hint.store(bytes.len(), Ordering::Relaxed);
+            unfinished.replace(None);
+            first = Some(bytes.len());
         }
-        let mut unfinished = Unfinished(mem, Some(slot));
-        let (bytes, rows) = assemble(slot.addr, first_len)?;
-        if bytes.len() != first_len {
+        let first = match first {
+            Some(len) => len,
+            // No guess could be tried: a sizing pass at the reservation's base.
+            None => {
+                let len = assemble(mem.range().0, 64)?.0.len();
+                core.custom_len_hint.store(len, Ordering::Relaxed);
+                len
+            }
+        };
+        let slot = mem.alloc(first)?;
+        unfinished.replace(Some(slot));
+        let (bytes, rows) = assemble(slot.addr, slot.size)?;
+        if bytes.len() != first {
             return Err(JitError::EmitLengthChanged {
-                first: first_len,
+                first,
                 second: bytes.len(),
             });
         }
+        Self::finish(core, unfinished, bytes, rows, data, keepalive)
+    }
+
+    /// Writes the assembled `bytes` into the slot `unfinished` holds, registers their unwind
+    /// rows, and returns the handle (the end of [`emit`](Self::emit)).
+    fn finish(
+        core: &Arc<JitCore>,
+        mut unfinished: Unfinished<'_>,
+        bytes: Vec<u8>,
+        rows: Option<FrameRows>,
+        mut data: CodeData,
+        keepalive: Option<Trampoline>,
+    ) -> Result<Trampoline, JitError> {
+        let mem = &core.mem;
+        let slot = *unfinished.slot();
         // SAFETY: the slot was just allocated and is unreachable from any site.
         unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
         unfinished.1 = None;
@@ -150,7 +179,7 @@ impl Trampoline {
                 core: core.clone(),
                 id,
                 slot,
-                len: first_len,
+                len: bytes.len(),
                 data,
                 state: AtomicU64::new(0),
                 disposition: AtomicU8::new(DISPOSE_NORMAL),
@@ -279,41 +308,57 @@ impl Drop for TrampolineInner {
             0,
             "an installed trampoline is held by its site"
         );
-        let mem = self.core.mem.clone();
         let slot = self.slot;
-        let mut data = std::mem::take(&mut self.data);
+        let data = std::mem::take(&mut self.data);
         match *self.disposition.get_mut() {
             DISPOSE_LEAK => {
                 // The code stays mapped for the life of the process: keep the code memory (and
                 // the heap memory the code references) alive forever.
+                let mem = &self.core.mem;
                 mem.stats().leaked(retired.then_some(slot.size));
                 std::mem::forget(data);
-                std::mem::forget(mem);
+                std::mem::forget(Arc::clone(mem));
             }
             disposition => {
-                let free = move || {
-                    // Deregister the unwind information first: once the slot is freed it may
-                    // hold another trampoline's code (`unwind.rs`: the ordering).
-                    if let Some(unwind) = data.unwind.take() {
-                        drop(unwind);
-                        mem.stats().unwind_deregistered();
-                    }
-                    // SAFETY: this runs once, either because the code was never reachable, or after
-                    // the reclaimer's grace period (or the `reclaim_now` caller's promise).
-                    unsafe { mem.free(slot) };
-                    drop(data);
-                    mem.stats().reclaimed(retired.then_some(slot.size));
+                let free = CodeFree::Trampoline {
+                    slot,
+                    data,
+                    retired,
                 };
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
-                    free();
+                    // SAFETY: the code was never reachable (nothing can be inside it), or
+                    // the `reclaim_now` caller promised that nothing is.
+                    unsafe { free.run(&self.core.mem) };
                 } else {
-                    self.core
-                        .retirement
-                        .defer_free(slot.addr..slot.addr + slot.size, free);
+                    self.core.retirement.defer_free(free);
                 }
             }
         }
         // `_keepalive` drops after this, so a forwarding target's free is deferred after ours.
+    }
+}
+
+/// Frees the slot unless the emission completes, also if a pass unwinds (a panicking
+/// emit closure): nothing can reach the slot yet.
+struct Unfinished<'a>(&'a crate::code_memory::CodeMemory, Option<Slot>);
+impl Unfinished<'_> {
+    fn slot(&self) -> &Slot {
+        self.1.as_ref().expect("set until the emission completes")
+    }
+    /// Frees the current slot, if any, and takes `next` instead.
+    fn replace(&mut self, next: Option<Slot>) {
+        if let Some(slot) = std::mem::replace(&mut self.1, next) {
+            // SAFETY: allocated by `emit`, never written into a site or handed out.
+            unsafe { self.0.free(slot) };
+        }
+    }
+}
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.1.take() {
+            // SAFETY: allocated by `emit`, never written into a site or handed out.
+            unsafe { self.0.free(slot) };
+        }
     }
 }
 

@@ -167,6 +167,8 @@ pub(crate) struct CodeMemory {
     backend: Box<dyn CodeBackend>,
     sync_cores: SyncCorePolicy,
     state: Mutex<AllocState>,
+    /// The slot size of each class, smallest first (read without the lock).
+    class_sizes: Box<[usize]>,
     stats: Arc<StatCounters>,
     /// The reservation registered as JIT code with the runtime (`tramway_runtime::code`):
     /// where a task may be preempted, and what a parked task's stack scan looks for. `None`
@@ -232,6 +234,7 @@ impl CodeMemory {
             size *= 2;
         }
         classes.push(chunk_size);
+        let class_sizes: Box<[usize]> = classes.clone().into();
         let classes = classes
             .into_iter()
             .map(|size| SizeClass {
@@ -253,6 +256,7 @@ impl CodeMemory {
                 next_index: 0,
                 classes,
             }),
+            class_sizes,
             stats: Arc::new(StatCounters::default()),
             registered: Some(registered),
         })
@@ -293,35 +297,49 @@ impl CodeMemory {
         JitStatsHandle::new(self.stats.clone())
     }
 
-    /// The counters, shared (the retirement state reads `retired_bytes` for the backlog bound).
-    pub(crate) fn stat_counters(&self) -> Arc<StatCounters> {
-        Arc::clone(&self.stats)
-    }
-
     /// The counters, for the lifecycle events `trampoline.rs` and `site.rs` count.
     pub(crate) fn stats(&self) -> &StatCounters {
         &self.stats
     }
 
-    /// Allocates a slot for an object of `len` bytes.
-    pub(crate) fn alloc(&self, len: usize) -> Result<Slot, JitError> {
-        if len > self.chunk_size {
-            return Err(JitError::CodeTooLarge {
+    /// The size class (its index) of an object of `len` bytes, or `CodeTooLarge`.
+    fn class_of(&self, len: usize) -> Result<usize, JitError> {
+        self.class_sizes
+            .iter()
+            .position(|&size| size >= len.max(1))
+            .ok_or(JitError::CodeTooLarge {
                 len,
                 max: self.chunk_size,
-            });
-        }
+            })
+    }
+
+    /// The size of the slot [`alloc`](Self::alloc) gives an object of `len` bytes.
+    pub(crate) fn slot_size(&self, len: usize) -> Result<usize, JitError> {
+        Ok(self.class_sizes[self.class_of(len)?])
+    }
+
+    /// Allocates a slot for an object of `len` bytes.
+    pub(crate) fn alloc(&self, len: usize) -> Result<Slot, JitError> {
+        self.alloc_in(len, true)
+            .map(|slot| slot.expect("allowed to map a chunk"))
+    }
+
+    /// [`alloc`](Self::alloc), but only from a chunk that is mapped already: `None` when
+    /// the class has no room without mapping one, or `len` is too large (for a speculative
+    /// slot, which must not map memory nobody may use).
+    pub(crate) fn alloc_mapped(&self, len: usize) -> Option<Slot> {
+        self.alloc_in(len, false).ok().flatten()
+    }
+
+    fn alloc_in(&self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
+        let ci = self.class_of(len)?;
         let mut st = lock(&self.state);
-        let ci = st
-            .classes
-            .iter()
-            .position(|c| c.size >= len.max(1))
-            .expect("the last class is the chunk size");
         let class = &st.classes[ci];
         let size = class.size;
-        let idx = match class.current.or_else(|| class.available.first().copied()) {
-            Some(idx) => idx,
-            None => self.map_chunk(&mut st, ci)?,
+        let (idx, fresh) = match class.current.or_else(|| class.available.first().copied()) {
+            Some(idx) => (idx, false),
+            None if may_map => (self.map_chunk(&mut st, ci)?, true),
+            None => return Ok(None),
         };
         let chunk = st.chunks[idx]
             .as_mut()
@@ -335,19 +353,23 @@ impl CodeMemory {
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
         let write_addr = chunk.views.write_base + offset;
         let class = &mut st.classes[ci];
+        // `available` holds exactly the class's chunks with room: a chunk leaves it when it
+        // fills up here and comes back when a free makes room (`return_slot`).
         if full {
             class.available.remove(&idx);
             class.current = None;
         } else {
-            class.available.insert(idx);
+            if fresh {
+                class.available.insert(idx);
+            }
             class.current = Some(idx);
         }
-        Ok(Slot {
+        Ok(Some(Slot {
             addr: self.base + idx * self.chunk_size + offset,
             write_addr,
             size,
             chunk: idx,
-        })
+        }))
     }
 
     fn place(&self, idx: usize) -> ChunkPlace {
@@ -446,13 +468,39 @@ impl CodeMemory {
     /// `slot` must come from [`alloc`](Self::alloc) on `self`, be freed only once, and no thread may
     /// be executing it or be able to reach it (a grace period has passed since it became unreachable).
     pub(crate) unsafe fn free(&self, slot: Slot) {
-        // SAFETY: the caller's contract is the backend's.
-        if !unsafe { self.backend.release(&slot) } {
-            // Leaked: still counted as used, so its chunk stays mapped and it is never handed
-            // out again (see `CodeBackend::release`).
-            return;
+        // SAFETY: the caller's contract.
+        unsafe { self.free_all(std::slice::from_ref(&slot)) }
+    }
+
+    /// [`free`](Self::free) for several slots, under one lock.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free), for each slot.
+    pub(crate) unsafe fn free_all(&self, slots: &[Slot]) {
+        // Trap-filled before the lock (other threads keep allocating meanwhile), 64 slots at
+        // a time so that which ones were released fits in one word.
+        for group in slots.chunks(64) {
+            let mut released = 0u64;
+            for (i, slot) in group.iter().enumerate() {
+                // SAFETY: the caller's contract is the backend's. A slot the backend could
+                // not release is leaked: still counted as used, so its chunk stays mapped and
+                // it is never handed out again (see `CodeBackend::release`).
+                if unsafe { self.backend.release(slot) } {
+                    released |= 1 << i;
+                }
+            }
+            let mut st = lock(&self.state);
+            for (i, slot) in group.iter().enumerate() {
+                if released & (1 << i) != 0 {
+                    self.return_slot(&mut st, slot);
+                }
+            }
         }
-        let mut st = lock(&self.state);
+    }
+
+    /// Returns a released slot to its chunk, unmapping the chunk when it became empty and is
+    /// not its class's current chunk.
+    fn return_slot(&self, st: &mut AllocState, slot: &Slot) {
         let chunk = st.chunks[slot.chunk]
             .as_mut()
             .expect("freeing into a mapped chunk");
@@ -462,14 +510,15 @@ impl CodeMemory {
             "double free of code slot {:#x}",
             slot.addr
         );
+        let was_full = chunk.free.is_empty() && chunk.bump + slot.size > self.chunk_size;
         chunk.free.push(offset);
         chunk.used -= 1;
         let (ci, empty) = (chunk.class, chunk.used == 0);
         let class = &mut st.classes[ci];
         if empty && class.current != Some(slot.chunk) {
             class.available.remove(&slot.chunk);
-            self.unmap_chunk(&mut st, slot.chunk);
-        } else {
+            self.unmap_chunk(st, slot.chunk);
+        } else if was_full {
             class.available.insert(slot.chunk);
         }
     }

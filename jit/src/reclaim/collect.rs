@@ -59,6 +59,14 @@ pub(super) fn collect(f: impl FnOnce()) -> Vec<CodeFree> {
         .unwrap_or_default()
 }
 
+/// Whether a collection scope is active on this thread (false while its locals are being
+/// destroyed).
+pub(super) fn is_collecting() -> bool {
+    COLLECTOR
+        .try_with(|c| c.borrow().is_some())
+        .unwrap_or(false)
+}
+
 /// Takes `f` into the current thread's collection if one is active; otherwise returns it.
 pub(super) fn try_collect(code: Range<usize>, f: Deferred) -> Option<CodeFree> {
     // `try_with`: a `Retired` may be dropped while this thread's locals are being destroyed

@@ -59,7 +59,10 @@
 //! - `impl Reclaim for GraceDomain`: frees after a grace period of the domain's flavor.
 
 mod collect;
+mod free;
 mod retirement;
+
+pub(crate) use self::free::CodeFree;
 
 pub(crate) use self::retirement::Retirement;
 pub use self::retirement::DEFAULT_MAX_RETIRED_BYTES;
@@ -80,10 +83,15 @@ pub type Deferred = Box<dyn FnOnce() + Send>;
 /// - each deferred callback runs exactly once (or is leaked), never before the grace period
 ///   described on [`defer`](Reclaim::defer) has ended, and for
 ///   [`defer_code`](Reclaim::defer_code) never while a parked task references its code;
+/// - a batch queued with [`defer_batch`](Reclaim::defer_batch) is sealed before the grace
+///   period that lets it run starts (a grace period that may have snapshotted its readers
+///   before the seal does not count), and runs once after it, without the frees that a
+///   parked task references (those are split off, and run once it no longer does);
 /// - [`barrier_waits_for_grace_period`](Reclaim::barrier_waits_for_grace_period) returns true
 ///   only if [`barrier`](Reclaim::barrier) runs nothing early;
 /// - [`tracks_current_thread`](Reclaim::tracks_current_thread) returns true only for a calling
-///   thread that every later grace period waits for while it is inside JIT code.
+///   thread that every later grace period waits for while it is inside JIT code;
+/// - [`barrier`](Reclaim::barrier) also waits for batches queued before it.
 pub unsafe trait Reclaim: Send + Sync + 'static {
     /// Run `f` once every task that might be executing code retired before this call has passed a
     /// quiescent state.
@@ -111,6 +119,27 @@ pub unsafe trait Reclaim: Send + Sync + 'static {
     /// default (such reclaimers' code is callable only through the `unsafe` raw entry).
     fn tracks_current_thread(&self) -> bool {
         false
+    }
+
+    /// Whether the `Jit` should hand its frees to [`defer_batch`](Reclaim::defer_batch) in
+    /// open batches instead of one [`defer_code`](Reclaim::defer_code) callback per free.
+    /// Asked once, when the `Jit` is built. False by default; true for `GraceDomain`, whose
+    /// grace periods seal a batch when they are claimed (`tramway_runtime::grace::batch`).
+    fn keeps_batches_open(&self) -> bool {
+        false
+    }
+
+    /// Queues an open batch of frees: it collects frees until [`CallbackBatch::seal`], which
+    /// must be called before the grace period that covers the batch starts, and runs after
+    /// it (with the frees a parked task references split off and held back). Called only if
+    /// [`keeps_batches_open`](Reclaim::keeps_batches_open) is true. The default seals the
+    /// batch at once and defers it as one callback over the whole address space (so that any
+    /// parked code reference holds it): sound, never used by the reclaimers shipped here.
+    ///
+    /// [`CallbackBatch::seal`]: tramway_runtime::grace::CallbackBatch::seal
+    fn defer_batch(&self, mut batch: Box<dyn tramway_runtime::grace::CallbackBatch>) {
+        batch.seal();
+        self.defer_code(&[0..usize::MAX], Box::new(move || batch.run()));
     }
 }
 
@@ -252,5 +281,13 @@ unsafe impl Reclaim for tramway_runtime::grace::GraceDomain {
 
     fn tracks_current_thread(&self) -> bool {
         tramway_runtime::grace::GraceDomain::tracks_current_thread(self)
+    }
+
+    fn keeps_batches_open(&self) -> bool {
+        true
+    }
+
+    fn defer_batch(&self, batch: Box<dyn tramway_runtime::grace::CallbackBatch>) {
+        self.call_batch(batch);
     }
 }

@@ -12,10 +12,11 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::free::{CodeFree, OpenFrees, QueuedFrees};
 use super::{collect, Deferred, Reclaim};
-use crate::stats::StatCounters;
+use crate::code_memory::CodeMemory;
 
 /// Default bound on retired-but-unreclaimed code bytes before `swap` throttles the patcher.
 pub const DEFAULT_MAX_RETIRED_BYTES: usize = 16 << 20;
@@ -33,41 +34,76 @@ pub(crate) struct Retirement {
     max_retired_bytes: usize,
     /// Frees handed to the reclaimer that have not run yet.
     pending_frees: Arc<AtomicU64>,
-    /// Where `retired_bytes` is read for the backlog bound.
-    stats: Arc<StatCounters>,
+    /// What the frees free into; `retired_bytes` is read from its counters.
+    mem: Arc<CodeMemory>,
+    /// The open batch of frees (`free.rs`), when the reclaimer keeps batches open.
+    open: Option<Arc<Mutex<OpenFrees>>>,
 }
 
 impl Retirement {
     pub(crate) fn new(
         reclaimer: Arc<dyn Reclaim>,
         max_retired_bytes: usize,
-        stats: Arc<StatCounters>,
+        mem: Arc<CodeMemory>,
     ) -> Self {
+        let open = reclaimer
+            .keeps_batches_open()
+            .then(|| Arc::new(Mutex::new(OpenFrees::default())));
         Retirement {
             reclaimer,
             max_retired_bytes,
             pending_frees: Arc::new(AtomicU64::new(0)),
-            stats,
+            mem,
+            open,
         }
     }
 
-    /// Hands a free of possibly reachable code to the reclaimer, counting it until it runs
-    /// (boxed once, with the count). Inside a collection scope
-    /// ([`retire_together`](Self::retire_together)) on this thread, the free joins the scope's
-    /// single callback instead.
+    /// Hands a free of possibly reachable code to the reclaimer, counted until it runs.
+    /// Inside a collection scope ([`retire_together`](Self::retire_together)) on this thread
+    /// the free joins the scope's single callback; with a reclaimer that keeps batches open
+    /// it joins the open batch (`free.rs`: no allocation); otherwise it is boxed once and
+    /// deferred on its own.
     ///
-    /// `code` is the freed code's range: a task parked inside yielding code whose stack points
-    /// into it holds the free back (`Reclaim::defer_code`).
-    pub(crate) fn defer_free(&self, code: Range<usize>, free: impl FnOnce() + Send + 'static) {
-        let pending = Arc::clone(&self.pending_frees);
-        pending.fetch_add(1, Ordering::Relaxed);
-        let free: Deferred = Box::new(move || {
-            free();
-            pending.fetch_sub(1, Ordering::Release);
-        });
-        if let Some((code, free)) = collect::try_collect(code, free) {
-            self.reclaimer.defer_code(std::slice::from_ref(&code), free);
+    /// A task parked inside yielding code whose stack points into the freed code holds the
+    /// free back (`Reclaim::defer_code`).
+    pub(crate) fn defer_free(&self, free: CodeFree) {
+        self.pending_frees.fetch_add(1, Ordering::Relaxed);
+        if collect::is_collecting() {
+            let code = free.code();
+            if let Some((code, free)) = collect::try_collect(code, self.boxed(free)) {
+                self.reclaimer.defer_code(std::slice::from_ref(&code), free);
+            }
+            return;
         }
+        match &self.open {
+            Some(open) => {
+                if OpenFrees::push(open, free) {
+                    let batch = QueuedFrees::new(
+                        Arc::clone(open),
+                        Arc::clone(&self.mem),
+                        Arc::clone(&self.pending_frees),
+                    );
+                    self.reclaimer.defer_batch(Box::new(batch));
+                }
+            }
+            None => {
+                let code = free.code();
+                self.reclaimer
+                    .defer_code(std::slice::from_ref(&code), self.boxed(free));
+            }
+        }
+    }
+
+    /// `free` as one callback that runs it and counts it as run.
+    fn boxed(&self, free: CodeFree) -> Deferred {
+        let mem = Arc::clone(&self.mem);
+        let pending = Arc::clone(&self.pending_frees);
+        Box::new(move || {
+            // SAFETY: a reclaimer runs a deferred callback once, after its grace period and
+            // once no parked task references its range (the `Reclaim` contract).
+            unsafe { free.run(&mem) };
+            pending.fetch_sub(1, Ordering::Release);
+        })
     }
 
     /// Runs `release` (which drops handles and so defers frees) with this thread's deferred
@@ -121,7 +157,7 @@ impl Retirement {
             return;
         }
         for round in 0..MAX_THROTTLE_ROUNDS {
-            let retired = self.stats.retired_bytes();
+            let retired = self.mem.stats().retired_bytes();
             if retired <= self.max_retired_bytes {
                 return;
             }

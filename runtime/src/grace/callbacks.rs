@@ -20,13 +20,75 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::batch::CallbackBatch;
 use super::driver::Engine;
 
-/// A deferred callback, and the code it frees, if any.
-pub(super) struct Callback {
-    pub(super) f: Box<dyn FnOnce() + Send>,
-    /// The code the callback frees: it waits for parked tasks' references too.
-    pub(super) code: CodeSpan,
+/// A deferred callback.
+pub(super) enum Callback {
+    /// One closure, and the code it frees, if any (it waits for parked tasks' references
+    /// too).
+    Closure {
+        f: Box<dyn FnOnce() + Send>,
+        code: CodeSpan,
+    },
+    /// An open batch of items (`batch.rs`), sealed when the GP that takes it is claimed.
+    Batch(Box<dyn CallbackBatch>),
+}
+
+impl Callback {
+    /// A closure that frees the code in `code` (plain GP semantics without a range).
+    pub(super) fn closure(f: Box<dyn FnOnce() + Send>, code: CodeSpan) -> Callback {
+        Callback::Closure { f, code }
+    }
+
+    /// Closes an open batch (the GP that takes it is being claimed: `batch.rs`).
+    pub(super) fn seal(&mut self) {
+        if let Callback::Batch(b) = self {
+            b.seal();
+        }
+    }
+
+    /// Whether the callback may free code a parked task references.
+    fn may_free_code(&self) -> bool {
+        match self {
+            Callback::Closure { code, .. } => !code.is_none(),
+            Callback::Batch(_) => true,
+        }
+    }
+
+    /// Splits the callback by the references in `refs`: `(part to run, part to hold)`.
+    fn split_referenced(self, refs: &crate::code::RefSet) -> (Option<Callback>, Option<Callback>) {
+        match self {
+            Callback::Closure { ref code, .. } if code.referenced_by(refs) => (None, Some(self)),
+            Callback::Closure { .. } => (Some(self), None),
+            Callback::Batch(mut b) => {
+                let held = b.split_referenced(&mut |s, e| refs.hits(s, e));
+                (Some(Callback::Batch(b)), held.map(Callback::Batch))
+            }
+        }
+    }
+
+    fn run(self) {
+        match self {
+            Callback::Closure { f, .. } => f(),
+            Callback::Batch(b) => b.run(),
+        }
+    }
+}
+
+/// Splits `list` by the references in `refs`: `(callbacks to run, callbacks to hold)`, each
+/// in queueing order (a batch may contribute to both).
+pub(super) fn split_referenced(
+    list: Vec<Callback>,
+    refs: &crate::code::RefSet,
+) -> (Vec<Callback>, Vec<Callback>) {
+    let (mut free, mut held) = (Vec::with_capacity(list.len()), Vec::new());
+    for cb in list {
+        let (run, hold) = cb.split_referenced(refs);
+        free.extend(run);
+        held.extend(hold);
+    }
+    (free, held)
 }
 
 /// The code ranges a callback frees (one in the common case, without an allocation).
@@ -156,16 +218,14 @@ impl Engine {
     /// look already seen).
     pub(super) fn hold_referenced(&self, batch: &mut Vec<Callback>) -> (Vec<Callback>, u64) {
         let version = self.registry.code_refs_version();
-        if batch.iter().all(|cb| cb.code.is_none()) {
+        if !batch.iter().any(Callback::may_free_code) {
             return (Vec::new(), version);
         }
         let refs = self.registry.code_ref_set();
         if refs.is_empty() {
             return (Vec::new(), version);
         }
-        let (held, free): (Vec<_>, Vec<_>) = std::mem::take(batch)
-            .into_iter()
-            .partition(|cb| cb.code.referenced_by(&refs));
+        let (free, held) = split_referenced(std::mem::take(batch), &refs);
         *batch = free;
         self.counters
             .callbacks_held
@@ -177,7 +237,7 @@ impl Engine {
     /// others still run.
     pub(super) fn run_callbacks(&self, batch: Vec<Callback>) {
         for cb in batch {
-            if catch_unwind(AssertUnwindSafe(cb.f)).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| cb.run())).is_err() {
                 self.counters
                     .callbacks_panicked
                     .fetch_add(1, Ordering::Relaxed);

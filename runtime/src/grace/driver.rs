@@ -223,7 +223,10 @@ impl Engine {
         debug_assert!(!seq.running);
         seq.running = true;
         seq.started += 1;
-        (seq.started, seq.callbacks.take())
+        let mut batch = seq.callbacks.take();
+        // Under the state lock, before the GP's barrier: open batches close here (`batch.rs`).
+        batch.iter_mut().for_each(Callback::seal);
+        (seq.started, batch)
     }
 
     /// Runs GP `gp` (claimed by the caller) without the state lock and finishes it.
@@ -374,11 +377,10 @@ impl Engine {
     /// needed (`code` docs). Takes the registry's lock without the state lock.
     fn recheck_held<'a>(&'a self, mut seq: MutexGuard<'a, SeqState>) -> MutexGuard<'a, SeqState> {
         let version = self.registry.code_refs_version();
-        let mut list = std::mem::take(&mut seq.held.list);
+        let list = std::mem::take(&mut seq.held.list);
         drop(seq);
         let refs = self.registry.code_ref_set();
-        let (held, free): (Vec<_>, Vec<_>) =
-            list.drain(..).partition(|cb| cb.code.referenced_by(&refs));
+        let (free, held) = super::callbacks::split_referenced(list, &refs);
         // Order the reference reads before the frees (as at the end of a GP).
         std::sync::atomic::fence(Ordering::SeqCst);
         tracing::debug!(

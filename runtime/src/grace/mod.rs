@@ -71,6 +71,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 mod callbacks;
 mod driver;
 #[cfg(all(test, loom))]
@@ -85,6 +86,7 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+pub use batch::CallbackBatch;
 pub use stall::{Holdout, StallReport};
 
 use self::callbacks::{Callback, CodeSpan};
@@ -346,10 +348,8 @@ impl GraceDomain {
 
     /// [`call`](Self::call) for an already boxed callback.
     pub fn call_boxed(&self, f: Box<dyn FnOnce() + Send>) {
-        self.engine.queue_callback(Callback {
-            f,
-            code: CodeSpan::None,
-        });
+        self.engine
+            .queue_callback(Callback::closure(f, CodeSpan::None));
     }
 
     /// Queues `f`, which frees the code in the ranges `code`, to run after a grace period
@@ -364,10 +364,17 @@ impl GraceDomain {
 
     /// [`call_for_code`](Self::call_for_code) for an already boxed callback.
     pub fn call_boxed_for_code(&self, code: &[Range<usize>], f: Box<dyn FnOnce() + Send>) {
-        self.engine.queue_callback(Callback {
-            f,
-            code: CodeSpan::new(code),
-        });
+        self.engine
+            .queue_callback(Callback::closure(f, CodeSpan::new(code)));
+    }
+
+    /// Queues an open batch: it collects items until the grace period that covers it is
+    /// claimed, then runs them after that GP (items whose code a parked task references are
+    /// held back, as for [`call_for_code`](Self::call_for_code)). The [`batch`] module docs
+    /// give the protocol an owner follows: queue a batch when its first item is pushed, and
+    /// start a new one once the batch is sealed. Counts as one callback in [`GraceStats`].
+    pub fn call_batch(&self, batch: Box<dyn CallbackBatch>) {
+        self.engine.queue_callback(Callback::Batch(batch));
     }
 
     /// Waits until every callback queued before this call has run, except ranged callbacks

@@ -1,0 +1,232 @@
+//! A deferred free as data, and open batches of them.
+//!
+//! # One free
+//!
+//! [`CodeFree`] is what becomes of a retired trampoline or a dropped site stub once nothing
+//! can reach it any more but a grace period: its slot, and for a trampoline the heap memory
+//! its code references (`CodeData`). It is plain data, not a closure, so that a batch holds
+//! thousands of them in one vector. [`CodeFree::run`] is the whole free, in its one order:
+//! deregister the unwind information (once the slot is freed it may hold another
+//! trampoline's code: `unwind.rs`), fill the slot with traps and return it, then drop the
+//! referenced memory (the code that used it can no longer run).
+//!
+//! # Open batches
+//!
+//! With a reclaimer that keeps batches open (a `GraceDomain`: see
+//! `tramway_runtime::grace::batch` for the algorithm and its ordering argument), a free is
+//! pushed into the `Jit`'s open batch under one uncontended lock: no allocation and no
+//! callback per retire. The push that finds the batch empty queues it once; the grace
+//! period that takes it seals it (moving the frees out of [`OpenFrees`]), and the next push
+//! starts a new batch. The batch frees its slots under one allocator lock, on the driver.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tramway_runtime::grace::CallbackBatch;
+
+use crate::code_memory::{CodeMemory, Slot};
+use crate::lock;
+use crate::trampoline::CodeData;
+
+/// A deferred free of one code object (module docs).
+pub(crate) enum CodeFree {
+    /// A trampoline's slot and the memory its code references; `retired` says whether it
+    /// was counted as retired (installed once) or is reclaimed without ever being retired.
+    Trampoline {
+        slot: Slot,
+        data: CodeData,
+        retired: bool,
+    },
+    /// A site's stub.
+    SiteStub(Slot),
+}
+
+impl CodeFree {
+    fn slot(&self) -> &Slot {
+        match self {
+            CodeFree::Trampoline { slot, .. } | CodeFree::SiteStub(slot) => slot,
+        }
+    }
+
+    /// The code this frees: a parked task whose stack points into it holds the free back.
+    pub(crate) fn code(&self) -> Range<usize> {
+        let slot = self.slot();
+        slot.addr..slot.addr + slot.size
+    }
+
+    /// Deregisters the unwind information (before the slot is freed: module docs) and
+    /// splits the free into its slot and what to drop and count once the slot is freed.
+    fn take_apart(self, mem: &CodeMemory) -> (Slot, Freed) {
+        match self {
+            CodeFree::Trampoline {
+                slot,
+                mut data,
+                retired,
+            } => {
+                if let Some(unwind) = data.unwind.take() {
+                    drop(unwind);
+                    mem.stats().unwind_deregistered();
+                }
+                let retired_bytes = retired.then_some(slot.size);
+                (slot, Freed::Trampoline(data, retired_bytes))
+            }
+            CodeFree::SiteStub(slot) => (slot, Freed::SiteStub),
+        }
+    }
+
+    /// Frees the code now (module docs: the order).
+    ///
+    /// # Safety
+    /// No thread may be executing the code or be able to reach it: it was never reachable,
+    /// or a grace period has passed since it became unreachable (and no parked task's stack
+    /// references it); each free runs once.
+    pub(crate) unsafe fn run(self, mem: &CodeMemory) {
+        let (slot, freed) = self.take_apart(mem);
+        // SAFETY: the caller's contract; the slot's unwind information is deregistered.
+        unsafe { mem.free(slot) };
+        freed.finish(mem);
+    }
+
+    /// Leaks the free: the code stays mapped, and the memory it references stays allocated.
+    pub(crate) fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+/// What is left of a free once its slot is freed: memory to drop, and the event to count.
+enum Freed {
+    Trampoline(CodeData, Option<usize>),
+    SiteStub,
+}
+
+impl Freed {
+    fn finish(self, mem: &CodeMemory) {
+        match self {
+            Freed::Trampoline(data, retired_bytes) => {
+                drop(data);
+                mem.stats().reclaimed(retired_bytes);
+            }
+            Freed::SiteStub => mem.stats().site_freed(),
+        }
+    }
+}
+
+/// Runs `frees` (see [`CodeFree::run`]) and leaves the vector empty (its capacity kept):
+/// every unwind deregistration first, then the slots under one allocator lock, then the
+/// referenced memory and the counters.
+///
+/// # Safety
+/// As [`CodeFree::run`], for each free.
+unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) {
+    let (slots, freed): (Vec<Slot>, Vec<Freed>) =
+        frees.drain(..).map(|f| f.take_apart(mem)).unzip();
+    // SAFETY: the caller's contract; the unwind information of these slots is deregistered.
+    unsafe { mem.free_all(&slots) };
+    freed.into_iter().for_each(|f| f.finish(mem));
+}
+
+/// The largest batch vector kept for reuse (in frees; about 1.5 MiB): a burst larger than
+/// this does not pin its peak memory for the life of the `Jit`.
+const MAX_SPARE_FREES: usize = 1 << 14;
+
+/// The frees that the next grace period to be claimed will take (module docs).
+#[derive(Default)]
+pub(crate) struct OpenFrees {
+    frees: Vec<CodeFree>,
+    /// An empty vector a batch that ran gave back: the next batch collects into it rather
+    /// than growing a new one from nothing (a growing vector's reallocations were the
+    /// largest cost of a retire in the `urcu_compare` profile).
+    spare: Vec<CodeFree>,
+    /// A batch over this state is queued with the reclaimer and not sealed yet.
+    queued: bool,
+}
+
+impl OpenFrees {
+    /// Adds `free`; returns whether the caller must queue a batch (none is queued).
+    pub(crate) fn push(open: &Mutex<OpenFrees>, free: CodeFree) -> bool {
+        let mut open = lock(open);
+        open.frees.push(free);
+        !std::mem::replace(&mut open.queued, true)
+    }
+}
+
+/// A batch queued with the reclaimer: open (its frees still in the shared [`OpenFrees`])
+/// until sealed, then owning its frees.
+pub(crate) struct QueuedFrees {
+    open: Arc<Mutex<OpenFrees>>,
+    frees: Vec<CodeFree>,
+    mem: Arc<CodeMemory>,
+    /// The `Jit`'s count of frees not run yet (`Retirement::drain`).
+    pending: Arc<AtomicU64>,
+}
+
+impl QueuedFrees {
+    pub(crate) fn new(
+        open: Arc<Mutex<OpenFrees>>,
+        mem: Arc<CodeMemory>,
+        pending: Arc<AtomicU64>,
+    ) -> Self {
+        QueuedFrees {
+            open,
+            frees: Vec::new(),
+            mem,
+            pending,
+        }
+    }
+}
+
+impl CallbackBatch for QueuedFrees {
+    fn seal(&mut self) {
+        let mut open = lock(&self.open);
+        let spare = std::mem::take(&mut open.spare);
+        self.frees = std::mem::replace(&mut open.frees, spare);
+        open.queued = false;
+    }
+
+    fn split_referenced(
+        &mut self,
+        referenced: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Option<Box<dyn CallbackBatch>> {
+        let (held, free): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.frees).into_iter().partition(|f| {
+                let code = f.code();
+                referenced(code.start, code.end)
+            });
+        self.frees = free;
+        (!held.is_empty()).then(|| {
+            Box::new(QueuedFrees {
+                open: Arc::clone(&self.open),
+                frees: held,
+                mem: Arc::clone(&self.mem),
+                pending: Arc::clone(&self.pending),
+            }) as Box<dyn CallbackBatch>
+        })
+    }
+
+    fn run(mut self: Box<Self>) {
+        let mut frees = std::mem::take(&mut self.frees);
+        let n = frees.len() as u64;
+        // SAFETY: the grace domain runs a batch after the GP that sealed it, and only the
+        // frees that no parked task references (`CallbackBatch`); each batch runs once.
+        unsafe { run_all(&mut frees, &self.mem) };
+        self.pending.fetch_sub(n, Ordering::Release);
+        if frees.capacity() <= MAX_SPARE_FREES {
+            let mut open = lock(&self.open);
+            if open.spare.capacity() < frees.capacity() {
+                open.spare = frees;
+            }
+        }
+    }
+}
+
+impl Drop for QueuedFrees {
+    /// A batch dropped without running (a domain that leaks held callbacks at shutdown
+    /// forgets them; this is the defensive case) leaks its frees: running them could free
+    /// code under readers, and dropping them would free memory live code uses.
+    fn drop(&mut self) {
+        std::mem::take(&mut self.frees)
+            .into_iter()
+            .for_each(CodeFree::leak);
+    }
+}
