@@ -237,7 +237,7 @@ impl Drop for SiteInner {
         // Callers may still be inside the stub: free it only after a grace period.
         self.core
             .retirement
-            .defer_free(CodeFree::SiteStub(self.stub));
+            .defer_free(CodeFree::site_stub(self.stub));
         let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
         current.uninstall();
         // The `current` handle drops with `self`, deferring the trampoline's free if it was the last.

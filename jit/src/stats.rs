@@ -102,14 +102,15 @@ impl StatCounters {
         add(&self.produced.retired, 1);
     }
 
-    /// A trampoline's code was freed; `retired_bytes` is its slot size if it had been retired.
-    pub(crate) fn reclaimed(&self, retired_bytes: Option<usize>) {
-        match retired_bytes {
-            Some(bytes) => {
-                add(&self.consumed.retired_bytes, bytes as u64);
-                add(&self.consumed.reclaimed_retired, 1);
-            }
-            None => add(&self.consumed.reclaimed_unretired, 1),
+    /// [`reclaimed`](Self::reclaimed) for a batch: `retired` retired trampolines of
+    /// `retired_bytes` in all, and `unretired` never-retired ones.
+    pub(crate) fn reclaimed_many(&self, retired: u64, retired_bytes: u64, unretired: u64) {
+        if retired > 0 {
+            add(&self.consumed.retired_bytes, retired_bytes);
+            add(&self.consumed.reclaimed_retired, retired);
+        }
+        if unretired > 0 {
+            add(&self.consumed.reclaimed_unretired, unretired);
         }
     }
 
@@ -142,8 +143,10 @@ impl StatCounters {
         self.sites.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn site_freed(&self) {
-        self.sites.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn sites_freed(&self, n: u64) {
+        if n > 0 {
+            self.sites.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// A trampoline's unwind information was registered.
@@ -152,8 +155,10 @@ impl StatCounters {
     }
 
     /// A trampoline's unwind information was deregistered (before its slot was freed).
-    pub(crate) fn unwind_deregistered(&self) {
-        self.unwind_registered.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn unwind_deregistered(&self, n: u64) {
+        if n > 0 {
+            self.unwind_registered.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// Retired bytes awaiting reclamation, cheaply (the backlog throttle's check).

@@ -231,22 +231,37 @@ fn trampoline_installed_in_two_sites_retires_with_the_last() {
 }
 
 #[test]
-fn empty_chunk_that_is_not_current_is_unmapped_and_its_index_reused() {
+fn an_empty_chunk_is_kept_as_its_class_spare_and_a_second_one_is_unmapped() {
     let page = 4096;
     let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
     // SAFETY: never executed.
     let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, 4 * page))) };
     let a = big().unwrap();
     let b = big().unwrap();
-    assert_eq!(jit.stats().chunks, 2);
-    assert_eq!(jit.stats().mapped_bytes, 8 * page);
-    let a_addr = a.addr();
-    drop(a);
-    assert_eq!(jit.stats().chunks, 1);
     let c = big().unwrap();
-    assert_eq!(c.addr(), a_addr, "the free chunk index is reused");
-    drop((b, c));
-    assert_eq!(jit.stats().mapped_bytes, 0);
+    assert_eq!(jit.stats().chunks, 3);
+    let (a_addr, b_addr) = (a.addr(), b.addr());
+    drop(a);
+    assert_eq!(
+        jit.stats().chunks,
+        3,
+        "the first empty chunk is the class's spare"
+    );
+    drop(b);
+    assert_eq!(jit.stats().chunks, 2, "a second empty chunk is unmapped");
+    let d = big().unwrap();
+    assert_eq!(
+        d.addr(),
+        a_addr,
+        "the spare is reused before a chunk is mapped"
+    );
+    assert_eq!(jit.stats().chunks, 2);
+    let e = big().unwrap();
+    assert_eq!(jit.stats().chunks, 3);
+    assert_eq!(e.addr(), b_addr, "the unmapped chunk's index is reused");
+    drop((c, d, e));
+    assert_eq!(jit.stats().chunks, 1, "one spare stays mapped");
+    assert_eq!(jit.stats().mapped_bytes, 4 * page);
 }
 
 #[test]
@@ -359,4 +374,56 @@ fn indirect_site_word_has_a_cache_line_of_its_own() {
     let word = unsafe { std::ptr::read_volatile(site.entry().add(64) as *const u64) };
     assert_eq!(word, t.addr() as u64);
     assert_eq!(call0(&site), 1);
+}
+
+/// A reclaimer that asks for open batches but keeps `Reclaim::defer_batch`'s default: each
+/// batch is sealed at once and deferred as one callback over the whole address space.
+#[derive(Default)]
+struct BatchingManualReclaim {
+    inner: ManualReclaim,
+    ranges: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+}
+
+// SAFETY: as `ManualReclaim`, whose callbacks it queues.
+unsafe impl Reclaim for BatchingManualReclaim {
+    fn defer(&self, f: crate::Deferred) {
+        self.inner.defer(f);
+    }
+
+    fn defer_code(&self, code: &[std::ops::Range<usize>], f: crate::Deferred) {
+        self.ranges.lock().unwrap().extend_from_slice(code);
+        self.inner.defer(f);
+    }
+
+    fn barrier(&self) {
+        self.inner.barrier();
+    }
+
+    fn keeps_batches_open(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn the_default_defer_batch_seals_at_once_and_covers_every_address() {
+    let reclaimer = Arc::new(BatchingManualReclaim::default());
+    let jit = Jit::builder().reclaimer(reclaimer.clone()).build().unwrap();
+    let site = jit
+        .site(SiteKind::Indirect, &jit.constant_return(0).unwrap())
+        .unwrap();
+    for v in 1..=3 {
+        drop(site.swap(&jit.constant_return(v).unwrap()).unwrap());
+    }
+    assert_eq!(reclaimer.inner.pending(), 3, "one sealed batch per free");
+    assert!(reclaimer
+        .ranges
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| *r == (0..usize::MAX)));
+    assert_eq!(jit.stats().retired, 3);
+    jit.barrier();
+    let s = jit.stats();
+    assert_eq!((s.retired, s.reclaimed), (0, 3), "{s:?}");
+    assert_eq!(call0(&site), 3);
 }

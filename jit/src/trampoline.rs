@@ -56,6 +56,13 @@ pub(crate) struct CodeData {
     pub(crate) unwind: Option<UnwindRegistration>,
 }
 
+impl CodeData {
+    /// Whether there is nothing to keep alive with the code (plain custom code).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.calls.is_none() && self.referenced.is_none() && self.unwind.is_none()
+    }
+}
+
 /// A handle to emitted code.
 #[derive(Clone)]
 pub struct Trampoline {
@@ -320,11 +327,7 @@ impl Drop for TrampolineInner {
                 std::mem::forget(Arc::clone(mem));
             }
             disposition => {
-                let free = CodeFree::Trampoline {
-                    slot,
-                    data,
-                    retired,
-                };
+                let free = CodeFree::trampoline(slot, data, retired);
                 if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
                     // SAFETY: the code was never reachable (nothing can be inside it), or
                     // the `reclaim_now` caller promised that nothing is.

@@ -141,13 +141,17 @@ fn last_freed_slot_unmaps_its_chunk() {
     let name = jit.memfd_name().unwrap();
     // A chunk-sized object has a chunk to itself, so freeing it empties that chunk.
     // SAFETY: the body is `mov rax, 5; ret` padded with int3; it is only called as `fn() -> u64`.
-    let big = unsafe {
+    let big_code = || unsafe {
         jit.custom(|ops| {
             ops.extend([0x48, 0xB8, 5, 0, 0, 0, 0, 0, 0, 0, 0xC3]);
             ops.extend(std::iter::repeat_n(0xCC, 4 * page - 11));
         })
-    }
-    .unwrap();
+    };
+    // The first chunk its class empties stays mapped as the class's spare: make one, so
+    // that the chunk below is the second (which is unmapped).
+    drop(big_code().unwrap());
+    let big = big_code().unwrap();
+    drop(big_code().unwrap());
     let small = jit.constant_return(6).unwrap();
     let site = jit.site(SiteKind::Indirect, &big).unwrap();
     // SAFETY: both trampolines implement `fn() -> u64`.

@@ -76,6 +76,32 @@ fn one_barrier_reclaims_a_whole_forwarding_chain() {
     );
 }
 
+/// A patch storm while a task holds the grace period: its 1000 frees join the `Jit`'s open
+/// batch, one callback for all of them (two at most: the first grace period may be claimed,
+/// and seal the batch, during the storm), and every one is reclaimed after the grace period.
+#[test]
+fn a_patch_storm_during_one_grace_period_costs_at_most_two_callbacks() {
+    let (rt, gp, jit) = setup(1);
+    let site = jit
+        .site(SiteKind::Indirect, &jit.constant_return(0).unwrap())
+        .unwrap();
+    let spinner = Spinner::start(&rt);
+    let before = gp.stats();
+    for v in 1..=1000 {
+        drop(site.swap(&jit.constant_return(v).unwrap()).unwrap());
+    }
+    let during = gp.stats();
+    let held = jit.stats();
+    spinner.release();
+    assert_eq!((held.retired, held.reclaimed), (1000, 0), "{held:?}");
+    let queued = during.callbacks_queued - before.callbacks_queued;
+    assert!(queued <= 2, "1000 frees took {queued} callbacks");
+    jit.barrier();
+    let after = jit.stats();
+    assert_eq!((after.retired, after.reclaimed), (0, 1000), "{after:?}");
+    assert!(gp.stats().completed > before.completed);
+}
+
 #[test]
 fn dropping_the_jit_unmaps_everything_through_grace_periods() {
     let (_rt, _gp, jit) = setup(2);

@@ -174,6 +174,42 @@ fn unrelated_retired_code_is_freed_while_the_task_stays_parked() {
     assert_eq!(task.join().unwrap(), 1);
 }
 
+/// The body and 100 unrelated trampolines retire while a spinning task holds every grace
+/// period, so their frees share the `Jit`'s open batch (at most two batches: the first GP
+/// may be claimed during the storm). The GP after it holds back only the free the parked
+/// task's stack points into, not the batch around it.
+#[test]
+fn a_batch_holds_back_only_the_free_a_parked_task_references() {
+    let s = setup(|gp| Arc::new(gp.clone()));
+    let task = call_and_park(&s);
+    let other = s
+        .jit
+        .site(SiteKind::Indirect, &constant(&s.jit, 0))
+        .unwrap();
+    let spinner = tramway_harness::spinner::Spinner::start(&s.rt);
+    let before = s.gp.stats();
+    drop(s.site.swap(&parking_body(&s.jit, 2)).unwrap());
+    for i in 1..=100 {
+        drop(other.swap(&constant(&s.jit, i)).unwrap());
+    }
+    let queued = s.gp.stats().callbacks_queued - before.callbacks_queued;
+    spinner.release();
+    assert!(
+        queued <= 2,
+        "101 frees during one held grace period took {queued} callbacks"
+    );
+    s.jit.barrier();
+    let st = s.jit.stats();
+    assert_eq!(st.retired, 1, "only the body the task is in stays: {st:?}");
+    assert_eq!(s.gp.stats().callbacks_held_now, 1);
+    s.gate.release.notify_one();
+    assert_eq!(task.join().unwrap(), 1);
+    assert!(eventually(|| {
+        s.jit.barrier();
+        s.jit.stats().retired == 0
+    }));
+}
+
 #[test]
 fn a_task_parked_inside_jit_code_does_not_stall_patchers() {
     // A backlog bound below the held body's size: every swap throttles (waits for barriers),

@@ -384,9 +384,10 @@ unsafe extern "C" fn emit_own_address(
     } else {
         // SAFETY: the tests pass an `AtomicU64` that outlives the call.
         let calls = unsafe { &*(user as *const AtomicU64) };
-        // The second call returns a different length (the first, 11).
+        // The first call returns 100 bytes, more than the slot the library guessed (the
+        // previous code's size), so a second pass runs; it returns a different length.
         if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            11
+            100
         } else {
             12
         }
@@ -438,7 +439,7 @@ fn emission_fails_for_a_bad_callback_length() {
                 f.jit,
                 Some(emit_own_address),
                 &changing as *const _ as *mut _,
-                64,
+                256,
                 &mut out,
             ),
         ]
@@ -447,6 +448,11 @@ fn emission_fails_for_a_bad_callback_length() {
         let (c, msg) = code(err);
         assert_eq!(c, tw_error_code_t::TW_ERROR_EMIT_FAILED, "{msg}");
     }
+    assert_eq!(
+        changing.load(Ordering::SeqCst),
+        2,
+        "the length changed between two passes"
+    );
     assert!(out.is_null());
     // SAFETY: as above.
     let zero = unsafe { tw_jit_emit(f.jit, Some(emit_own_address), null_mut(), 0, &mut out) };

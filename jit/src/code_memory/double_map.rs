@@ -28,7 +28,7 @@ impl DoubleMap {
 
 impl CodeBackend for DoubleMap {
     fn min_slot_size(&self) -> usize {
-        16
+        64
     }
 
     fn stub_memory(&self) -> StubMemory {

@@ -29,50 +29,55 @@ use crate::code_memory::{CodeMemory, Slot};
 use crate::lock;
 use crate::trampoline::CodeData;
 
-/// A deferred free of one code object (module docs).
-pub(crate) enum CodeFree {
-    /// A trampoline's slot and the memory its code references; `retired` says whether it
-    /// was counted as retired (installed once) or is reclaimed without ever being retired.
-    Trampoline {
-        slot: Slot,
-        data: CodeData,
-        retired: bool,
-    },
+/// A deferred free of one code object (module docs). 48 bytes: a batch of them is what the
+/// patcher writes and the driver reads, a cache line and a half per free when the
+/// referenced memory was inline.
+pub(crate) struct CodeFree {
+    slot: Slot,
+    kind: FreeKind,
+    /// The memory the code references, boxed only when there is any (a forwarding
+    /// trampoline's counter or hook cell, registered unwind information).
+    data: Option<Box<CodeData>>,
+}
+
+/// What a [`CodeFree`] frees, for the counters.
+#[derive(Clone, Copy)]
+enum FreeKind {
+    /// A trampoline that was counted as retired (installed once).
+    RetiredTrampoline,
+    /// A trampoline reclaimed without ever being retired.
+    UnretiredTrampoline,
     /// A site's stub.
-    SiteStub(Slot),
+    SiteStub,
 }
 
 impl CodeFree {
-    fn slot(&self) -> &Slot {
-        match self {
-            CodeFree::Trampoline { slot, .. } | CodeFree::SiteStub(slot) => slot,
+    /// The free of a trampoline's slot and the memory its code references; `retired` says
+    /// whether it was counted as retired (installed once).
+    pub(crate) fn trampoline(slot: Slot, data: CodeData, retired: bool) -> CodeFree {
+        CodeFree {
+            slot,
+            kind: if retired {
+                FreeKind::RetiredTrampoline
+            } else {
+                FreeKind::UnretiredTrampoline
+            },
+            data: (!data.is_empty()).then(|| Box::new(data)),
+        }
+    }
+
+    /// The free of a site's stub.
+    pub(crate) fn site_stub(slot: Slot) -> CodeFree {
+        CodeFree {
+            slot,
+            kind: FreeKind::SiteStub,
+            data: None,
         }
     }
 
     /// The code this frees: a parked task whose stack points into it holds the free back.
     pub(crate) fn code(&self) -> Range<usize> {
-        let slot = self.slot();
-        slot.addr..slot.addr + slot.size
-    }
-
-    /// Deregisters the unwind information (before the slot is freed: module docs) and
-    /// splits the free into its slot and what to drop and count once the slot is freed.
-    fn take_apart(self, mem: &CodeMemory) -> (Slot, Freed) {
-        match self {
-            CodeFree::Trampoline {
-                slot,
-                mut data,
-                retired,
-            } => {
-                if let Some(unwind) = data.unwind.take() {
-                    drop(unwind);
-                    mem.stats().unwind_deregistered();
-                }
-                let retired_bytes = retired.then_some(slot.size);
-                (slot, Freed::Trampoline(data, retired_bytes))
-            }
-            CodeFree::SiteStub(slot) => (slot, Freed::SiteStub),
-        }
+        self.slot.addr..self.slot.addr + self.slot.size
     }
 
     /// Frees the code now (module docs: the order).
@@ -81,11 +86,13 @@ impl CodeFree {
     /// No thread may be executing the code or be able to reach it: it was never reachable,
     /// or a grace period has passed since it became unreachable (and no parked task's stack
     /// references it); each free runs once.
-    pub(crate) unsafe fn run(self, mem: &CodeMemory) {
-        let (slot, freed) = self.take_apart(mem);
+    pub(crate) unsafe fn run(mut self, mem: &CodeMemory) {
+        let mut tally = Tally::default();
+        let data = tally.take_apart(&mut self);
         // SAFETY: the caller's contract; the slot's unwind information is deregistered.
-        unsafe { mem.free(slot) };
-        freed.finish(mem);
+        unsafe { mem.free(self.slot) };
+        drop(data);
+        tally.count(mem);
     }
 
     /// Leaks the free: the code stays mapped, and the memory it references stays allocated.
@@ -94,21 +101,42 @@ impl CodeFree {
     }
 }
 
-/// What is left of a free once its slot is freed: memory to drop, and the event to count.
-enum Freed {
-    Trampoline(CodeData, Option<usize>),
-    SiteStub,
+/// The counter updates of a run of frees, made once at its end.
+#[derive(Default)]
+struct Tally {
+    retired: u64,
+    retired_bytes: u64,
+    unretired: u64,
+    stubs: u64,
+    unwind_deregistered: u64,
 }
 
-impl Freed {
-    fn finish(self, mem: &CodeMemory) {
-        match self {
-            Freed::Trampoline(data, retired_bytes) => {
-                drop(data);
-                mem.stats().reclaimed(retired_bytes);
-            }
-            Freed::SiteStub => mem.stats().site_freed(),
+impl Tally {
+    /// Counts `free`, deregisters its unwind information (before its slot is freed: module
+    /// docs) and returns the memory to drop once the slot is freed.
+    fn take_apart(&mut self, free: &mut CodeFree) -> Option<Box<CodeData>> {
+        let mut data = free.data.take();
+        if let Some(unwind) = data.as_mut().and_then(|d| d.unwind.take()) {
+            drop(unwind);
+            self.unwind_deregistered += 1;
         }
+        match free.kind {
+            FreeKind::RetiredTrampoline => {
+                self.retired += 1;
+                self.retired_bytes += free.slot.size as u64;
+            }
+            FreeKind::UnretiredTrampoline => self.unretired += 1,
+            FreeKind::SiteStub => self.stubs += 1,
+        }
+        data
+    }
+
+    /// Publishes the counts (after the slots are freed).
+    fn count(self, mem: &CodeMemory) {
+        let stats = mem.stats();
+        stats.reclaimed_many(self.retired, self.retired_bytes, self.unretired);
+        stats.sites_freed(self.stubs);
+        stats.unwind_deregistered(self.unwind_deregistered);
     }
 }
 
@@ -119,11 +147,17 @@ impl Freed {
 /// # Safety
 /// As [`CodeFree::run`], for each free.
 unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) {
-    let (slots, freed): (Vec<Slot>, Vec<Freed>) =
-        frees.drain(..).map(|f| f.take_apart(mem)).unzip();
+    let mut tally = Tally::default();
+    let mut slots = Vec::with_capacity(frees.len());
+    let mut datas = Vec::new();
+    for mut free in frees.drain(..) {
+        datas.extend(tally.take_apart(&mut free));
+        slots.push(free.slot);
+    }
     // SAFETY: the caller's contract; the unwind information of these slots is deregistered.
     unsafe { mem.free_all(&slots) };
-    freed.into_iter().for_each(|f| f.finish(mem));
+    drop(datas);
+    tally.count(mem);
 }
 
 /// The largest batch vector kept for reuse (in frees; about 1.5 MiB): a burst larger than

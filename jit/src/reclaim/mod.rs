@@ -139,7 +139,11 @@ pub unsafe trait Reclaim: Send + Sync + 'static {
     /// [`CallbackBatch::seal`]: tramway_runtime::grace::CallbackBatch::seal
     fn defer_batch(&self, mut batch: Box<dyn tramway_runtime::grace::CallbackBatch>) {
         batch.seal();
-        self.defer_code(&[0..usize::MAX], Box::new(move || batch.run()));
+        let everything = 0..usize::MAX;
+        self.defer_code(
+            std::slice::from_ref(&everything),
+            Box::new(move || batch.run()),
+        );
     }
 }
 

@@ -68,12 +68,24 @@ impl Callback {
         }
     }
 
-    fn run(self) {
+    fn run(mut self) {
+        if seal_at_run() {
+            self.seal(); // the injected bug (see `seal_at_run`)
+        }
         match self {
             Callback::Closure { f, .. } => f(),
             Callback::Batch(b) => b.run(),
         }
     }
+}
+
+/// Fault injection for the open-batch control (`loom_tests.rs`): batches are sealed when
+/// they run instead of when their GP is claimed, so items pushed during the GP ride on it.
+pub(super) fn seal_at_run() -> bool {
+    #[cfg(all(loom, test))]
+    return super::loom_tests::SEAL_AT_RUN.with(std::cell::Cell::get);
+    #[cfg(not(all(loom, test)))]
+    false
 }
 
 /// Splits `list` by the references in `refs`: `(callbacks to run, callbacks to hold)`, each

@@ -225,7 +225,9 @@ impl Engine {
         seq.started += 1;
         let mut batch = seq.callbacks.take();
         // Under the state lock, before the GP's barrier: open batches close here (`batch.rs`).
-        batch.iter_mut().for_each(Callback::seal);
+        if !super::callbacks::seal_at_run() {
+            batch.iter_mut().for_each(Callback::seal);
+        }
         (seq.started, batch)
     }
 

@@ -15,7 +15,8 @@
 //! (`call`) after which it waits with `barrier()`.
 //!
 //! Controls inject a fault and must be caught: the reader's barrier dropped (in
-//! `qs/barrier.rs`), `synchronize` waiting for the grace period in progress instead of the
+//! `qs/barrier.rs`), an open batch sealed when it runs instead of when its GP is claimed (in
+//! `callbacks.rs`), `synchronize` waiting for the grace period in progress instead of the
 //! next one (in `driver.rs`), the holdout wait skipped, an inactive cell trusted without the
 //! asleep flag, and a parked task's code references published after its cell store (in
 //! `qs/transitions.rs`). loom also checks for leaks: the yielding-code model found a driver
@@ -44,6 +45,63 @@ enum Free {
     InCallbackThenBarrier,
     /// `call_for_code` with the old target's code range.
     InCodeCallback,
+    /// Pushed into an open batch (`batch.rs`) that an earlier item already queued, so that
+    /// its GP may be claimed, and run, around the push.
+    InOpenBatch,
+}
+
+/// The open batch of the `InOpenBatch` model: items are flags to set when the batch runs.
+#[derive(Default)]
+struct OpenItems {
+    items: Vec<Arc<AtomicBool>>,
+    queued: bool,
+}
+
+/// A queued batch over [`OpenItems`], the protocol of `batch.rs` as an owner follows it.
+struct ModelBatch {
+    open: Arc<crate::primitive::Mutex<OpenItems>>,
+    items: Vec<Arc<AtomicBool>>,
+}
+
+impl ModelBatch {
+    /// Pushes `item` and queues a batch if none is queued (the owner's side).
+    fn push(
+        domain: &GraceDomain,
+        open: &Arc<crate::primitive::Mutex<OpenItems>>,
+        item: Arc<AtomicBool>,
+    ) {
+        let mut st = crate::primitive::lock(open);
+        st.items.push(item);
+        let queue = !std::mem::replace(&mut st.queued, true);
+        drop(st);
+        if queue {
+            domain.call_batch(Box::new(ModelBatch {
+                open: Arc::clone(open),
+                items: Vec::new(),
+            }));
+        }
+    }
+}
+
+impl super::CallbackBatch for ModelBatch {
+    fn seal(&mut self) {
+        let mut st = crate::primitive::lock(&self.open);
+        self.items = std::mem::take(&mut st.items);
+        st.queued = false;
+    }
+
+    fn split_referenced(
+        &mut self,
+        _referenced: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Option<Box<dyn super::CallbackBatch>> {
+        None
+    }
+
+    fn run(self: Box<Self>) {
+        for item in &self.items {
+            item.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Which kind of reader the model runs.
@@ -159,6 +217,11 @@ fn model(reader_kind: ReaderKind, free: Free) {
             })
         };
 
+        let open = Arc::new(crate::primitive::Mutex::new(OpenItems::default()));
+        if let Free::InOpenBatch = free {
+            // An earlier retire: it queues the batch, whose GP may start at once.
+            ModelBatch::push(&domain, &open, Arc::new(AtomicBool::new(false)));
+        }
         site.store(NEW, Ordering::Release);
         match free {
             Free::AfterSynchronize => {
@@ -180,6 +243,11 @@ fn model(reader_kind: ReaderKind, free: Free) {
                 });
                 domain.barrier();
             }
+            Free::InOpenBatch => {
+                ModelBatch::push(&domain, &open, Arc::clone(&freed));
+                domain.barrier();
+                assert!(freed.load(Ordering::Acquire), "barrier ran the batch");
+            }
         }
         reader.join().expect("reader");
         drop(domain);
@@ -194,6 +262,26 @@ fn loom_a_worker_past_its_switch_never_runs_code_freed_after_synchronize() {
 #[test]
 fn loom_a_worker_past_its_switch_never_runs_code_freed_by_a_callback() {
     model(ReaderKind::Worker, Free::InCallbackThenBarrier);
+}
+
+#[test]
+fn loom_a_worker_past_its_switch_never_runs_code_freed_by_an_open_batch() {
+    model(ReaderKind::Worker, Free::InOpenBatch);
+}
+
+std::thread_local! {
+    /// Fault injection for the open-batch control: batches are sealed when they run instead
+    /// of when their GP is claimed (`callbacks::seal_at_run`).
+    pub(super) static SEAL_AT_RUN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The control for open batches: a batch sealed when it runs, not when its GP is claimed,
+/// takes items pushed while the GP ran, whose code the GP's snapshot may have missed.
+#[test]
+#[should_panic(expected = "a grace period ended while a reader was inside the old target")]
+fn loom_control_a_batch_sealed_when_it_runs_frees_code_under_a_reader() {
+    SEAL_AT_RUN.with(|f| f.set(true));
+    model(ReaderKind::Worker, Free::InOpenBatch);
 }
 
 #[test]
