@@ -43,8 +43,12 @@
 //!   `GraceDomain`), `jit.barrier()` at the end. liburcu: `malloc` 64 bytes,
 //!   `rcu_xchg_pointer`, `call_rcu(free)`, `rcu_barrier()` at the end; the updater is a
 //!   registered online thread, as `call_rcu` requires, and reports a quiescent state every 100
-//!   retires. The liburcu reader does not read the retired objects (what it reads does not
-//!   change liburcu's cost); tramway's reader calls the code being retired. Retires/s
+//!   retires. Here the liburcu reader does not read the retired objects; tramway's reader
+//!   calls the code being retired, which costs the updater a cache miss per swap (the
+//!   reader holds the patch word's line) that the liburcu updater never pays.
+//! - `retire-read`: the same, but the liburcu reader calls through the objects being retired
+//!   (`rcu_dereference` of the published object, then its body), as RCU readers use what it
+//!   protects and as tramway's reader does. tramway's side is the same as in `retire`. Retires/s
 //!   include the final barrier; CPU per retire is the updater thread's CPU time
 //!   (`CLOCK_THREAD_CPUTIME_ID`), and the rest of the process's CPU time less the reader's
 //!   (tramway's GP driver, liburcu's call_rcu thread) is shown on its own row.
@@ -235,8 +239,10 @@ enum Kind {
     Offline,
     /// Reader calls/s with the updater idle and in back-to-back grace periods.
     Slowdown,
-    /// Retire throughput and CPU per retire.
-    Retire,
+    /// Retire throughput and CPU per retire; with `reader_uses_retired`, the liburcu reader
+    /// calls through the objects being retired (tramway's reader always calls the code
+    /// being retired).
+    Retire { reader_uses_retired: bool },
     /// Forwarding trampoline vs bare site from JIT code (tramway only).
     Forwarder,
 }
@@ -340,7 +346,16 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         id: "retire",
         label: "max retire rate, 1 reader (K=100)",
-        kind: Kind::Retire,
+        kind: Kind::Retire {
+            reader_uses_retired: false,
+        },
+    },
+    Scenario {
+        id: "retire-read",
+        label: "max retire rate, 1 reader calling what is retired (K=100)",
+        kind: Kind::Retire {
+            reader_uses_retired: true,
+        },
     },
     Scenario {
         id: "forwarder",
@@ -383,9 +398,12 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
     // on it for as long as the slot lives, so it stays mapped: a trampoline's code is freed
     // only after its last handle drops. (It is also never swapped out of `t.site`.)
     let slot = unsafe { FnSlot::new(std::mem::transmute::<*const u8, BodyFn>(body.addr())) };
+    // SAFETY: as for `slot`.
+    let body_fn = unsafe { std::mem::transmute::<*const u8, BodyFn>(body.addr()) };
     let u = UrcuSide {
         urcu,
         slot,
+        body: body_fn,
         _body: body,
     };
 
@@ -441,10 +459,12 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
                     br,
                 ));
             }
-            Kind::Retire => {
+            Kind::Retire {
+                reader_uses_retired,
+            } => {
                 let (a, b) = interleave(opts, |side, _| match side {
-                    Which::Tramway => t.retire_round(opts),
-                    Which::Liburcu => u.retire_round(opts),
+                    Which::Tramway => t.retire_round(opts, reader_uses_retired),
+                    Which::Liburcu => u.retire_round(opts, reader_uses_retired),
                 });
                 let col = |v: &[RetireSample], f: fn(&RetireSample) -> f64| -> Vec<f64> {
                     v.iter().map(f).collect()

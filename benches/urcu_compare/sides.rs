@@ -15,8 +15,8 @@ pub(super) trait Side: Sync {
     /// Registers the calling thread and, until `stop`: online, [`K`] calls, offline, sleep
     /// [`GAP`].
     fn mostly_offline_reader(&self, stop: &AtomicBool, calls: &AtomicU64);
-    /// One round of the retire scenario.
-    fn retire_round(&self, opts: &Opts) -> RetireSample;
+    /// One round of a retire scenario (`reader_uses_retired`: see `Kind::Retire`).
+    fn retire_round(&self, opts: &Opts, reader_uses_retired: bool) -> RetireSample;
 }
 
 pub(super) struct RetireSample {
@@ -108,7 +108,9 @@ impl Side for TramwaySide {
         black_box(acc);
     }
 
-    fn retire_round(&self, opts: &Opts) -> RetireSample {
+    /// tramway's reader always calls the code being retired: `reader_uses_retired` changes
+    /// nothing here.
+    fn retire_round(&self, opts: &Opts, _reader_uses_retired: bool) -> RetireSample {
         let jit = &self.tw.jit;
         let site = jit
             .site(SiteKind::Indirect, &emit_body(jit, 0).expect("emit a body"))
@@ -137,6 +139,8 @@ impl Side for TramwaySide {
 pub(super) struct UrcuSide {
     pub(super) urcu: Urcu,
     pub(super) slot: FnSlot,
+    /// The body's entry (the `retire-read` objects carry it).
+    pub(super) body: BodyFn,
     pub(super) _body: Trampoline,
 }
 
@@ -164,11 +168,24 @@ impl Side for UrcuSide {
         black_box(acc);
     }
 
-    fn retire_round(&self, opts: &Opts) -> RetireSample {
-        let slot = RetireSlot::new();
+    fn retire_round(&self, opts: &Opts, reader_uses_retired: bool) -> RetireSample {
+        let slot = if reader_uses_retired {
+            // SAFETY: `self.body` stays callable while `self` lives (`_body` keeps it mapped),
+            // and the slot drops at the end of this round.
+            unsafe { RetireSlot::with_body(&self.urcu, self.body) }
+        } else {
+            RetireSlot::new()
+        };
         let sample = with_readers(
             1,
-            |_, stop, calls| self.reader(K, stop, calls),
+            |_, stop, calls| {
+                if reader_uses_retired {
+                    let me = self.urcu.register_thread();
+                    black_box(me.reader_loop_retired(&slot, K, stop, calls));
+                } else {
+                    self.reader(K, stop, calls);
+                }
+            },
             |readers| {
                 let me = self.urcu.register_thread();
                 std::thread::sleep(opts.warm_up());

@@ -75,11 +75,13 @@ uint64_t tw_urcu_reader_loop(tw_body_fn *slot, uint64_t k, const bool *stop, uin
 	return acc;
 }
 
-/* What the retire scenario publishes and retires: 64 bytes, about a small trampoline and
- * its handle. The rcu_head comes first, so a callback's head is the object's address. */
+/* What the retire scenarios publish and retire: 64 bytes, about a small trampoline and
+ * its handle. The rcu_head comes first, so a callback's head is the object's address.
+ * `body` is what a reader of the retired objects calls (NULL when nobody reads them). */
 struct tw_retired {
 	struct rcu_head head;
-	uint64_t payload[6];
+	tw_body_fn body;
+	uint64_t payload[5];
 };
 
 static void free_retired(struct rcu_head *head)
@@ -91,17 +93,52 @@ static void free_retired(struct rcu_head *head)
  * rcu_xchg_pointer() (a full barrier on both sides of the exchange, so the new object's
  * contents are visible before it is), and free the old one after a grace period with
  * call_rcu(). call_rcu's contract for QSBR: the caller is a registered, online thread. */
-void tw_urcu_retire(void **slot, uint64_t seq)
+void tw_urcu_retire(void **slot, tw_body_fn body, uint64_t seq)
 {
 	struct tw_retired *fresh = malloc(sizeof(*fresh));
 	struct tw_retired *old;
 
 	if (!fresh)
 		abort();
+	fresh->body = body;
 	fresh->payload[0] = seq;
 	old = rcu_xchg_pointer(slot, (void *)fresh);
 	if (old)
 		urcu_qsbr_call_rcu(&old->head, free_retired);
+}
+
+/* Publishes the first object of an empty retire slot (no call_rcu: nothing is replaced, so
+ * any thread may call it, before readers of the slot start). */
+void tw_urcu_retire_slot_init(void **slot, tw_body_fn body)
+{
+	struct tw_retired *fresh = malloc(sizeof(*fresh));
+
+	if (!fresh)
+		abort();
+	fresh->body = body;
+	fresh->payload[0] = 0;
+	rcu_assign_pointer(*slot, (void *)fresh);
+}
+
+/* The reader loop of the retire scenario in which readers use what is retired: as
+ * tw_urcu_reader_loop, but each call goes through the object *slot points to (a fresh
+ * rcu_dereference() per call), the way a tramway reader calls the trampoline being
+ * retired through its patch site. */
+uint64_t tw_urcu_reader_loop_retired(struct tw_retired **slot, uint64_t k, const bool *stop,
+				     uint64_t *calls)
+{
+	uint64_t acc = 0, n = 0;
+
+	while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+		for (uint64_t i = 0; i < k; i++) {
+			struct tw_retired *o = rcu_dereference(*slot);
+			acc = o->body(acc);
+		}
+		n += k;
+		__atomic_store_n(calls, n, __ATOMIC_RELAXED);
+		urcu_qsbr_quiescent_state();
+	}
+	return acc;
 }
 
 /* Empties a retire slot: unpublish, wait a grace period, free. Any thread may call it

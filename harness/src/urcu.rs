@@ -182,8 +182,32 @@ impl UrcuThread {
         self.assert_online("retire (call_rcu)");
         // SAFETY: registered and online, as call_rcu requires; the slot only ever holds null
         // or an object the shim allocated (only the shim writes it), which is what the shim
-        // frees after the grace period.
-        unsafe { sys::tw_urcu_retire(slot.ptr.as_ptr(), seq) }
+        // frees after the grace period. The body, if any, stays callable while the slot
+        // lives (`RetireSlot::with_body`'s contract).
+        unsafe { sys::tw_urcu_retire(slot.ptr.as_ptr(), slot.body, seq) }
+    }
+
+    /// [`reader_loop`](Self::reader_loop) over the objects [`retire`](Self::retire)
+    /// publishes: each call loads the object in `slot` (`rcu_dereference`) and calls its body.
+    ///
+    /// Panics if the thread is offline, or if the slot was not made with
+    /// [`RetireSlot::with_body`].
+    pub fn reader_loop_retired(
+        &self,
+        slot: &RetireSlot,
+        k: u64,
+        stop: &AtomicBool,
+        calls: &AtomicU64,
+    ) -> u64 {
+        self.assert_online("reader_loop_retired");
+        assert!(slot.body.is_some(), "a retire slot without a body to call");
+        // SAFETY: the slot always holds an object with a callable body (`with_body`
+        // published the first one, and `retire` gives every replacement the same body),
+        // which stays allocated while this online reader may use it (the grace period
+        // `retire`'s call_rcu waits for); `stop` and `calls` as in `reader_loop`.
+        unsafe {
+            sys::tw_urcu_reader_loop_retired(slot.ptr.as_ptr(), k, stop.as_ptr(), calls.as_ptr())
+        }
     }
 
     /// `rcu_barrier()`: waits until every `call_rcu` callback queued so far (by any thread)
@@ -246,12 +270,31 @@ impl FnSlot {
 #[derive(Debug, Default)]
 pub struct RetireSlot {
     ptr: AtomicPtr<c_void>,
+    /// The body every object carries, for [`UrcuThread::reader_loop_retired`].
+    body: Option<BodyFn>,
 }
 
 impl RetireSlot {
     /// An empty slot.
     pub fn new() -> RetireSlot {
         RetireSlot::default()
+    }
+
+    /// A slot whose objects carry `body`, with a first object published (so that readers
+    /// may start at once). `_urcu` proves the shim is built.
+    ///
+    /// # Safety
+    /// `body` must stay callable, with its signature, for as long as the slot lives (as for
+    /// [`FnSlot::new`]).
+    pub unsafe fn with_body(_urcu: &Urcu, body: BodyFn) -> RetireSlot {
+        let slot = RetireSlot {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            body: Some(body),
+        };
+        // SAFETY: the slot is empty and no reader can see it yet; the shim only allocates
+        // and publishes (no call_rcu), which any thread may do.
+        unsafe { sys::tw_urcu_retire_slot_init(slot.ptr.as_ptr(), body) };
+        slot
     }
 }
 
@@ -272,6 +315,8 @@ impl Drop for RetireSlot {
 mod sys {
     use std::ffi::c_void;
 
+    use super::BodyFn;
+
     extern "C" {
         pub fn tw_urcu_register_thread();
         pub fn tw_urcu_unregister_thread();
@@ -287,7 +332,14 @@ mod sys {
             stop: *const bool,
             calls: *mut u64,
         ) -> u64;
-        pub fn tw_urcu_retire(slot: *mut *mut c_void, seq: u64);
+        pub fn tw_urcu_retire(slot: *mut *mut c_void, body: Option<BodyFn>, seq: u64);
+        pub fn tw_urcu_retire_slot_init(slot: *mut *mut c_void, body: BodyFn);
+        pub fn tw_urcu_reader_loop_retired(
+            slot: *mut *mut c_void,
+            k: u64,
+            stop: *const bool,
+            calls: *mut u64,
+        ) -> u64;
         pub fn tw_urcu_retire_slot_clear(slot: *mut *mut c_void);
     }
 }
@@ -299,6 +351,8 @@ mod sys {
 #[allow(clippy::missing_safety_doc)]
 mod sys {
     use std::ffi::c_void;
+
+    use super::BodyFn;
 
     const NO_SHIM: &str = "the liburcu shim is not built (no Urcu token can exist)";
 
@@ -334,7 +388,18 @@ mod sys {
     ) -> u64 {
         unreachable!("{NO_SHIM}")
     }
-    pub unsafe fn tw_urcu_retire(_slot: *mut *mut c_void, _seq: u64) {
+    pub unsafe fn tw_urcu_retire(_slot: *mut *mut c_void, _body: Option<BodyFn>, _seq: u64) {
+        unreachable!("{NO_SHIM}")
+    }
+    pub unsafe fn tw_urcu_retire_slot_init(_slot: *mut *mut c_void, _body: BodyFn) {
+        unreachable!("{NO_SHIM}")
+    }
+    pub unsafe fn tw_urcu_reader_loop_retired(
+        _slot: *mut *mut c_void,
+        _k: u64,
+        _stop: *const bool,
+        _calls: *mut u64,
+    ) -> u64 {
         unreachable!("{NO_SHIM}")
     }
     pub unsafe fn tw_urcu_retire_slot_clear(_slot: *mut *mut c_void) {
