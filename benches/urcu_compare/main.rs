@@ -469,20 +469,27 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
                 let col = |v: &[RetireSample], f: fn(&RetireSample) -> f64| -> Vec<f64> {
                     v.iter().map(f).collect()
                 };
+                let reader = if reader_uses_retired {
+                    "the reader calls what is retired"
+                } else {
+                    "the liburcu reader does not read what is retired"
+                };
                 rows.push(Row::pair(
-                    "max retire rate, 1 reader (higher is better)",
+                    format!("max retire rate, 1 reader (higher is better; {reader})"),
                     Unit::PerSec,
                     col(&a, |s| s.per_sec),
                     col(&b, |s| s.per_sec),
                 ));
                 rows.push(Row::pair(
-                    "updater CPU per retire",
+                    format!("updater CPU per retire ({reader})"),
                     Unit::Ns,
                     col(&a, |s| s.updater_cpu_ns),
                     col(&b, |s| s.updater_cpu_ns),
                 ));
                 rows.push(Row::pair(
-                    "other threads' CPU per retire (GP driver / call_rcu thread)",
+                    format!(
+                        "other threads' CPU per retire (GP driver / call_rcu thread; {reader})"
+                    ),
                     Unit::Ns,
                     col(&a, |s| s.other_cpu_ns),
                     col(&b, |s| s.other_cpu_ns),

@@ -23,6 +23,11 @@ use crate::trampoline::{CodeData, Trampoline};
 pub const DEFAULT_RESERVATION: usize = 1 << 30;
 /// Default chunk size: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
+/// How many empty chunks each slot size class keeps mapped for reuse instead of unmapping
+/// them (a patch storm empties and refills chunks with every batch of frees). Spare chunks
+/// hold only traps, count in [`JitStats::mapped_bytes`] and are unmapped first when the
+/// reservation is full.
+pub const SPARE_CHUNKS_PER_CLASS: usize = 4;
 
 static NEXT_JIT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -97,7 +102,8 @@ impl JitBuilder {
     }
 
     /// Size of a chunk in bytes (default 64 KiB): a multiple of the page size, at least two pages.
-    /// It is also the largest code object.
+    /// It is also the largest code object. Up to [`SPARE_CHUNKS_PER_CLASS`] empty chunks per
+    /// slot size class stay mapped for reuse.
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.cfg.chunk_size = bytes;
         self

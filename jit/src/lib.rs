@@ -78,7 +78,9 @@ mod unwind;
 pub use crate::arch::{Assembler, HookArgs, ReturnValues};
 pub use crate::error::JitError;
 pub use crate::forwarding::{ExitHook, ForwardingSpec, Hook, Target, MAX_STACK_ARG_BYTES};
-pub use crate::jit::{Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION};
+pub use crate::jit::{
+    Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION, SPARE_CHUNKS_PER_CLASS,
+};
 pub use crate::probe::{
     AttachTarget, Batch, FromReturn, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite,
     ProbedSiteRef, Probes, TypedProbedSite,

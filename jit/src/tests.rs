@@ -231,37 +231,36 @@ fn trampoline_installed_in_two_sites_retires_with_the_last() {
 }
 
 #[test]
-fn an_empty_chunk_is_kept_as_its_class_spare_and_a_second_one_is_unmapped() {
+fn empty_chunks_are_kept_as_spares_up_to_the_limit_and_the_rest_unmapped() {
     let page = 4096;
+    let spares = crate::SPARE_CHUNKS_PER_CLASS;
     let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
     // SAFETY: never executed.
     let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, 4 * page))) };
-    let a = big().unwrap();
-    let b = big().unwrap();
-    let c = big().unwrap();
-    assert_eq!(jit.stats().chunks, 3);
-    let (a_addr, b_addr) = (a.addr(), b.addr());
-    drop(a);
+    let mut held: Vec<_> = (0..spares + 2).map(|_| big().unwrap()).collect();
+    assert_eq!(jit.stats().chunks, spares + 2);
+    let addrs: Vec<_> = held.iter().map(|t| t.addr()).collect();
+    held.drain(..spares).for_each(drop);
     assert_eq!(
         jit.stats().chunks,
-        3,
-        "the first empty chunk is the class's spare"
+        spares + 2,
+        "the first empty chunks are spares"
     );
-    drop(b);
-    assert_eq!(jit.stats().chunks, 2, "a second empty chunk is unmapped");
-    let d = big().unwrap();
+    drop(held.remove(0));
     assert_eq!(
-        d.addr(),
-        a_addr,
-        "the spare is reused before a chunk is mapped"
+        jit.stats().chunks,
+        spares + 1,
+        "one more empty chunk is unmapped"
     );
-    assert_eq!(jit.stats().chunks, 2);
-    let e = big().unwrap();
-    assert_eq!(jit.stats().chunks, 3);
-    assert_eq!(e.addr(), b_addr, "the unmapped chunk's index is reused");
-    drop((c, d, e));
-    assert_eq!(jit.stats().chunks, 1, "one spare stays mapped");
-    assert_eq!(jit.stats().mapped_bytes, 4 * page);
+    let reused = big().unwrap();
+    assert!(
+        addrs[..spares].contains(&reused.addr()),
+        "a spare is reused before a chunk is mapped"
+    );
+    assert_eq!(jit.stats().chunks, spares + 1);
+    drop((held, reused));
+    assert_eq!(jit.stats().chunks, spares, "the spares stay mapped");
+    assert_eq!(jit.stats().mapped_bytes, spares * 4 * page);
 }
 
 #[test]

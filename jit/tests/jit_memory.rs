@@ -147,11 +147,13 @@ fn last_freed_slot_unmaps_its_chunk() {
             ops.extend(std::iter::repeat_n(0xCC, 4 * page - 11));
         })
     };
-    // The first chunk its class empties stays mapped as the class's spare: make one, so
-    // that the chunk below is the second (which is unmapped).
-    drop(big_code().unwrap());
+    // The first chunks a class empties stay mapped as its spares: make them, so that the
+    // chunk below is one more (which is unmapped).
+    let spares: Vec<_> = (0..tramway_jit::SPARE_CHUNKS_PER_CLASS)
+        .map(|_| big_code().unwrap())
+        .collect();
     let big = big_code().unwrap();
-    drop(big_code().unwrap());
+    drop(spares);
     let small = jit.constant_return(6).unwrap();
     let site = jit.site(SiteKind::Indirect, &big).unwrap();
     // SAFETY: both trampolines implement `fn() -> u64`.

@@ -38,12 +38,13 @@
 //! share one: writing new code (or trap-filling freed code) never stores into a line that
 //! another core is executing, which x86 punishes as cross-modifying code. A chunk holds slots
 //! of one class; a chunk that becomes full stops being its class's current allocation chunk.
-//! When a chunk's last slot is freed and it is not current, it stays mapped as its class's
-//! one **spare** if the class has none, and is unmapped otherwise (and a spare is unmapped
-//! when the reservation is full and another class needs a chunk): a patcher that retires as
-//! fast as it emits empties and refills a chunk per batch of frees, and without the spare
-//! each batch paid a map, an unmap (a TLB shootdown on every core) and a page fault per page
-//! of fresh memory (a sixth of a retire's cost in the `urcu_compare` retire profile). In
+//! When a chunk's last slot is freed and it is not current, it stays mapped as one of its
+//! class's **spares** while the class has fewer than `MAX_SPARE_CHUNKS`, and is unmapped
+//! otherwise (a spare is also unmapped when the reservation is full and another class needs
+//! a chunk): a patcher that retires as fast as it emits empties and refills chunks with every
+//! batch of frees, and without spares each batch paid a map, an unmap (a TLB shootdown on
+//! every core) and a page fault per page of fresh memory (a sixth of a retire's cost in the
+//! `urcu_compare` retire profile). In
 //! every build, freed slots are filled with traps and fresh chunks hold only traps before
 //! code is written, so a stale call faults at once, in a spare chunk too.
 //!
@@ -73,6 +74,10 @@ pub(crate) struct CodeMemoryConfig {
     pub force_fallback: bool,
     pub sync_core: bool,
 }
+
+/// How many empty chunks a size class keeps mapped (module docs: "Slots"): enough for the
+/// chunks one batch of frees empties at once in the `urcu_compare` retire storm.
+const MAX_SPARE_CHUNKS: usize = crate::jit::SPARE_CHUNKS_PER_CLASS;
 
 /// One allocated object: where it executes, where it is written, and its slot size.
 #[derive(Clone, Copy, Debug)]
@@ -155,8 +160,8 @@ struct SizeClass {
     size: usize,
     current: Option<usize>,
     available: BTreeSet<usize>,
-    /// An empty chunk kept mapped (module docs: "Slots").
-    spare: Option<usize>,
+    /// Empty chunks kept mapped, at most [`MAX_SPARE_CHUNKS`] (module docs: "Slots").
+    spares: Vec<usize>,
 }
 
 /// The allocator's mutable state, under one lock.
@@ -251,7 +256,7 @@ impl CodeMemory {
                 size,
                 current: None,
                 available: BTreeSet::new(),
-                spare: None,
+                spares: Vec::new(),
             })
             .collect();
         Ok(CodeMemory {
@@ -364,8 +369,8 @@ impl CodeMemory {
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
         let write_addr = chunk.views.write_base + offset;
         let class = &mut st.classes[ci];
-        if class.spare == Some(idx) {
-            class.spare = None;
+        if let Some(i) = class.spares.iter().position(|&c| c == idx) {
+            class.spares.swap_remove(i);
         }
         // `available` holds exactly the class's chunks with room: a chunk leaves it when it
         // fills up here and comes back when a free makes room (`return_slot`).
@@ -400,7 +405,7 @@ impl CodeMemory {
         if st.free_indices.is_empty() && st.next_index == st.chunks.len() {
             // The reservation is full: spares are only a cache, give one back.
             if let Some(spare) = st.classes.iter_mut().find_map(|c| {
-                let spare = c.spare.take()?;
+                let spare = c.spares.pop()?;
                 c.available.remove(&spare);
                 Some(spare)
             }) {
@@ -486,7 +491,7 @@ impl CodeMemory {
     }
 
     /// Frees `slot`: fills it with traps and returns it to its chunk (which may then become
-    /// its class's spare, or be unmapped: module docs, "Slots").
+    /// one of its class's spares, or be unmapped: module docs, "Slots").
     ///
     /// # Safety
     /// `slot` must come from [`alloc`](Self::alloc) on `self`, be freed only once, and no thread may
@@ -523,7 +528,8 @@ impl CodeMemory {
     }
 
     /// Returns a released slot to its chunk. A chunk that became empty and is not its class's
-    /// current chunk becomes the class's spare, or is unmapped if the class has one.
+    /// current chunk becomes one of the class's spares, or is unmapped if the class has as
+    /// many as it keeps.
     fn return_slot(&self, st: &mut AllocState, slot: &Slot) {
         let chunk = st.chunks[slot.chunk]
             .as_mut()
@@ -543,8 +549,8 @@ impl CodeMemory {
             class.available.insert(slot.chunk);
         }
         if empty && class.current != Some(slot.chunk) {
-            if class.spare.is_none() {
-                class.spare = Some(slot.chunk);
+            if class.spares.len() < MAX_SPARE_CHUNKS {
+                class.spares.push(slot.chunk);
             } else {
                 class.available.remove(&slot.chunk);
                 self.unmap_chunk(st, slot.chunk);
