@@ -8,10 +8,11 @@
 //!   freed at once;
 //! - otherwise (it became *reachable*): the free is handed to the `Jit`'s [`Reclaim`](crate::Reclaim)
 //!   implementation (through `Retirement::defer_free`), and runs after a grace period. The
-//!   deferred callback owns the `Arc` of the code memory (not the `Jit`, to avoid cycles) and
-//!   the heap memory the code references (`CodeData`: call counter, hook cell, and the
-//!   registered unwind information, which the free deregisters *before* it frees the slot:
-//!   `unwind.rs`). The whole chain is drawn in `reclaim/mod.rs`.
+//!   deferred free (`reclaim/free.rs`) owns the heap memory the code references (`CodeData`:
+//!   call counter, hook cell, and the registered unwind information, which the free
+//!   deregisters *before* it frees the slot: `unwind.rs`); what runs it holds the `Arc` of the
+//!   code memory (not the `Jit`, to avoid cycles). The whole chain is drawn in
+//!   `reclaim/mod.rs`.
 //!
 //! A trampoline may be installed in several sites. It becomes *retired* when it is swapped out of
 //! (or its site drops from) the last site it was installed in; a retired trampoline can never be

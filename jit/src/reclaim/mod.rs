@@ -15,28 +15,36 @@
 //!    |  keepalive, a probe manager's pin)
 //!    v
 //!  TrampolineInner::drop             trampoline.rs: never reachable, or `reclaim_now`:
-//!    |                               CodeMemory::free at once; `leak`: kept forever
+//!    |                               CodeFree::run at once; `leak`: kept forever
 //!    v
-//!  Retirement::defer_free(code, free) retirement.rs: counted in `pending_frees` until it runs
+//!  Retirement::defer_free(CodeFree)  retirement.rs: counted in `pending_frees` until it runs;
+//!    |                               the free is data (free.rs: slot, referenced memory)
 //!    |
 //!    +-- a collection scope is active on this thread (a probe batch commit)?
 //!    |     collect.rs: the free joins the scope's list, and Retirement::retire_together
 //!    |     queues the whole list as ONE callback when the scope ends
+//!    +-- the reclaimer keeps batches open (GraceDomain)?
+//!    |     free.rs: pushed into the Jit's open batch; the push that finds it empty queues
+//!    |     it once (Reclaim::defer_batch -> GraceDomain::call_batch); the GP that takes it
+//!    |     seals it when it is claimed (tramway_runtime::grace::batch)
 //!    v
-//!  Reclaim::defer_code(code, free)   this file: the Jit's reclaimer, e.g.
-//!    |                               GraceDomain::call_boxed_for_code (tramway-runtime)
+//!  Reclaim::defer_code(code, free)   otherwise: one boxed callback per free, e.g.
+//!    |                               LeakUntilDrop's queue
 //!    v
 //!  grace period                      every task that might have been inside A when the
-//!    |                               callback was queued has since passed a quiescent state,
-//!    |                               and no task parked inside yielding code has a stack
-//!    |                               word in A's code (tramway_runtime::code)
+//!    |                               free was queued (or its batch sealed) has since passed a
+//!    |                               quiescent state, and no task parked inside yielding code
+//!    |                               has a stack word in A's code (tramway_runtime::code; a
+//!    |                               batch splits off only the frees such a task references)
 //!    v
-//!  the callback runs                 on the grace-period driver thread
+//!  the callback or batch runs        on the grace-period driver thread
 //!    |
 //!    v
-//!  CodeMemory::free(slot)            code_memory: trap fill, slot back to its chunk; the call
-//!    |                               counter and hook cell A's code referenced drop with it
-//!    |  the chunk's last slot, and the chunk is not its class's current one
+//!  CodeMemory::free_all(slots)       code_memory: trap fill, slots back to their chunks under
+//!    |                               one lock; the call counters and hook cells the code
+//!    |                               referenced drop after
+//!    |  a chunk's last slot, the chunk is not its class's current one, and the class
+//!    |  already keeps SPARE_CHUNKS_PER_CLASS empty chunks
 //!    v
 //!  chunk unmapped                    code_memory backend: views dropped, PROT_NONE
 //!                                    placeholder restored, memfd hole punched

@@ -46,7 +46,9 @@
 //! by callbacks starts [`GraceConfig::callback_delay`] after the first of them (or at once
 //! when a batch is full), so a patch storm costs a few hundred GPs per second instead of one
 //! per swap; [`GraceDomain::synchronize`], cookies and [`GraceDomain::barrier`] start their GP
-//! at once. A caller that waits parks: a task on an event (its park is its own quiescent
+//! at once. An updater that defers many small items queues one open batch instead of a
+//! callback per item ([`GraceDomain::call_batch`]; the [`batch`] module gives the protocol and
+//! why sealing the batch when its GP is claimed is enough). A caller that waits parks: a task on an event (its park is its own quiescent
 //! state), a registered thread offline, any other thread on a condition variable.
 //!
 //! ```
