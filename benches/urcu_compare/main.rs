@@ -38,6 +38,8 @@
 //!   calls every millisecond).
 //! - `slowdown`: one reader (K=100), its calls/s while the updater is idle and while it runs
 //!   grace periods back to back; the slowdown is their quotient.
+//! - `retire-alone`: as `retire` below, without a reader: the updater's own cost, without the
+//!   cache misses a reader's use of the published code or pointer causes.
 //! - `retire`: one reader (K=100) and an updater retiring as fast as it can. tramway: emit a
 //!   fresh body, `Site::swap` it into the reader's site, drop the `Retired` (freed through the
 //!   `GraceDomain`), `jit.barrier()` at the end. liburcu: `malloc` 64 bytes,
@@ -242,7 +244,10 @@ enum Kind {
     /// Retire throughput and CPU per retire; with `reader_uses_retired`, the liburcu reader
     /// calls through the objects being retired (tramway's reader always calls the code
     /// being retired).
-    Retire { reader_uses_retired: bool },
+    Retire {
+        readers: usize,
+        reader_uses_retired: bool,
+    },
     /// Forwarding trampoline vs bare site from JIT code (tramway only).
     Forwarder,
 }
@@ -344,9 +349,18 @@ const SCENARIOS: &[Scenario] = &[
         kind: Kind::Slowdown,
     },
     Scenario {
+        id: "retire-alone",
+        label: "max retire rate, no reader",
+        kind: Kind::Retire {
+            readers: 0,
+            reader_uses_retired: false,
+        },
+    },
+    Scenario {
         id: "retire",
         label: "max retire rate, 1 reader (K=100)",
         kind: Kind::Retire {
+            readers: 1,
             reader_uses_retired: false,
         },
     },
@@ -354,6 +368,7 @@ const SCENARIOS: &[Scenario] = &[
         id: "retire-read",
         label: "max retire rate, 1 reader calling what is retired (K=100)",
         kind: Kind::Retire {
+            readers: 1,
             reader_uses_retired: true,
         },
     },
@@ -460,22 +475,23 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
                 ));
             }
             Kind::Retire {
+                readers,
                 reader_uses_retired,
             } => {
                 let (a, b) = interleave(opts, |side, _| match side {
-                    Which::Tramway => t.retire_round(opts, reader_uses_retired),
-                    Which::Liburcu => u.retire_round(opts, reader_uses_retired),
+                    Which::Tramway => t.retire_round(opts, readers, reader_uses_retired),
+                    Which::Liburcu => u.retire_round(opts, readers, reader_uses_retired),
                 });
                 let col = |v: &[RetireSample], f: fn(&RetireSample) -> f64| -> Vec<f64> {
                     v.iter().map(f).collect()
                 };
-                let reader = if reader_uses_retired {
-                    "the reader calls what is retired"
-                } else {
-                    "the liburcu reader does not read what is retired"
+                let reader = match (readers, reader_uses_retired) {
+                    (0, _) => "no reader",
+                    (_, true) => "1 reader, which calls what is retired",
+                    (_, false) => "1 reader; the liburcu one does not read what is retired",
                 };
                 rows.push(Row::pair(
-                    format!("max retire rate, 1 reader (higher is better; {reader})"),
+                    format!("max retire rate (higher is better; {reader})"),
                     Unit::PerSec,
                     col(&a, |s| s.per_sec),
                     col(&b, |s| s.per_sec),

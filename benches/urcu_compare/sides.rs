@@ -15,8 +15,9 @@ pub(super) trait Side: Sync {
     /// Registers the calling thread and, until `stop`: online, [`K`] calls, offline, sleep
     /// [`GAP`].
     fn mostly_offline_reader(&self, stop: &AtomicBool, calls: &AtomicU64);
-    /// One round of a retire scenario (`reader_uses_retired`: see `Kind::Retire`).
-    fn retire_round(&self, opts: &Opts, reader_uses_retired: bool) -> RetireSample;
+    /// One round of a retire scenario with `readers` (0 or 1) readers (`reader_uses_retired`:
+    /// see `Kind::Retire`).
+    fn retire_round(&self, opts: &Opts, readers: usize, reader_uses_retired: bool) -> RetireSample;
 }
 
 pub(super) struct RetireSample {
@@ -110,13 +111,18 @@ impl Side for TramwaySide {
 
     /// tramway's reader always calls the code being retired: `reader_uses_retired` changes
     /// nothing here.
-    fn retire_round(&self, opts: &Opts, _reader_uses_retired: bool) -> RetireSample {
+    fn retire_round(
+        &self,
+        opts: &Opts,
+        readers: usize,
+        _reader_uses_retired: bool,
+    ) -> RetireSample {
         let jit = &self.tw.jit;
         let site = jit
             .site(SiteKind::Indirect, &emit_body(jit, 0).expect("emit a body"))
             .expect("a site");
         let sample = with_readers(
-            1,
+            readers,
             |_, stop, calls| self.read_site(&site, K, stop, calls),
             |readers| {
                 std::thread::sleep(opts.warm_up());
@@ -168,7 +174,7 @@ impl Side for UrcuSide {
         black_box(acc);
     }
 
-    fn retire_round(&self, opts: &Opts, reader_uses_retired: bool) -> RetireSample {
+    fn retire_round(&self, opts: &Opts, readers: usize, reader_uses_retired: bool) -> RetireSample {
         let slot = if reader_uses_retired {
             // SAFETY: `self.body` stays callable while `self` lives (`_body` keeps it mapped),
             // and the slot drops at the end of this round.
@@ -177,7 +183,7 @@ impl Side for UrcuSide {
             RetireSlot::new()
         };
         let sample = with_readers(
-            1,
+            readers,
             |_, stop, calls| {
                 if reader_uses_retired {
                     let me = self.urcu.register_thread();
@@ -224,6 +230,11 @@ impl Readers<'_> {
     /// CPU time reader `i` has used so far (valid while the readers run).
     pub(super) fn cpu_ns(&self, i: usize) -> u64 {
         clock_ns(self.clocks[i].load(Ordering::Relaxed))
+    }
+
+    /// CPU time all readers have used so far (0 without readers).
+    pub(super) fn total_cpu_ns(&self) -> u64 {
+        (0..self.clocks.len()).map(|i| self.cpu_ns(i)).sum()
     }
 }
 
@@ -383,7 +394,7 @@ pub(super) fn measure_retires(
         start: Instant::now(),
         updater_cpu: clock_ns(libc::CLOCK_THREAD_CPUTIME_ID),
         process_cpu: clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID),
-        reader_cpu: readers.cpu_ns(0),
+        reader_cpu: readers.total_cpu_ns(),
     };
     while clocks.start.elapsed() < opts.round {
         for _ in 0..RETIRES_PER_CHECK {
@@ -401,7 +412,7 @@ impl RetireClocks {
         let wall = self.start.elapsed().as_secs_f64();
         let updater = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - self.updater_cpu;
         let process = clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID) - self.process_cpu;
-        let reader = readers.cpu_ns(0) - self.reader_cpu;
+        let reader = readers.total_cpu_ns() - self.reader_cpu;
         let n = self.retires as f64;
         RetireSample {
             per_sec: n / wall,
