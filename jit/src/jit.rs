@@ -247,11 +247,12 @@ impl Jit {
 
     /// Emits custom code.
     ///
-    /// `emit` is called with an assembler based at the address the code will run at. The slot
-    /// is sized by a guess (the length of this `Jit`'s previous custom code); when the code
-    /// needs a slot of another size, `emit` is called a second time, at the final address,
-    /// and both passes must produce the same length ([`JitError::EmitLengthChanged`]
-    /// otherwise).
+    /// `emit` is usually called once, with an assembler based at the address the code will
+    /// run at: a slot sized by a guess (the length of this `Jit`'s previous custom code). It
+    /// is called a second time, at the final address, when the code needs a slot of another
+    /// size, or when no slot of the guessed size is free without mapping memory (the first
+    /// pass then runs at the reservation's base, only to size the code); both passes must
+    /// produce the same length ([`JitError::EmitLengthChanged`] otherwise).
     /// The assembler is dynasm's, re-exported as [`dynasmrt`](crate::dynasmrt) (so an embedder
     /// needs no direct dependency of its own); start every `dynasm!` block with `.arch x64`.
     ///
@@ -353,7 +354,8 @@ impl Jit {
     }
 
     /// Waits until every free deferred so far has run, including frees those frees defer in
-    /// turn, so that afterwards nothing retired before the call is still mapped. Runs the
+    /// turn, so that afterwards no code retired before the call remains: its slots hold traps
+    /// and are free (their chunks unmapped, or kept as spares, which hold only traps). Runs the
     /// reclaimer's `barrier` as many times as needed; stops early if other threads keep
     /// retiring code faster than it drains. With [`LeakUntilDrop`] it frees nothing: that
     /// reclaimer frees only when it drops.

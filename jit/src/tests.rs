@@ -426,3 +426,71 @@ fn the_default_defer_batch_seals_at_once_and_covers_every_address() {
     assert_eq!((s.retired, s.reclaimed), (0, 3), "{s:?}");
     assert_eq!(call0(&site), 3);
 }
+
+std::thread_local! {
+    /// Runs on this thread between a push that opened a batch and its `defer_batch`
+    /// (`Retirement::defer_free`): where another thread's free and barrier can slip in.
+    static BEFORE_QUEUEING: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The test hook of `Retirement::defer_free` (see `BEFORE_QUEUEING`).
+pub(crate) fn before_queueing_a_batch() {
+    BEFORE_QUEUEING.with(|hook| {
+        if let Some(hook) = hook.borrow_mut().as_mut() {
+            hook();
+        }
+    });
+}
+
+/// Found in review: thread A opens the batch and is delayed before queueing it; this thread's
+/// free joins that batch, and a barrier started now must still wait for it. Without the
+/// `queuing` count the barrier saw no pending callback and returned at once, both frees
+/// unrun.
+#[test]
+fn a_barrier_waits_for_a_batch_another_thread_opened_and_has_not_queued_yet() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use tramway_runtime::grace::{GraceConfig, GraceDomain};
+
+    let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
+    let jit = Arc::new(Jit::builder().reclaimer(Arc::new(gp)).build().unwrap());
+    let site = Arc::new(
+        jit.site(SiteKind::Indirect, &jit.constant_return(0).unwrap())
+            .unwrap(),
+    );
+    let (paused_tx, paused_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let opener = std::thread::spawn({
+        let (jit, site) = (jit.clone(), site.clone());
+        move || {
+            BEFORE_QUEUEING.with(|hook| {
+                *hook.borrow_mut() = Some(Box::new(move || {
+                    paused_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }))
+            });
+            drop(site.swap(&jit.constant_return(1).unwrap()).unwrap());
+        }
+    });
+    paused_rx.recv().unwrap();
+    drop(site.swap(&jit.constant_return(2).unwrap()).unwrap());
+    let (done_tx, done_rx) = mpsc::channel();
+    let barrier = std::thread::spawn({
+        let jit = jit.clone();
+        move || {
+            jit.barrier();
+            done_tx.send(jit.stats()).unwrap();
+        }
+    });
+    let early = done_rx.recv_timeout(Duration::from_millis(200));
+    go_tx.send(()).unwrap();
+    opener.join().unwrap();
+    barrier.join().unwrap();
+    assert!(
+        early.is_err(),
+        "the barrier returned before the batch it must wait for was queued: {early:?}"
+    );
+    let s = done_rx.recv().unwrap();
+    assert_eq!((s.retired, s.reclaimed), (0, 2), "{s:?}");
+}

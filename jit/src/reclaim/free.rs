@@ -17,10 +17,11 @@
 //! pushed into the `Jit`'s open batch under one uncontended lock: no allocation and no
 //! callback per retire. The push that finds the batch empty queues it once; the grace
 //! period that takes it seals it (moving the frees out of [`OpenFrees`]), and the next push
-//! starts a new batch. The batch frees its slots under one allocator lock, on the driver.
+//! starts a new batch. The batch frees its slots on the driver, taking the allocator lock
+//! once per 64 slots.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tramway_runtime::grace::CallbackBatch;
@@ -141,7 +142,7 @@ impl Tally {
 }
 
 /// Runs `frees` (see [`CodeFree::run`]) and leaves the vector empty (its capacity kept):
-/// every unwind deregistration first, then the slots under one allocator lock, then the
+/// every unwind deregistration first, then the slots (one allocator lock per 64), then the
 /// referenced memory and the counters.
 ///
 /// # Safety
@@ -177,11 +178,16 @@ pub(crate) struct OpenFrees {
 }
 
 impl OpenFrees {
-    /// Adds `free`; returns whether the caller must queue a batch (none is queued).
-    pub(crate) fn push(open: &Mutex<OpenFrees>, free: CodeFree) -> bool {
+    /// Adds `free`; returns whether the caller must queue a batch (none is queued), having
+    /// raised `queuing` under the lock (the caller lowers it once the batch is queued).
+    pub(crate) fn push(open: &Mutex<OpenFrees>, free: CodeFree, queuing: &AtomicUsize) -> bool {
         let mut open = lock(open);
         open.frees.push(free);
-        !std::mem::replace(&mut open.queued, true)
+        let opens = !std::mem::replace(&mut open.queued, true);
+        if opens {
+            queuing.fetch_add(1, Ordering::Relaxed);
+        }
+        opens
     }
 }
 
@@ -212,6 +218,7 @@ impl QueuedFrees {
 
 impl CallbackBatch for QueuedFrees {
     fn seal(&mut self) {
+        debug_assert!(self.frees.is_empty(), "a batch is sealed once");
         let mut open = lock(&self.open);
         let spare = std::mem::take(&mut open.spare);
         self.frees = std::mem::replace(&mut open.frees, spare);

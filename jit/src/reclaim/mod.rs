@@ -272,8 +272,10 @@ unsafe impl Reclaim for ImmediateReclaim {
 /// Frees retired code after a grace period of the domain's flavor.
 // SAFETY: `call_boxed` runs each callback once, after a grace period that waits for every
 // reader that `tracks_current_thread` accepts (the domain's tasks and online registered
-// threads); `call_boxed_for_code` also waits for parked tasks' code references; `barrier`
-// waits for those grace periods.
+// threads); `call_boxed_for_code` also waits for parked tasks' code references; `call_batch`
+// seals a batch when the grace period that covers it is claimed, runs it after that grace
+// period and splits off the frees a parked task references (`tramway_runtime::grace::batch`);
+// `barrier` waits for those grace periods and batches.
 unsafe impl Reclaim for tramway_runtime::grace::GraceDomain {
     fn defer(&self, f: Deferred) {
         self.call_boxed(f);

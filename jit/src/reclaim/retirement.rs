@@ -11,7 +11,7 @@
 //! [`throttle_backlog`]: Retirement::throttle_backlog
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::free::{CodeFree, OpenFrees, QueuedFrees};
@@ -38,6 +38,11 @@ pub(crate) struct Retirement {
     mem: Arc<CodeMemory>,
     /// The open batch of frees (`free.rs`), when the reclaimer keeps batches open.
     open: Option<Arc<Mutex<OpenFrees>>>,
+    /// Pushes that opened a batch and have not queued it with the reclaimer yet (raised
+    /// under the batch's lock, lowered once it is queued). [`drain`](Self::drain) waits for
+    /// none before each barrier: a free pushed into a batch that another thread opened, but
+    /// has not queued yet, is not covered by a barrier that starts before the batch is queued.
+    queuing: AtomicUsize,
 }
 
 impl Retirement {
@@ -55,6 +60,7 @@ impl Retirement {
             pending_frees: Arc::new(AtomicU64::new(0)),
             mem,
             open,
+            queuing: AtomicUsize::new(0),
         }
     }
 
@@ -77,7 +83,17 @@ impl Retirement {
         }
         match &self.open {
             Some(open) => {
-                if OpenFrees::push(open, free) {
+                if OpenFrees::push(open, free, &self.queuing) {
+                    /// Lowers `queuing` once the batch is queued (or the queueing unwound).
+                    struct Queued<'a>(&'a AtomicUsize);
+                    impl Drop for Queued<'_> {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::Release);
+                        }
+                    }
+                    let _queued = Queued(&self.queuing);
+                    #[cfg(test)]
+                    crate::tests::before_queueing_a_batch();
                     let batch = QueuedFrees::new(
                         Arc::clone(open),
                         Arc::clone(&self.mem),
@@ -135,7 +151,7 @@ impl Retirement {
     pub(crate) fn drain(&self) {
         let mut pending = self.pending_frees.load(Ordering::Acquire);
         while pending > 0 {
-            self.reclaimer.barrier();
+            self.barrier();
             let now = self.pending_frees.load(Ordering::Acquire);
             if now >= pending {
                 return;
@@ -168,7 +184,16 @@ impl Retirement {
                 round,
                 "backlog throttle: waiting for reclamation"
             );
-            self.reclaimer.barrier();
+            self.barrier();
         }
+    }
+
+    /// The reclaimer's barrier, once every batch opened so far is queued (see `queuing`; the
+    /// wait is the few instructions between a push and its `defer_batch`).
+    fn barrier(&self) {
+        while self.queuing.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
+        self.reclaimer.barrier();
     }
 }

@@ -75,9 +75,8 @@
 //! - Its code is retired through a reclaimer that passes the range
 //!   (`tramway_jit::Reclaim::defer_code`, which `GraceDomain` implements with
 //!   [`call_for_code`](crate::grace::GraceDomain::call_for_code), or an open batch whose
-//!   items carry their ranges: [`CallbackBatch::split_referenced`]).
-//!
-//! [`CallbackBatch::split_referenced`]: crate::grace::CallbackBatch::split_referenced
+//!   items carry their ranges:
+//!   [`CallbackBatch::split_referenced`](crate::grace::CallbackBatch::split_referenced)).
 //! - A task parked inside yielding code is never unwound: cancelled at shutdown, its stack is
 //!   leaked (JIT frames have no unwind information), as for a preempted task.
 //!

@@ -33,7 +33,9 @@
 /// covers it is claimed (the [module docs](self) give the algorithm and its ordering).
 ///
 /// Implemented by the owner of the items (the JIT crate's code frees); queued with
-/// [`GraceDomain::call_batch`](super::GraceDomain::call_batch).
+/// [`GraceDomain::call_batch`](super::GraceDomain::call_batch). A panic in any method is
+/// caught and logged; a batch that panicked in `seal` or `split_referenced` is leaked (never
+/// run, never dropped), one that panicked in `run` is counted as a panicked callback.
 pub trait CallbackBatch: Send + 'static {
     /// Closes the batch: once this returns, no item may join it (new items go to a batch
     /// queued afterwards). Called exactly once per queued batch, under the grace domain's

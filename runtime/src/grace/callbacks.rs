@@ -5,7 +5,10 @@
 //! waits for is *lazy*: its GP starts only once the oldest callback has waited
 //! [`GraceConfig::callback_delay`](super::GraceConfig::callback_delay), or at once when
 //! [`LAZY_BATCH_MAX`] are queued. The driver is woken for the first callback of a batch (it
-//! then waits out the delay by itself) and for a full batch, not for every callback.
+//! then waits out the delay by itself) and for a full batch, not for every callback. An open
+//! batch ([`GraceDomain::call_batch`]) counts as one callback here, whatever the number of its
+//! items: a storm of frees into one open batch waits out the delay rather than starting its
+//! GP early.
 //! `barrier` waits for `callbacks_done` (see `driver.rs`).
 //!
 //! A callback may carry a **code range** ([`GraceDomain::call_for_code`]): it then also waits
@@ -15,6 +18,7 @@
 //! algorithm and its ordering argument are in the [`code`](crate::code) docs).
 //!
 //! [`GraceDomain::call_for_code`]: super::GraceDomain::call_for_code
+//! [`GraceDomain::call_batch`]: super::GraceDomain::call_batch
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -41,11 +45,19 @@ impl Callback {
         Callback::Closure { f, code }
     }
 
-    /// Closes an open batch (the GP that takes it is being claimed: `batch.rs`).
-    pub(super) fn seal(&mut self) {
-        if let Callback::Batch(b) = self {
-            b.seal();
+    /// Closes an open batch (the GP that takes it is being claimed: `batch.rs`). Returns
+    /// false if the batch's `seal` panicked: the caller leaks it (its items' state is unknown,
+    /// so it may neither run nor drop them).
+    pub(super) fn seal(&mut self) -> bool {
+        match self {
+            Callback::Batch(b) => catch_unwind(AssertUnwindSafe(|| b.seal())).is_ok(),
+            Callback::Closure { .. } => true,
         }
+    }
+
+    /// Whether the callback is an open batch.
+    pub(super) fn is_batch(&self) -> bool {
+        matches!(self, Callback::Batch(_))
     }
 
     /// Whether the callback may free code a parked task references.
@@ -62,15 +74,26 @@ impl Callback {
             Callback::Closure { ref code, .. } if code.referenced_by(refs) => (None, Some(self)),
             Callback::Closure { .. } => (Some(self), None),
             Callback::Batch(mut b) => {
-                let held = b.split_referenced(&mut |s, e| refs.hits(s, e));
-                (Some(Callback::Batch(b)), held.map(Callback::Batch))
+                match catch_unwind(AssertUnwindSafe(|| {
+                    b.split_referenced(&mut |s, e| refs.hits(s, e))
+                })) {
+                    Ok(held) => (Some(Callback::Batch(b)), held.map(Callback::Batch)),
+                    Err(_) => {
+                        tracing::error!(
+                            target: "tramway::grace",
+                            "a callback batch panicked in split_referenced: it is leaked"
+                        );
+                        std::mem::forget(b);
+                        (None, None)
+                    }
+                }
             }
         }
     }
 
     fn run(mut self) {
         if seal_at_run() {
-            self.seal(); // the injected bug (see `seal_at_run`)
+            let _ = self.seal(); // the injected bug (see `seal_at_run`)
         }
         match self {
             Callback::Closure { f, .. } => f(),

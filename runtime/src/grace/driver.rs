@@ -225,8 +225,24 @@ impl Engine {
         seq.started += 1;
         let mut batch = seq.callbacks.take();
         // Under the state lock, before the GP's barrier: open batches close here (`batch.rs`).
-        if !super::callbacks::seal_at_run() {
-            batch.iter_mut().for_each(Callback::seal);
+        // A batch whose `seal` panicked is leaked, never run nor dropped.
+        if !super::callbacks::seal_at_run() && batch.iter().any(Callback::is_batch) {
+            let mut sealed = Vec::with_capacity(batch.len());
+            for mut cb in batch {
+                if cb.seal() {
+                    sealed.push(cb);
+                } else {
+                    self.counters
+                        .callbacks_panicked
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        target: "tramway::grace",
+                        "a callback batch panicked in seal: it is leaked"
+                    );
+                    std::mem::forget(cb);
+                }
+            }
+            batch = sealed;
         }
         (seq.started, batch)
     }

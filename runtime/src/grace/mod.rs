@@ -48,8 +48,9 @@
 //! per swap; [`GraceDomain::synchronize`], cookies and [`GraceDomain::barrier`] start their GP
 //! at once. An updater that defers many small items queues one open batch instead of a
 //! callback per item ([`GraceDomain::call_batch`]; the [`batch`] module gives the protocol and
-//! why sealing the batch when its GP is claimed is enough). A caller that waits parks: a task on an event (its park is its own quiescent
-//! state), a registered thread offline, any other thread on a condition variable.
+//! why sealing the batch when its GP is claimed is enough). A caller that waits parks: a task
+//! on an event (its park is its own quiescent state), a registered thread offline, any other
+//! thread on a condition variable.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -237,9 +238,10 @@ pub struct GraceStats {
     /// (see [`preempt`](crate::preempt)); each counted once per grace period.
     pub preempted_holdouts: u64,
     /// Times a ranged callback ([`GraceDomain::call_for_code`]) was held back at the end of
-    /// its grace period because a task parked inside yielding code referenced its code.
+    /// its grace period because a task parked inside yielding code referenced its code. The
+    /// items a [`CallbackBatch`] split off count once per split, whatever their number.
     pub callbacks_held: u64,
-    /// Ranged callbacks held back right now.
+    /// Ranged callbacks (and split-off parts of batches) held back right now.
     pub callbacks_held_now: u64,
 }
 
