@@ -114,25 +114,24 @@ impl Trampoline {
             Ok::<_, JitError>((bytes, rows))
         };
         let mut unfinished = Unfinished(mem, None);
-        let mut first = None;
-        if let Some(len) = len {
-            first = Some(len);
-        } else if let Some(slot) = mem.alloc_mapped(core.custom_len_hint.load(Ordering::Relaxed)) {
-            // Custom code, assembled at a guessed slot: kept if its size class fits.
-            unfinished.1 = Some(slot);
-            let (bytes, rows) = assemble(slot.addr, slot.size)?;
-            if mem.slot_size(bytes.len())? == slot.size {
-                return Self::finish(core, unfinished, bytes, rows, data, keepalive);
-            }
-            core.custom_len_hint.store(bytes.len(), Ordering::Relaxed);
-            unfinished.replace(None);
-            first = Some(bytes.len());
-        }
-        let first = match first {
+        let first = match len {
             Some(len) => len,
-            // No guess could be tried: a sizing pass at the reservation's base.
             None => {
-                let len = assemble(mem.range().0, 64)?.0.len();
+                let len = match mem.alloc_mapped(core.custom_len_hint.load(Ordering::Relaxed)) {
+                    // Custom code, assembled at a guessed slot: kept if its size class fits.
+                    Some(slot) => {
+                        unfinished.1 = Some(slot);
+                        let (bytes, rows) = assemble(slot.addr, slot.size)?;
+                        if mem.slot_size(bytes.len())? == slot.size {
+                            return Self::finish(core, unfinished, bytes, rows, data, keepalive);
+                        }
+                        unfinished.replace(None);
+                        bytes.len()
+                    }
+                    // No slot of the guessed size without mapping a chunk: a sizing pass at
+                    // the reservation's base.
+                    None => assemble(mem.range().0, 64)?.0.len(),
+                };
                 core.custom_len_hint.store(len, Ordering::Relaxed);
                 len
             }

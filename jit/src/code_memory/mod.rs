@@ -39,14 +39,14 @@
 //! another core is executing, which x86 punishes as cross-modifying code. A chunk holds slots
 //! of one class; a chunk that becomes full stops being its class's current allocation chunk.
 //! When a chunk's last slot is freed and it is not current, it stays mapped as one of its
-//! class's **spares** while the class has fewer than `MAX_SPARE_CHUNKS`, and is unmapped
+//! class's **spares** while the class has fewer than `SPARE_CHUNKS_PER_CLASS`, and is unmapped
 //! otherwise (a spare is also unmapped when the reservation is full and another class needs
 //! a chunk): a patcher that retires as fast as it emits empties and refills chunks with every
 //! batch of frees, and without spares each batch paid a map, an unmap (a TLB shootdown on
 //! every core) and a page fault per page of fresh memory (a sixth of a retire's cost in the
-//! `urcu_compare` retire profile). In
-//! every build, freed slots are filled with traps and fresh chunks hold only traps before
-//! code is written, so a stale call faults at once, in a spare chunk too.
+//! `urcu_compare` retire profile). In every build, freed slots are filled with traps and
+//! fresh chunks hold only traps before code is written, so a stale call faults at once, in a
+//! spare chunk too.
 //!
 //! # Counters
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
@@ -62,6 +62,7 @@ use self::double_map::DoubleMap;
 use self::mprotect::Mprotect;
 use crate::arch::{self, StubMemory, SyncCorePolicy};
 use crate::error::JitError;
+use crate::jit::SPARE_CHUNKS_PER_CLASS;
 use crate::lock;
 use crate::os;
 use crate::stats::{JitStatsHandle, StatCounters};
@@ -74,10 +75,6 @@ pub(crate) struct CodeMemoryConfig {
     pub force_fallback: bool,
     pub sync_core: bool,
 }
-
-/// How many empty chunks a size class keeps mapped (module docs: "Slots"): enough for the
-/// chunks one batch of frees empties at once in the `urcu_compare` retire storm.
-const MAX_SPARE_CHUNKS: usize = crate::jit::SPARE_CHUNKS_PER_CLASS;
 
 /// One allocated object: where it executes, where it is written, and its slot size.
 #[derive(Clone, Copy, Debug)]
@@ -156,11 +153,11 @@ struct Chunk {
     used: usize,
 }
 
+/// One size class's chunks (its slot size is in `CodeMemory::class_sizes`).
 struct SizeClass {
-    size: usize,
     current: Option<usize>,
     available: BTreeSet<usize>,
-    /// Empty chunks kept mapped, at most [`MAX_SPARE_CHUNKS`] (module docs: "Slots").
+    /// Empty chunks kept mapped, at most [`SPARE_CHUNKS_PER_CLASS`] (module docs: "Slots").
     spares: Vec<usize>,
 }
 
@@ -242,18 +239,16 @@ impl CodeMemory {
                 return Err(e.into());
             }
         };
-        let mut classes = Vec::new();
+        let mut class_sizes = Vec::new();
         let mut size = backend.min_slot_size();
         while size < chunk_size {
-            classes.push(size);
+            class_sizes.push(size);
             size *= 2;
         }
-        classes.push(chunk_size);
-        let class_sizes: Box<[usize]> = classes.clone().into();
-        let classes = classes
-            .into_iter()
-            .map(|size| SizeClass {
-                size,
+        class_sizes.push(chunk_size);
+        let classes = class_sizes
+            .iter()
+            .map(|_| SizeClass {
                 current: None,
                 available: BTreeSet::new(),
                 spares: Vec::new(),
@@ -272,7 +267,7 @@ impl CodeMemory {
                 next_index: 0,
                 classes,
             }),
-            class_sizes,
+            class_sizes: class_sizes.into_boxed_slice(),
             stats: Arc::new(StatCounters::default()),
             registered: Some(registered),
         })
@@ -350,8 +345,8 @@ impl CodeMemory {
     fn alloc_in(&self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
         let ci = self.class_of(len)?;
         let mut st = lock(&self.state);
+        let size = self.class_sizes[ci];
         let class = &st.classes[ci];
-        let size = class.size;
         let (idx, fresh) = match class.current.or_else(|| class.available.first().copied()) {
             Some(idx) => (idx, false),
             None if may_map => (self.map_chunk(&mut st, ci)?, true),
@@ -549,7 +544,7 @@ impl CodeMemory {
             class.available.insert(slot.chunk);
         }
         if empty && class.current != Some(slot.chunk) {
-            if class.spares.len() < MAX_SPARE_CHUNKS {
+            if class.spares.len() < SPARE_CHUNKS_PER_CLASS {
                 class.spares.push(slot.chunk);
             } else {
                 class.available.remove(&slot.chunk);
