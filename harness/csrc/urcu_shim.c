@@ -84,6 +84,18 @@ struct tw_retired {
 	uint64_t payload[5];
 };
 
+/* A fresh object to publish (aborts when out of memory, as the bench cannot go on). */
+static struct tw_retired *new_retired(tw_body_fn body, uint64_t seq)
+{
+	struct tw_retired *fresh = malloc(sizeof(*fresh));
+
+	if (!fresh)
+		abort();
+	fresh->body = body;
+	fresh->payload[0] = seq;
+	return fresh;
+}
+
 static void free_retired(struct rcu_head *head)
 {
 	free(caa_container_of(head, struct tw_retired, head));
@@ -95,14 +107,8 @@ static void free_retired(struct rcu_head *head)
  * call_rcu(). call_rcu's contract for QSBR: the caller is a registered, online thread. */
 void tw_urcu_retire(void **slot, tw_body_fn body, uint64_t seq)
 {
-	struct tw_retired *fresh = malloc(sizeof(*fresh));
-	struct tw_retired *old;
+	struct tw_retired *old = rcu_xchg_pointer(slot, (void *)new_retired(body, seq));
 
-	if (!fresh)
-		abort();
-	fresh->body = body;
-	fresh->payload[0] = seq;
-	old = rcu_xchg_pointer(slot, (void *)fresh);
 	if (old)
 		urcu_qsbr_call_rcu(&old->head, free_retired);
 }
@@ -111,13 +117,7 @@ void tw_urcu_retire(void **slot, tw_body_fn body, uint64_t seq)
  * any thread may call it, before readers of the slot start). */
 void tw_urcu_retire_slot_init(void **slot, tw_body_fn body)
 {
-	struct tw_retired *fresh = malloc(sizeof(*fresh));
-
-	if (!fresh)
-		abort();
-	fresh->body = body;
-	fresh->payload[0] = 0;
-	rcu_assign_pointer(*slot, (void *)fresh);
+	rcu_assign_pointer(*slot, (void *)new_retired(body, 0));
 }
 
 /* The reader loop of the retire scenario in which readers use what is retired: as

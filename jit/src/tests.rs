@@ -131,29 +131,35 @@ fn typed_errors() {
 }
 
 /// Runs deferred frees at `barrier`. Sound here: these tests are single-threaded, so nothing
-/// executes code across a barrier.
+/// executes code across a barrier. With `keeps_batches_open` it asks for open batches but
+/// keeps `Reclaim::defer_batch`'s default, and it records the ranges `defer_code` gets.
 #[derive(Default)]
-struct ManualReclaim(std::sync::Mutex<Vec<crate::Deferred>>);
+struct ManualReclaim {
+    queue: std::sync::Mutex<Vec<crate::Deferred>>,
+    ranges: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+    keeps_batches_open: bool,
+}
 
 impl ManualReclaim {
     fn pending(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.queue.lock().unwrap().len()
     }
 }
 
 // SAFETY: the tests run the callbacks only when no thread executes the retired code.
 unsafe impl Reclaim for ManualReclaim {
     fn defer(&self, f: crate::Deferred) {
-        self.0.lock().unwrap().push(f);
+        self.queue.lock().unwrap().push(f);
     }
 
-    fn defer_code(&self, _code: &[std::ops::Range<usize>], f: crate::Deferred) {
+    fn defer_code(&self, code: &[std::ops::Range<usize>], f: crate::Deferred) {
+        self.ranges.lock().unwrap().extend_from_slice(code);
         self.defer(f);
     }
 
     fn barrier(&self) {
         loop {
-            let batch = std::mem::take(&mut *self.0.lock().unwrap());
+            let batch = std::mem::take(&mut *self.queue.lock().unwrap());
             if batch.is_empty() {
                 return;
             }
@@ -163,6 +169,10 @@ unsafe impl Reclaim for ManualReclaim {
 
     fn barrier_waits_for_grace_period(&self) -> bool {
         true
+    }
+
+    fn keeps_batches_open(&self) -> bool {
+        self.keeps_batches_open
     }
 }
 
@@ -375,37 +385,14 @@ fn indirect_site_word_has_a_cache_line_of_its_own() {
     assert_eq!(call0(&site), 1);
 }
 
-/// A reclaimer that asks for open batches but keeps `Reclaim::defer_batch`'s default: each
-/// batch is sealed at once and deferred as one callback over the whole address space.
-#[derive(Default)]
-struct BatchingManualReclaim {
-    inner: ManualReclaim,
-    ranges: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
-}
-
-// SAFETY: as `ManualReclaim`, whose callbacks it queues.
-unsafe impl Reclaim for BatchingManualReclaim {
-    fn defer(&self, f: crate::Deferred) {
-        self.inner.defer(f);
-    }
-
-    fn defer_code(&self, code: &[std::ops::Range<usize>], f: crate::Deferred) {
-        self.ranges.lock().unwrap().extend_from_slice(code);
-        self.inner.defer(f);
-    }
-
-    fn barrier(&self) {
-        self.inner.barrier();
-    }
-
-    fn keeps_batches_open(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn the_default_defer_batch_seals_at_once_and_covers_every_address() {
-    let reclaimer = Arc::new(BatchingManualReclaim::default());
+    // Asks for open batches but keeps `Reclaim::defer_batch`'s default: each batch is
+    // sealed at once and deferred as one callback over the whole address space.
+    let reclaimer = Arc::new(ManualReclaim {
+        keeps_batches_open: true,
+        ..ManualReclaim::default()
+    });
     let jit = Jit::builder().reclaimer(reclaimer.clone()).build().unwrap();
     let site = jit
         .site(SiteKind::Indirect, &jit.constant_return(0).unwrap())
@@ -413,7 +400,7 @@ fn the_default_defer_batch_seals_at_once_and_covers_every_address() {
     for v in 1..=3 {
         drop(site.swap(&jit.constant_return(v).unwrap()).unwrap());
     }
-    assert_eq!(reclaimer.inner.pending(), 3, "one sealed batch per free");
+    assert_eq!(reclaimer.pending(), 3, "one sealed batch per free");
     assert!(reclaimer
         .ranges
         .lock()

@@ -126,6 +126,17 @@ fn call_and_park(s: &Setup) -> tramway_runtime::JoinHandle<u64> {
     task
 }
 
+/// Releases the parked task, which returns through the retired body and gets its result,
+/// and waits until the body is freed.
+fn release_and_expect_freed(s: &Setup, task: tramway_runtime::JoinHandle<u64>) {
+    s.gate.release.notify_one();
+    assert_eq!(task.join().unwrap(), 1);
+    assert!(eventually(|| {
+        s.jit.barrier();
+        s.jit.stats().retired == 0
+    }));
+}
+
 #[test]
 fn a_body_survives_while_a_task_is_parked_inside_it_and_is_freed_after_it_leaves() {
     let s = setup(|gp| Arc::new(gp.clone()));
@@ -140,13 +151,7 @@ fn a_body_survives_while_a_task_is_parked_inside_it_and_is_freed_after_it_leaves
         "the body was freed under the parked task: {st:?}"
     );
     assert_eq!(s.gp.stats().callbacks_held_now, 1);
-    // The task returns through the retired body and gets its result.
-    s.gate.release.notify_one();
-    assert_eq!(task.join().unwrap(), 1);
-    assert!(eventually(|| {
-        s.jit.barrier();
-        s.jit.stats().retired == 0
-    }));
+    release_and_expect_freed(&s, task);
     assert_eq!(s.gp.stats().callbacks_held_now, 0);
 }
 
@@ -202,12 +207,7 @@ fn a_batch_holds_back_only_the_free_a_parked_task_references() {
     let st = s.jit.stats();
     assert_eq!(st.retired, 1, "only the body the task is in stays: {st:?}");
     assert_eq!(s.gp.stats().callbacks_held_now, 1);
-    s.gate.release.notify_one();
-    assert_eq!(task.join().unwrap(), 1);
-    assert!(eventually(|| {
-        s.jit.barrier();
-        s.jit.stats().retired == 0
-    }));
+    release_and_expect_freed(&s, task);
 }
 
 #[test]
