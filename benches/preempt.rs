@@ -41,7 +41,7 @@ use tramway::jit::{Jit, Trampoline};
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{preemptible, Runtime};
 use tramway_harness::bench::histogram::Histogram;
-use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
+use tramway_harness::bench::rounds::{cell, loadavg, machine_before, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench preempt -- [--quick] [--rounds N] [--round-ms MS] [spin|gp]
@@ -79,13 +79,11 @@ fn main() -> ExitCode {
     let count_down: CountDown = unsafe { std::mem::transmute::<*const u8, CountDown>(code.addr()) };
     let per_ms = calibrate(count_down);
     println!(
-        "preempt: {} rounds of {} ms per setting; loop: {:.0} iterations/us on this thread; \
-         nproc {}; load before: {}",
+        "preempt: {} rounds of {} ms per setting; loop: {:.0} iterations/us on this thread; {}",
         opts.rounds,
         opts.round.as_millis(),
         per_ms as f64 / 1000.0,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
+        machine_before()
     );
     if opts.wants("spin") {
         spin_scenario(&opts, count_down);

@@ -34,7 +34,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
 use tramway::jit::{SiteKind, Trampoline};
-use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs};
+use tramway_harness::bench::rounds::{cell, loadavg, machine_before, median, RoundArgs};
 
 const USAGE: &str = "\
 usage: cargo bench --bench tracing_cost -- [--quick] [--rounds N]
@@ -121,11 +121,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let (rounds, quick) = (opts.rounds, opts.quick);
-    println!(
-        "tracing_cost: {rounds} rounds; nproc {}; load before: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
-    );
+    println!("tracing_cost: {rounds} rounds; {}", machine_before());
     let tw = tramway::Builder::new().workers(1).build().expect("tramway");
     let (gps, swaps) = if quick {
         (2_000, 2_000)

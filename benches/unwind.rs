@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tramway::jit::{ForwardingSpec, Hook, HookArgs, Jit, SiteKind, Target, Trampoline};
-use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
+use tramway_harness::bench::rounds::{cell, loadavg, machine_before, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench unwind -- [--quick] [--rounds N] [churn|panic]
@@ -53,12 +53,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    println!(
-        "unwind: {} rounds; nproc {}; load before: {}",
-        opts.rounds,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
-    );
+    println!("unwind: {} rounds; {}", opts.rounds, machine_before());
     if opts.wants("churn") {
         churn(&opts);
     }

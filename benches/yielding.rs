@@ -38,7 +38,7 @@ use tramway::runtime::code::{
 };
 use tramway::runtime::grace::{GraceConfig, GraceDomain};
 use tramway::runtime::{yield_now, Event, Runtime};
-use tramway_harness::bench::rounds::{cell, loadavg, median, RoundArgs as Opts};
+use tramway_harness::bench::rounds::{cell, loadavg, machine_before, median, RoundArgs as Opts};
 
 const USAGE: &str = "\
 usage: cargo bench --bench yielding -- [--quick] [--rounds N] [marks|park|gp]
@@ -58,12 +58,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    println!(
-        "yielding: {} rounds; nproc {}; load before: {}",
-        opts.rounds,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
-    );
+    println!("yielding: {} rounds; {}", opts.rounds, machine_before());
     if opts.wants("marks") {
         marks(&opts);
     }

@@ -20,6 +20,15 @@ pub fn cell(v: &[f64], digits: usize) -> String {
     format!("{:.d$} [{:.d$}-{:.d$}]", median(v), lo, hi, d = digits)
 }
 
+/// `nproc N; load before: L`, the machine facts a bench prints before it measures.
+pub fn machine_before() -> String {
+    format!(
+        "nproc {}; load before: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    )
+}
+
 /// The 1, 5 and 15 minute load averages (`/proc/loadavg`), or "unknown".
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
