@@ -41,7 +41,8 @@ fn a_grace_period_waits_for_an_online_thread_until_it_reports() {
     let (registered, report) = (mpsc::channel(), mpsc::channel::<()>());
     let (reg_tx, reg_rx) = registered;
     let (report_tx, report_rx) = report;
-    let g = gp.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let (g, d) = (gp.clone(), done.clone());
     let reader = std::thread::spawn(move || {
         let reg = g.register_thread().unwrap();
         assert_eq!(
@@ -50,9 +51,13 @@ fn a_grace_period_waits_for_an_online_thread_until_it_reports() {
         );
         reg_tx.send(()).unwrap();
         report_rx.recv().unwrap();
-        reg.quiescent();
-        // Stay online (not quiescent) until told, after the grace period ended.
-        report_rx.recv().unwrap();
+        // Report until the grace period has ended: under load its driver may start it (and
+        // snapshot this thread) only after a first report, which it must not count; found
+        // when CI hung here with the reader online after its one report.
+        while !d.load(Ordering::SeqCst) {
+            reg.quiescent();
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
     reg_rx.recv().unwrap();
     let cookie = gp.start_poll();
@@ -63,7 +68,7 @@ fn a_grace_period_waits_for_an_online_thread_until_it_reports() {
     );
     report_tx.send(()).unwrap();
     gp.wait(&cookie);
-    report_tx.send(()).unwrap();
+    done.store(true, Ordering::SeqCst);
     reader.join().unwrap();
 }
 
