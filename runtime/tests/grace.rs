@@ -98,15 +98,20 @@ fn a_grace_period_waits_for_an_online_registered_thread_until_it_reports_a_qs() 
     let rt = runtime(1);
     let gp = domain(&rt, Flavor::Tasks);
     let ran = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let (to_reader, reader_rx) = std::sync::mpsc::channel::<()>();
     let (registered_tx, registered) = std::sync::mpsc::channel::<()>();
-    let rt2 = rt.clone();
+    let (rt2, d) = (rt.clone(), done.clone());
     let reader = std::thread::spawn(move || {
         let reg = rt2.register_thread().unwrap();
         registered_tx.send(()).unwrap();
         reader_rx.recv().unwrap(); // stays online, no QS, until told
-        reg.quiescent();
-        reader_rx.recv().unwrap();
+                                   // Then reports until the barrier returned: a report made before a grace period
+                                   // snapshotted this thread does not count for that grace period.
+        while !d.load(Ordering::SeqCst) {
+            reg.quiescent();
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
     registered.recv().unwrap();
     let r = ran.clone();
@@ -119,7 +124,7 @@ fn a_grace_period_waits_for_an_online_registered_thread_until_it_reports_a_qs() 
     to_reader.send(()).unwrap();
     gp.barrier();
     assert!(ran.load(Ordering::SeqCst));
-    to_reader.send(()).unwrap();
+    done.store(true, Ordering::SeqCst);
     reader.join().unwrap();
 }
 

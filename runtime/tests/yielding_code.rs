@@ -208,8 +208,12 @@ fn on_a_registered_thread_yielding_code_is_not_quiescent() {
             "a grace period ended under yielding code"
         );
     });
-    reg.quiescent();
-    assert!(eventually(|| gp.poll(&cookie)));
+    // Report until the grace period ends (a report made before it snapshotted this thread
+    // does not count for it).
+    assert!(eventually(|| {
+        reg.quiescent();
+        gp.poll(&cookie)
+    }));
 }
 
 /// Dropped when a task's stack is unwound.
