@@ -128,6 +128,65 @@ fn a_grace_period_waits_for_an_online_registered_thread_until_it_reports_a_qs() 
     reader.join().unwrap();
 }
 
+/// A thread that reports all the time while a grace period waits for another one must not
+/// wake the waiter: only the late thread's report does. (Before, every report woke it; on
+/// two CPUs the waiter then kept taking the CPU the late reader needed, and cold grace
+/// periods with two readers took twice liburcu's time.)
+#[test]
+fn only_the_reader_a_grace_period_waits_for_wakes_it() {
+    let rt = runtime(1);
+    let gp = domain(&rt, Flavor::Tasks);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (release_late, late_rx) = std::sync::mpsc::channel::<()>();
+    let (registered_tx, registered) = std::sync::mpsc::channel::<()>();
+    let (rt_late, stop_late, tx) = (rt.clone(), stop.clone(), registered_tx.clone());
+    let late = std::thread::spawn(move || {
+        let reg = rt_late.register_thread().unwrap();
+        tx.send(()).unwrap();
+        late_rx.recv().unwrap(); // online without a report until released
+        while !stop_late.load(Ordering::SeqCst) {
+            reg.quiescent();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let (rt_busy, stop_busy) = (rt.clone(), stop.clone());
+    let busy = std::thread::spawn(move || {
+        let reg = rt_busy.register_thread().unwrap();
+        registered_tx.send(()).unwrap();
+        while !stop_busy.load(Ordering::SeqCst) {
+            reg.quiescent();
+            std::hint::spin_loop();
+        }
+    });
+    registered.recv().unwrap();
+    registered.recv().unwrap();
+    let before = gp.stats();
+    let waiter_gp = gp.clone();
+    let waiter = std::thread::spawn(move || waiter_gp.synchronize());
+    std::thread::sleep(Duration::from_millis(100));
+    let while_late = gp.stats();
+    assert_eq!(
+        while_late.completed, before.completed,
+        "the grace period ended while a registered thread was online without a report"
+    );
+    assert!(
+        while_late.reader_wakeups - before.reader_wakeups <= 1,
+        "a reader the grace period no longer waited for woke it {} times in 100 ms",
+        while_late.reader_wakeups - before.reader_wakeups
+    );
+    release_late.send(()).unwrap();
+    waiter.join().unwrap();
+    let after = gp.stats();
+    assert!(after.completed > before.completed);
+    assert!(
+        after.reader_wakeups > while_late.reader_wakeups,
+        "the late reader's report woke the waiter"
+    );
+    stop.store(true, Ordering::SeqCst);
+    late.join().unwrap();
+    busy.join().unwrap();
+}
+
 #[test]
 fn an_offline_registered_thread_does_not_hold_up_a_grace_period() {
     let rt = runtime(1);

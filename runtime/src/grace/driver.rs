@@ -215,6 +215,7 @@ impl Engine {
             preempted_holdouts: c.preempted_holdouts.load(Ordering::Relaxed),
             callbacks_held: c.callbacks_held.load(Ordering::Relaxed),
             callbacks_held_now: self.lock().held.list.len() as u64,
+            reader_wakeups: self.registry.reader_wakes(),
         }
     }
 

@@ -243,6 +243,12 @@ pub struct GraceStats {
     pub callbacks_held: u64,
     /// Ranged callbacks (and split-off parts of batches) held back right now.
     pub callbacks_held_now: u64,
+    /// Reader transitions that woke waiting grace periods: a reader's report after a grace
+    /// period with a blocked caller asked *that reader* to wake it (readers it does not wait
+    /// for never do), or, while holdout tasks are waited for, any reader's transition.
+    /// Counted over the readers this domain watches, so domains over one runtime see the same
+    /// count.
+    pub reader_wakeups: u64,
 }
 
 /// A grace-period domain over one [`Runtime`]'s readers ([`GraceDomain::new`]) or over

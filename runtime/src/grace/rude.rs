@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::stall::{Backoff, Holdout};
+use super::stall::{Ask, Backoff, Holdout, Late, WakeBy};
 use crate::qs::{heavy_barrier, QsSnapshot};
 use crate::{JoinHandle, Runtime, SpawnError};
 
@@ -58,7 +58,8 @@ pub(super) fn force_every_worker_through_scheduler(backoff: &mut Backoff<'_>, ru
             }
         }
     }
-    backoff.wait_until(|describe| {
+    // Any transition wakes it: a no-op task's end is a transition of whichever worker ran it.
+    backoff.wait_until(WakeBy::AnyTransition, |ask| {
         pending.retain(|(w, passage)| match passage {
             Passage::NoOp(h) => !h.is_finished(),
             Passage::Cell(snap) => !registry.worker_passed_since(*w, *snap),
@@ -66,14 +67,20 @@ pub(super) fn force_every_worker_through_scheduler(backoff: &mut Backoff<'_>, ru
         if pending.is_empty() {
             return None;
         }
-        let late = pending.iter().filter(|_| describe).map(|(w, _)| {
-            let task_id = registry.task_on_worker(*w);
-            Holdout::Worker {
-                worker: *w,
-                task_id,
-                task_name: engine.task_name(task_id),
-            }
-        });
-        Some(late.collect())
+        let late = pending
+            .iter()
+            .filter(|_| ask == Ask::Describe)
+            .map(|(w, _)| {
+                let task_id = registry.task_on_worker(*w);
+                Holdout::Worker {
+                    worker: *w,
+                    task_id,
+                    task_name: engine.task_name(task_id),
+                }
+            });
+        Some(Late {
+            holdouts: late.collect(),
+            wakes_assured: false,
+        })
     });
 }

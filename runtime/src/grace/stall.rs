@@ -3,11 +3,14 @@
 //! [`Backoff::wait_until`] polls a flavor's "who is still late?" check. When a caller is
 //! blocked on the GP it first spins for a few microseconds (`SPIN_CHECKS` checks, as
 //! liburcu's `synchronize_rcu` does: readers that report every few microseconds are caught
-//! without any wake-up); then it *arms* the readers' waker, so that the next reader
-//! transition unparks it, and parks with exponential backoff (5 µs to 1 ms). A GP that only
-//! serves callbacks just parks (100 µs to 1 ms), so readers never pay for waking it. Every [`GraceConfig::stall_timeout`](super::GraceConfig)
-//! it asks the check to name who is late and reports them: through `tracing` at WARN and the
-//! configured callback. It never gives up: safety over liveness.
+//! without any wake-up); then it asks to be woken ([`WakeBy`]: by the readers it still waits
+//! for, or, for holdout tasks, by any reader) and parks with exponential backoff (5 µs to
+//! 1 ms), or, when none of the wake-ups it asked for can be lost ([`Late::wakes_assured`]),
+//! until the next stall report is due. A GP that only serves callbacks just parks (100 µs to
+//! 1 ms), so readers never pay for waking it. Every
+//! [`GraceConfig::stall_timeout`](super::GraceConfig) it asks the check to name who is late
+//! and reports them: through `tracing` at WARN and the configured callback. It never gives
+//! up: safety over liveness.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::driver::Engine;
-use crate::primitive::thread;
+use crate::primitive::{fence, thread};
 
 /// Checks a GP that somebody waits for makes, spinning, before it first parks (a few
 /// microseconds; one under loom, where every spin is an explored step).
@@ -33,6 +36,41 @@ const LAZY_FIRST_SLEEP: Duration = Duration::from_micros(100);
 /// next transition, so there this only bounds the cost of a wake-up lost to the race between
 /// a reader's transition and the waiter's `arm`.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+
+/// What [`Backoff::wait_until`] asks of a flavor's "who is still late?" check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ask {
+    /// Whether anybody is late.
+    Check,
+    /// As `Check`, and ask each reader still late to wake the waiters at its next
+    /// transition ([`WakeBy::LateReaders`]).
+    RequestWakes,
+    /// Name who is late, for a stall report.
+    Describe,
+}
+
+/// Whose transition wakes a GP that a caller is blocked on (the `qs` waker docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WakeBy {
+    /// Each reader the GP still waits for, asked through [`Ask::RequestWakes`]: readers that
+    /// have passed never wake it.
+    LateReaders,
+    /// Any reader's next transition (the armed waker): for holdout tasks, which pass their
+    /// yield points on whichever worker runs them.
+    AnyTransition,
+}
+
+/// What a flavor's check reports while somebody is late.
+#[derive(Debug, Default)]
+pub(super) struct Late {
+    /// Who is late: filled for [`Ask::Describe`], possibly empty otherwise.
+    pub(super) holdouts: Vec<Holdout>,
+    /// Every reader still waited for is a registered thread, whose transitions re-check a
+    /// wake request behind a full fence (`qs` transitions), so none of their wake-ups can be
+    /// lost: an expedited waiter then parks without a short timer. Workers skip that fence on
+    /// their switch-out, so a wait for them keeps the backoff sleeps.
+    pub(super) wakes_assured: bool,
+}
 
 /// Sleeps between checks with exponential backoff and reports stalls (module docs).
 pub(super) struct Backoff<'a> {
@@ -70,43 +108,74 @@ impl<'a> Backoff<'a> {
         self.engine
     }
 
-    /// Waits until `late` reports nothing left to wait for, sleeping in between. `late(true)`
-    /// must name who is late (for a stall report); `late(false)` may return an empty list.
-    pub(super) fn wait_until(&mut self, mut late: impl FnMut(bool) -> Option<Vec<Holdout>>) {
+    /// Waits until `late` reports nothing left to wait for, sleeping in between.
+    /// `late(Ask::Describe)` must name who is late (for a stall report); the other asks may
+    /// leave the list empty. With [`WakeBy::LateReaders`], `late(Ask::RequestWakes)` must
+    /// also ask each reader it still waits for to wake the waiters.
+    pub(super) fn wait_until(
+        &mut self,
+        wake_by: WakeBy,
+        mut late: impl FnMut(Ask) -> Option<Late>,
+    ) {
         let registry = &*self.engine.registry;
         if self.expedited {
             for _ in 0..SPIN_CHECKS {
-                if late(false).is_none() {
+                if late(Ask::Check).is_none() {
                     return;
                 }
                 thread::spin_hint();
             }
         }
-        while late(false).is_some() {
+        while let Some(mut now) = late(Ask::Check) {
             if self.expedited {
                 // Somebody is blocked on this GP: ask readers to unpark us on their next
-                // transition, then re-check so that a transition that happened before `arm`
-                // is not slept through. (The driver is registered with the waker for good; a
-                // thread running a GP inline registers for this GP only, and only once it
-                // has to wait.)
+                // transition, then re-check so that a transition that happened before the
+                // request is not slept through. (The driver is registered with the waker for
+                // good; a thread running a GP inline registers for this GP only, and only
+                // once it has to wait.)
                 if !self.registered && !self.engine.on_own_driver() {
                     registry.add_waiter_thread(thread::current());
                     self.registered = true;
                 }
-                registry.arm_waker();
-                if late(false).is_none() {
-                    registry.disarm_waker();
-                    return;
+                match wake_by {
+                    WakeBy::LateReaders => {
+                        if late(Ask::RequestWakes).is_none() {
+                            return;
+                        }
+                        // The requests are stored before the re-check reads the cells.
+                        fence(Ordering::SeqCst);
+                    }
+                    WakeBy::AnyTransition => registry.arm_waker(),
+                }
+                match late(Ask::Check) {
+                    Some(recheck) => now = recheck,
+                    None => {
+                        if wake_by == WakeBy::AnyTransition {
+                            registry.disarm_waker();
+                        }
+                        return;
+                    }
                 }
             }
             let start = *self.start.get_or_insert_with(Instant::now);
-            thread::park_timeout(self.sleep);
-            registry.disarm_waker();
+            let sleep = if self.expedited && now.wakes_assured {
+                // Nothing to catch but a stall: sleep until the next report is due. (A short
+                // timer costs a few microseconds to arm in a virtual machine, on every GP.)
+                self.next_report
+                    .saturating_sub(start.elapsed())
+                    .max(MAX_SLEEP)
+            } else {
+                self.sleep
+            };
+            thread::park_timeout(sleep);
+            if wake_by == WakeBy::AnyTransition {
+                registry.disarm_waker();
+            }
             self.sleep = (self.sleep * 2).min(MAX_SLEEP);
             let waited = start.elapsed();
             if waited >= self.next_report {
-                if let Some(holdouts) = late(true) {
-                    self.report(waited, holdouts);
+                if let Some(late) = late(Ask::Describe) {
+                    self.report(waited, late.holdouts);
                 }
                 self.next_report = waited + self.engine.config.stall_timeout;
             }

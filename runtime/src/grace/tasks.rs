@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use super::stall::{Backoff, Holdout};
+use super::stall::{Ask, Backoff, Holdout, Late, WakeBy};
 use crate::primitive::Arc;
 use crate::qs::{heavy_barrier, QsRegistry, QsSnapshot, ThreadReader};
 
@@ -20,14 +20,20 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     let engine = backoff.engine();
     let mut workers = registry.active_workers();
     let mut threads = registry.online_threads();
-    backoff.wait_until(|describe| {
+    backoff.wait_until(WakeBy::LateReaders, |ask| {
         workers.retain(|(i, s)| !registry.worker_passed_since(*i, *s));
         threads.retain(|(t, s)| !t.passed_since(*s));
         if workers.is_empty() && threads.is_empty() {
             return None;
         }
+        if ask == Ask::RequestWakes {
+            workers
+                .iter()
+                .for_each(|(i, _)| registry.request_wake_from_worker(*i));
+            threads.iter().for_each(|(t, _)| t.request_wake());
+        }
         let mut late = Vec::new();
-        if describe {
+        if ask == Ask::Describe {
             late.extend(workers.iter().map(|(i, _)| {
                 let task_id = registry.task_on_worker(*i);
                 Holdout::Worker {
@@ -38,7 +44,10 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
             }));
             late.extend(describe_threads(&threads));
         }
-        Some(late)
+        Some(Late {
+            holdouts: late,
+            wakes_assured: workers.is_empty(),
+        })
     });
 
     // Every cell load above was Acquire and saw a value stored (Release) after the scheduler
@@ -62,19 +71,22 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     if super::loom_tests::SKIP_HOLDOUT_WAIT.with(std::cell::Cell::get) {
         holdouts.clear(); // the injected bug: holdouts are not waited for
     }
-    backoff.wait_until(|describe| {
+    backoff.wait_until(WakeBy::AnyTransition, |ask| {
         registry.retain_holdouts(&mut holdouts);
         if holdouts.is_empty() {
             return None;
         }
         let late = holdouts
             .iter()
-            .filter(|_| describe)
+            .filter(|_| ask == Ask::Describe)
             .map(|(t, _)| Holdout::Task {
                 task_id: t.id,
                 task_name: t.name.clone(),
             });
-        Some(late.collect())
+        Some(Late {
+            holdouts: late.collect(),
+            wakes_assured: false,
+        })
     });
     // Order the quiescent-state observations before the callbacks' frees.
     fence(Ordering::SeqCst);
@@ -85,15 +97,20 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
 pub(super) fn wait_for_threads(backoff: &mut Backoff<'_>, registry: &QsRegistry) {
     heavy_barrier(registry);
     let mut threads = registry.online_threads();
-    backoff.wait_until(|describe| {
+    backoff.wait_until(WakeBy::LateReaders, |ask| {
         threads.retain(|(t, s)| !t.passed_since(*s));
         if threads.is_empty() {
             return None;
         }
-        Some(if describe {
-            describe_threads(&threads)
-        } else {
-            Vec::new()
+        if ask == Ask::RequestWakes {
+            threads.iter().for_each(|(t, _)| t.request_wake());
+        }
+        Some(Late {
+            holdouts: match ask {
+                Ask::Describe => describe_threads(&threads),
+                _ => Vec::new(),
+            },
+            wakes_assured: true,
         })
     });
     fence(Ordering::SeqCst);

@@ -9,15 +9,22 @@
 //! active cell knows the owner has passed a quiescent state once the value differs. The
 //! barriers that make that inference sound are issued by the transitions (`transitions.rs`);
 //! the argument is in the `qs` module docs.
+//!
+//! Next to the state (on the same cache line, which the owner has just written when it reads
+//! it) the cell holds a **wake request**: a grace period that waits for this owner, with a
+//! caller blocked on it, sets it; the owner's next transition clears it and wakes the waiters
+//! (`waker.rs`). Owners a grace period does not wait for are never asked, so their
+//! transitions never wake it.
 
 use std::sync::atomic::Ordering;
 
-use crate::primitive::AtomicU64;
+use crate::primitive::{AtomicBool, AtomicU64};
 
 /// See the module docs. Private to `qs`: readers change it only through the transitions.
 #[derive(Debug)]
 pub(super) struct QsCell {
     state: AtomicU64,
+    wake_requested: AtomicBool,
 }
 
 /// A grace period's view of one cell, taken by [`QsCell::snapshot`].
@@ -36,7 +43,24 @@ impl QsCell {
     pub(super) fn new() -> Self {
         QsCell {
             state: AtomicU64::new(0),
+            wake_requested: AtomicBool::new(false),
         }
+    }
+
+    /// A grace period asks the owner to wake its waiters at the next transition. The caller
+    /// issues a `SeqCst` fence before it re-reads the cell, so that a transition it then
+    /// misses sees the request (or, where the owner's side has no fence, is caught by the
+    /// waiter's bounded sleep: `grace/stall.rs`).
+    pub(super) fn request_wake(&self) {
+        self.wake_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// The owner, after a transition: whether a grace period asked it to wake the waiters
+    /// (the request is then consumed). One load of a line the owner has just written.
+    #[inline]
+    pub(super) fn take_wake_request(&self) -> bool {
+        self.wake_requested.load(Ordering::Relaxed)
+            && self.wake_requested.swap(false, Ordering::AcqRel)
     }
 
     /// Records one transition, ending active or not. The caller issues the barrier.

@@ -32,11 +32,17 @@
 //! | switch-in | worker, before resuming a task | active, `+1` | | reader barrier |
 //! | voluntary switch-out | worker: task yielded, parked or ended | inactive, `+1` | task removed; code references replaced (park inside yielding code) or withdrawn, **before** the cell store | wake waiters |
 //! | involuntary switch-out | worker: yield inside a non-yielding section | inactive, `+1` | task inserted **before** the cell store | wake waiters |
-//! | quiescent | registered thread | inactive, then active, `+2` | | wake waiters, full fence |
-//! | offline / online | registered thread | inactive / active, `+1` | | wake waiters / full fence |
+//! | quiescent | registered thread | inactive, then active, `+2` | | wake waiters, full fence, wake waiters again |
+//! | offline / online | registered thread | inactive / active, `+1` | | full fence, wake waiters / full fence |
 //! | sleep / wake | idle worker before parking / after | (inactive) | | `SeqCst` flag store / swap |
-//! | offline guard | task or registered thread around a blocking call | inactive, then active | | wake waiters / reader barrier |
+//! | offline guard | task or registered thread around a blocking call | inactive, then active | | wake waiters (a thread: after a full fence) / reader barrier |
 //! | forget a cancelled holdout | the canceller of a task at shutdown | | task and its code references removed | |
+//!
+//! "Wake waiters" means: wake the grace periods that asked this reader to (or, while holdout
+//! tasks are waited for, asked any reader: `waker.rs`). A registered thread reads the request
+//! behind a full fence after its cell store, so none of its wake-ups can be lost and its
+//! waiter needs no timer; a worker's switch-out has no fence, so a waiter for workers keeps
+//! short backoff sleeps (`grace/stall.rs`).
 //!
 //! Inside a [`non_yielding`] section (every JIT hook runs in one) the caller is inside a
 //! trampoline, so the transitions that would report a quiescent state (quiescent, offline,

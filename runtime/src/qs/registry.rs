@@ -142,6 +142,12 @@ impl ThreadReader {
     pub(crate) fn passed_since(&self, snap: QsSnapshot) -> bool {
         self.cell.passed_since(snap)
     }
+
+    /// Grace-period waiter: ask the thread to unpark the registered waiters at its next
+    /// transition (waker docs: "per reader").
+    pub(crate) fn request_wake(&self) {
+        self.cell.request_wake();
+    }
 }
 
 /// See the module docs.
@@ -284,8 +290,19 @@ impl QsRegistry {
         self.waker.remove_driver();
     }
 
-    /// Grace-period waiter: ask readers to unpark the registered waiters on their next
-    /// quiescent-state transition.
+    /// Grace-period waiter: ask worker `index` to unpark the registered waiters at its next
+    /// transition (waker docs: "per reader").
+    pub(crate) fn request_wake_from_worker(&self, index: usize) {
+        self.workers[index].cell.request_wake();
+    }
+
+    /// Reader transitions that woke grace-period waiters so far.
+    pub(crate) fn reader_wakes(&self) -> u64 {
+        self.waker.wakes()
+    }
+
+    /// Grace-period waiter: ask every reader to unpark the registered waiters on its next
+    /// quiescent-state transition (waker docs: "armed").
     pub(crate) fn arm_waker(&self) {
         self.waker.arm();
     }

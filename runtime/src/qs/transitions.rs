@@ -140,7 +140,7 @@ fn finish_switch_out(registry: &QsRegistry, worker: &WorkerReader) {
         worker,
         task: std::ptr::null(),
     });
-    registry.waker.notify();
+    registry.waker.notify(&worker.cell);
 }
 
 /// Switch-in without quiescent-state reporting (the `qs_reporting(false)` benchmark knob):
@@ -245,7 +245,9 @@ pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadR
     }
     if thread.cell.is_active() {
         thread.cell.advance(false);
-        registry.waker.notify();
+        // As in `thread_offline`: no wake-up is lost.
+        thread_barrier();
+        registry.waker.notify(&thread.cell);
     }
     registry.remove_thread(thread);
     if matches!(reader::current(), Reader::Thread { thread: t, .. } if std::ptr::eq(t, &**thread)) {
@@ -270,15 +272,22 @@ fn unregister_current_thread() {
 /// It passes through offline: a grace period waiting for it sees the change, and one that
 /// snapshots while the waker runs (which may yield this CPU to the waiter) sees it inactive
 /// and need not wait for it at all; then it is online again, behind a full barrier.
+///
+/// A waiter's wake request is checked twice: while offline (the usual case), and again
+/// behind the barrier, which makes a lost wake-up impossible. The waiter stores its request,
+/// fences, and re-reads the cell; the thread stores the cell, fences, and re-reads the
+/// request. Of two `SeqCst` fences one comes first, so the waiter sees the report or the
+/// thread sees the request (waker docs), and a registered thread's waiter needs no timer.
 pub(crate) fn thread_quiescent(registry: &QsRegistry, thread: &ThreadReader) {
     if in_non_yielding() || !thread.cell.is_active() {
         return;
     }
     thread.cell.advance(false);
-    registry.waker.notify();
+    registry.waker.notify(&thread.cell);
     thread.cell.advance(true);
     // The thread's next site loads stay after the report (qs docs, "Ordering").
     thread_barrier();
+    registry.waker.notify(&thread.cell);
 }
 
 /// **Offline**: the thread is quiescent until it comes back online (not inside a
@@ -288,7 +297,9 @@ pub(crate) fn thread_offline(registry: &QsRegistry, thread: &ThreadReader) {
         return;
     }
     thread.cell.advance(false);
-    registry.waker.notify();
+    // Before the request is read, so that no wake-up is lost (see `thread_quiescent`).
+    thread_barrier();
+    registry.waker.notify(&thread.cell);
 }
 
 /// **Online**: the thread may load patch sites again.
@@ -343,7 +354,7 @@ impl OfflineGuard {
                 let (registry, worker) = unsafe { (&*registry, &*worker) };
                 if worker.cell.is_active() {
                     worker.cell.advance(false);
-                    registry.waker.notify();
+                    registry.waker.notify(&worker.cell);
                     Took::Worker
                 } else {
                     Took::Nothing
@@ -355,7 +366,9 @@ impl OfflineGuard {
                 let (registry, thread) = unsafe { (&*registry, &*thread) };
                 if thread.cell.is_active() {
                     thread.cell.advance(false);
-                    registry.waker.notify();
+                    // As in `thread_offline`: no wake-up is lost.
+                    thread_barrier();
+                    registry.waker.notify(&thread.cell);
                     Took::Thread
                 } else {
                     Took::Nothing

@@ -1,36 +1,61 @@
 //! How readers wake a grace period that somebody is blocked on.
 //!
 //! A grace period sleeps between checks. While a caller is blocked on it (`synchronize`,
-//! `barrier`, a cookie), it *arms* the waker, and the next reader transition that can end its
-//! wait unparks every registered waiter thread. Several grace-period domains may share one
-//! registry, so the waker keeps all their threads and a count of armed waits; the first reader
-//! to notice an armed wait unparks them all (a spurious unpark only makes a waiter re-check).
+//! `barrier`, a cookie), it asks to be woken before it sleeps, in one of two ways:
+//! - **per reader** (waiting for reader cells): it sets the wake request of each cell it still
+//!   waits for (`cell.rs`), as liburcu's `synchronize_rcu` sets each late reader's `waiting`
+//!   flag. The next transition of such a reader wakes it; readers that have already passed
+//!   never do. A reader that reports often would otherwise wake the waiter at every report:
+//!   on two CPUs with three runnable threads the waiter then took the CPU from the very
+//!   reader it waited for, again and again (cold grace periods with two readers took twice
+//!   liburcu's time);
+//! - **armed** (waiting for holdout tasks, which pass their yield points on whatever worker
+//!   runs them): it increments the armed count, and the next transition of any reader wakes
+//!   it.
+//!
+//! A reader reads requests after its cell store. A registered thread re-reads them behind a
+//! full fence, so a request stored before the waiter's fenced re-check of the cell is always
+//! seen (the waiter parks without a short timer); a worker may miss one, and its waiter keeps
+//! short backoff sleeps (the `qs` module docs, "Transitions").
+//!
+//! A wake unparks every registered waiter thread: several grace-period domains may share one
+//! registry, so the waker keeps all their threads (a spurious unpark only makes a waiter
+//! re-check).
 
 use std::sync::atomic::Ordering;
 
-use crate::primitive::{lock, thread, AtomicUsize, Mutex};
+use super::cell::QsCell;
+use crate::primitive::{lock, thread, AtomicU64, AtomicUsize, Mutex};
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct GpWaker {
     armed: AtomicUsize,
     waiters: Mutex<Vec<thread::Thread>>,
+    /// Reader transitions that woke the waiters (statistics).
+    wakes: AtomicU64,
 }
 
 impl GpWaker {
-    /// Called by readers after a transition: one relaxed load when nobody waits.
+    /// Called by a reader after a transition of `cell`: two relaxed loads when nobody waits.
     #[inline]
-    pub(super) fn notify(&self) {
-        if self.armed.load(Ordering::Relaxed) != 0 {
-            self.wake();
+    pub(super) fn notify(&self, cell: &QsCell) {
+        let requested = cell.take_wake_request();
+        if requested || self.armed.load(Ordering::Relaxed) != 0 {
+            self.wake(requested);
         }
     }
 
     #[cold]
-    fn wake(&self) {
-        // Only the first notifier after an `arm` pays for the unparks.
-        if self.armed.swap(0, Ordering::AcqRel) != 0 {
-            for t in lock(&self.waiters).iter() {
+    fn wake(&self, requested: bool) {
+        // Of the readers that see an armed wait, only the first pays for the unparks.
+        if self.armed.swap(0, Ordering::AcqRel) != 0 || requested {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            // Unpark outside the lock: an unpark is a system call when its thread sleeps,
+            // and the first thing a woken inline runner does after its GP is to deregister
+            // under this lock (it would block on the notifier, and wake it again on unlock).
+            let waiters = lock(&self.waiters).clone();
+            for t in &waiters {
                 t.unpark();
             }
             // When every core runs a busy worker, the freshly woken waiter may wait for a
@@ -51,6 +76,11 @@ impl GpWaker {
     pub(super) fn remove_driver(&self) {
         let me = thread::current().id();
         lock(&self.waiters).retain(|t| t.id() != me);
+    }
+
+    /// Reader transitions that woke the waiters so far.
+    pub(super) fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
     }
 
     pub(super) fn arm(&self) {
