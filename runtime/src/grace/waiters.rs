@@ -13,7 +13,7 @@
 //!
 //! A waiter computes its target GP under the state lock together with its registration, so
 //! the runner sees the request and the blocked caller at once and expedites the GP (it then
-//! arms the readers' waker). The counters are stored before a runner takes the lock to release
+//! asks the readers it waits for to wake it: `qs/waker.rs`). The counters are stored before a runner takes the lock to release
 //! waiters, so a waiter either sees its counter or is registered and woken.
 
 use std::sync::atomic::Ordering;
