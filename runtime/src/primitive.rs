@@ -57,6 +57,20 @@ pub(crate) mod thread {
         std::hint::spin_loop();
     }
 
+    /// Parks the calling thread for at most `dur` (may return early), where the caller's
+    /// protocol owes it an unpark for what it waits for: the timeout only paces stall
+    /// reports. Under loom it parks until unparked, so a lost wake-up is a deadlock the
+    /// model checker reports.
+    pub(crate) fn park_expecting_unpark(dur: Duration) {
+        #[cfg(loom)]
+        {
+            let _ = dur;
+            loom::thread::park();
+        }
+        #[cfg(not(loom))]
+        std::thread::park_timeout(dur);
+    }
+
     /// Parks the calling thread for at most `dur` (may return early).
     pub(crate) fn park_timeout(dur: Duration) {
         #[cfg(loom)]

@@ -14,7 +14,13 @@
 //! the site, then frees the old target after `synchronize()` returns, or in a callback
 //! (`call`) after which it waits with `barrier()`.
 //!
-//! Controls inject a fault and must be caught: the reader's barrier dropped (in
+//! A second model checks liveness of the wake-up protocol: a grace period that waits for a
+//! registered thread parks expecting its wake-up, which under loom is a plain `park`, so a
+//! lost wake-up is a deadlock loom reports (`wake_model`).
+//!
+//! Controls inject a fault and must be caught: the thread's second read of a wake request
+//! dropped (in `qs/transitions.rs`; run in a child process, as loom aborts after reporting
+//! a deadlock), the reader's barrier dropped (in
 //! `qs/barrier.rs`), an open batch sealed when it runs instead of when its GP is claimed (in
 //! `callbacks.rs`), `synchronize` waiting for the grace period in progress instead of the
 //! next one (in `driver.rs`), the holdout wait skipped, an inactive cell trusted without the
@@ -311,6 +317,120 @@ fn loom_a_task_parked_inside_yielding_code_keeps_the_code_its_stack_points_into(
 fn loom_control_code_references_published_after_the_cell_store_are_missed() {
     qs::PUBLISH_CODE_REFS_LATE.with(|f| f.set(true));
     model(ReaderKind::ParkedInCode, Free::InCodeCallback);
+}
+
+std::thread_local! {
+    /// The wake-up model runs (per test, as the fault-injection flags): the hook below then
+    /// signals its reader.
+    static WAKE_MODEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+loom::lazy_static! {
+    /// Set once the wake-up model's grace period has snapshotted the readers (fresh in every
+    /// execution).
+    static ref SNAPSHOT_TAKEN: AtomicBool = AtomicBool::new(false);
+}
+
+/// The hook `tasks::wait_for_readers` calls right after its reader snapshot.
+pub(super) fn snapshot_taken() {
+    if WAKE_MODEL.with(std::cell::Cell::get) {
+        SNAPSHOT_TAKEN.store(true, Ordering::Release);
+    }
+}
+
+/// The wake-up protocol, for liveness: a registered thread that the grace period has
+/// snapshotted online reports `quiescent()` once and then blocks, still online, until the
+/// updater's `synchronize()` returns. The updater's grace period waits for that one report;
+/// its reader is a registered thread, so it parks expecting the thread's wake-up
+/// (`primitive::thread::park_expecting_unpark`, a plain `park` under loom). A wake-up the
+/// protocol can lose is a deadlock, which loom reports.
+fn wake_model() {
+    WAKE_MODEL.with(|on| on.set(true));
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 100_000;
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(PREEMPTION_BOUND);
+    }
+    builder.check(|| {
+        let registry = Arc::new(QsRegistry::new(1));
+        let config = GraceConfig::default()
+            .callback_delay(Duration::ZERO)
+            .stall_timeout(Duration::from_secs(3600));
+        let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
+        let domain = GraceDomain::start(engine).expect("driver");
+        let registered = Arc::new(AtomicBool::new(false));
+        let done = Arc::new((
+            crate::primitive::Mutex::new(false),
+            crate::primitive::Condvar::new(),
+        ));
+        let reader = {
+            let (registry, registered, done) = (
+                Arc::clone(&registry),
+                Arc::clone(&registered),
+                Arc::clone(&done),
+            );
+            loom::thread::spawn(move || {
+                let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
+                registered.store(true, Ordering::Release);
+                while !SNAPSHOT_TAKEN.load(Ordering::Acquire) {
+                    loom::thread::yield_now();
+                }
+                reg.quiescent();
+                let mut finished = crate::primitive::lock(&done.0);
+                while !*finished {
+                    finished = crate::primitive::wait(&done.1, finished);
+                }
+                drop(finished);
+                drop(reg);
+            })
+        };
+        while !registered.load(Ordering::Acquire) {
+            loom::thread::yield_now();
+        }
+        domain.synchronize();
+        *crate::primitive::lock(&done.0) = true;
+        done.1.notify_all();
+        reader.join().expect("reader");
+        drop(domain);
+    });
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_registered_thread_is_always_woken() {
+    wake_model();
+}
+
+/// The control: a thread that reads the wake request only before its fence can miss it
+/// while the grace period misses its report, and the waiter sleeps for good. loom reports
+/// the deadlock, then aborts while unwinding through the deadlocked threads' state, so the
+/// faulty model runs in a child process (the ignored test below) and must die saying so.
+#[test]
+fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
+    let child = "grace::loom_tests::faulty_wake_model_in_a_child_process";
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the faulty model");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("deadlock; threads"),
+        "the model checker must find the lost wake-up (status {:?}):\n{stderr}",
+        out.status
+    );
+}
+
+/// The faulty model of the control above (run only as its child process).
+#[test]
+#[ignore = "run by loom_control_a_wake_request_read_only_before_the_fence_is_lost"]
+fn faulty_wake_model_in_a_child_process() {
+    qs::SKIP_LATE_WAKE_CHECK.with(|f| f.set(true));
+    wake_model();
 }
 
 std::thread_local! {

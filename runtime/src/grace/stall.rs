@@ -67,8 +67,9 @@ pub(super) struct Late {
     pub(super) holdouts: Vec<Holdout>,
     /// Every reader still waited for is a registered thread, whose transitions re-check a
     /// wake request behind a full fence (`qs` transitions), so none of their wake-ups can be
-    /// lost: an expedited waiter then parks without a short timer. Workers skip that fence on
-    /// their switch-out, so a wait for them keeps the backoff sleeps.
+    /// lost: an expedited waiter then parks without a short timer (the loom `wake_model`
+    /// checks that it is always woken). Workers skip that fence on their switch-out, so a
+    /// wait for them keeps the backoff sleeps.
     pub(super) wakes_assured: bool,
 }
 
@@ -158,16 +159,14 @@ impl<'a> Backoff<'a> {
                 }
             }
             let start = *self.start.get_or_insert_with(Instant::now);
-            let sleep = if self.expedited && now.wakes_assured {
+            if self.expedited && now.wakes_assured {
                 // Nothing to catch but a stall: sleep until the next report is due. (A short
                 // timer costs a few microseconds to arm in a virtual machine, on every GP.)
-                self.next_report
-                    .saturating_sub(start.elapsed())
-                    .max(MAX_SLEEP)
+                let until_report = self.next_report.saturating_sub(start.elapsed());
+                thread::park_expecting_unpark(until_report.max(MAX_SLEEP));
             } else {
-                self.sleep
-            };
-            thread::park_timeout(sleep);
+                thread::park_timeout(self.sleep);
+            }
             if wake_by == WakeBy::AnyTransition {
                 registry.disarm_waker();
             }

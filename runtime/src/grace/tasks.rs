@@ -20,6 +20,8 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     let engine = backoff.engine();
     let mut workers = registry.active_workers();
     let mut threads = registry.online_threads();
+    #[cfg(all(loom, test))]
+    super::loom_tests::snapshot_taken();
     backoff.wait_until(WakeBy::LateReaders, |ask| {
         workers.retain(|(i, s)| !registry.worker_passed_since(*i, *s));
         threads.retain(|(t, s)| !t.passed_since(*s));

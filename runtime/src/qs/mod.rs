@@ -129,11 +129,11 @@ pub(crate) use reader::{
     yielding_code_enter, yielding_code_leave, yielding_code_restore,
 };
 pub(crate) use registry::{QsRegistry, TaskReader, ThreadReader, WorkerReader};
-#[cfg(all(loom, test))]
-pub(crate) use transitions::PUBLISH_CODE_REFS_LATE;
 pub(crate) use transitions::{
     forget_cancelled_holdout, switch_in, switch_in_untracked, switch_out_involuntary,
     switch_out_untracked, switch_out_voluntary, wake_sleeping_worker,
     was_switched_out_involuntarily, worker_sleeps, worker_started, worker_stopped, worker_wakes,
     OfflineGuard,
 };
+#[cfg(all(loom, test))]
+pub(crate) use transitions::{PUBLISH_CODE_REFS_LATE, SKIP_LATE_WAKE_CHECK};

@@ -29,6 +29,14 @@ std::thread_local! {
         const { std::cell::Cell::new(false) };
 }
 
+#[cfg(all(loom, test))]
+std::thread_local! {
+    /// Fault injection for a loom control: `thread_quiescent` reads a grace period's wake
+    /// request only before its fence.
+    pub(crate) static SKIP_LATE_WAKE_CHECK: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 // ---- workers ----------------------------------------------------------------------------
 
 /// A worker thread starts: it is a reader context (running no task yet, cell inactive).
@@ -287,6 +295,10 @@ pub(crate) fn thread_quiescent(registry: &QsRegistry, thread: &ThreadReader) {
     thread.cell.advance(true);
     // The thread's next site loads stay after the report (qs docs, "Ordering").
     thread_barrier();
+    #[cfg(all(loom, test))]
+    if SKIP_LATE_WAKE_CHECK.with(std::cell::Cell::get) {
+        return; // the injected bug: the request is read only before the fence
+    }
     registry.waker.notify(&thread.cell);
 }
 
