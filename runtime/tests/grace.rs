@@ -187,6 +187,61 @@ fn only_the_reader_a_grace_period_waits_for_wakes_it() {
     busy.join().unwrap();
 }
 
+/// A driver that runs another domain's grace period inline (a callback of domain A
+/// synchronizing on domain B over the same runtime) must keep its own registration with the
+/// readers' waker. Before the fix, B's wait removed every registration of the thread, and A's
+/// next grace periods that waited for a registered thread were never woken: each lasted a
+/// whole stall timeout (here 60 s), without a stall report since the reader had long passed.
+#[test]
+fn a_driver_that_ran_another_domains_grace_period_inline_is_still_woken() {
+    let rt = runtime(1);
+    let config = || GraceConfig::default().stall_timeout(Duration::from_secs(60));
+    let a = GraceDomain::new(&rt, config()).expect("domain A");
+    let b = GraceDomain::new(&rt, config()).expect("domain B");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (rt_reader, stop_reader) = (rt.clone(), stop.clone());
+    let (registered_tx, registered) = std::sync::mpsc::channel::<()>();
+    // Reports every 5 ms: grace periods waiting for it spin out and park.
+    let reader = std::thread::spawn(move || {
+        let reg = rt_reader.register_thread().unwrap();
+        registered_tx.send(()).unwrap();
+        while !stop_reader.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            reg.quiescent();
+        }
+    });
+    registered.recv().unwrap();
+    let b_inline = b.stats().inline_grace_periods;
+    let on_a_driver = b.clone();
+    a.call(move || on_a_driver.synchronize());
+    a.barrier();
+    assert!(
+        b.stats().inline_grace_periods > b_inline,
+        "B's grace period ran inline on A's driver"
+    );
+    // Let A's driver go idle, so that the task below has switched out (its worker is then
+    // quiescent) by the time the driver snapshots: the grace period waits for the
+    // registered thread alone, the wait that parks without a short timer.
+    std::thread::sleep(Duration::from_millis(50));
+    // A task's synchronize is run by A's driver, which then waits for the reader.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let a_for_task = a.clone();
+    let task = rt
+        .spawn(move || {
+            a_for_task.synchronize();
+            done_tx.send(()).unwrap();
+        })
+        .unwrap();
+    let woken = done.recv_timeout(Duration::from_secs(10));
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        woken.is_ok(),
+        "A's grace period was not woken by the reader's report (it waits for the 60 s stall timeout)"
+    );
+    task.join().unwrap();
+    reader.join().unwrap();
+}
+
 #[test]
 fn an_offline_registered_thread_does_not_hold_up_a_grace_period() {
     let rt = runtime(1);

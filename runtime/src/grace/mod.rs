@@ -25,7 +25,9 @@
 //!    and the rest of the GP's callbacks run.
 //!
 //! Waiting never burns a core: the waiter parks with exponential backoff, and while a caller
-//! is blocked on the GP, readers also unpark it on their next transition. A GP that waits
+//! is blocked on the GP, the readers it still waits for (while holdouts are waited for, any
+//! reader) unpark it on their next transition; a wait for registered threads alone parks
+//! until one does, as their wake-ups cannot be lost (`qs/waker.rs`). A GP that waits
 //! longer than [`GraceConfig::stall_timeout`] reports who holds it up through `tracing` and
 //! [`GraceConfig::on_stall`], and keeps waiting: it never ends early (`stall.rs`).
 //!

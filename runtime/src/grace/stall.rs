@@ -32,9 +32,10 @@ const SPIN_CHECKS: u32 = 1;
 const EXPEDITED_FIRST_SLEEP: Duration = Duration::from_micros(5);
 /// First sleep of a waiting GP that only serves deferred callbacks.
 const LAZY_FIRST_SLEEP: Duration = Duration::from_micros(100);
-/// Longest sleep between checks. In an expedited GP readers also unpark the waiter on their
-/// next transition, so there this only bounds the cost of a wake-up lost to the race between
-/// a reader's transition and the waiter's `arm`.
+/// Longest backoff sleep between checks. In an expedited GP the readers it waits for also
+/// unpark the waiter on their next transition, so there this only bounds the cost of a
+/// wake-up a worker missed (its switch-out reads the request without a fence); it is also the
+/// shortest park of a wait whose wake-ups are assured.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// What [`Backoff::wait_until`] asks of a flavor's "who is still late?" check.

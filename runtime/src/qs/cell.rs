@@ -12,9 +12,12 @@
 //!
 //! Next to the state (on the same cache line, which the owner has just written when it reads
 //! it) the cell holds a **wake request**: a grace period that waits for this owner, with a
-//! caller blocked on it, sets it; the owner's next transition clears it and wakes the waiters
-//! (`waker.rs`). Owners a grace period does not wait for are never asked, so their
-//! transitions never wake it.
+//! caller blocked on it, sets it; the owner's next transition that can end such a wait (a
+//! switch-out, a report, going offline or unregistering; not a switch-in or going online)
+//! clears it and wakes the waiters (`waker.rs`). Owners a grace period does not wait for are
+//! never asked, so their transitions never wake it. A request can outlive its grace period
+//! (the owner passed, and the grace period saw it, before the owner read the request): it
+//! then costs the owner's next such transition one needless wake-up.
 
 use std::sync::atomic::Ordering;
 

@@ -282,12 +282,12 @@ impl QsRegistry {
 
     /// Grace-period waiter: register the calling thread as one that readers unpark.
     pub(crate) fn add_waiter_thread(&self, t: crate::primitive::thread::Thread) {
-        self.waker.add_driver(t);
+        self.waker.add_waiter(t);
     }
 
     /// Grace-period waiter: unregister the calling thread.
     pub(crate) fn remove_waiter_thread(&self) {
-        self.waker.remove_driver();
+        self.waker.remove_waiter();
     }
 
     /// Grace-period waiter: ask worker `index` to unpark the registered waiters at its next

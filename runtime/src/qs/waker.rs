@@ -13,10 +13,12 @@
 //!   runs them): it increments the armed count, and the next transition of any reader wakes
 //!   it.
 //!
-//! A reader reads requests after its cell store. A registered thread re-reads them behind a
-//! full fence, so a request stored before the waiter's fenced re-check of the cell is always
-//! seen (the waiter parks without a short timer); a worker may miss one, and its waiter keeps
-//! short backoff sleeps (the `qs` module docs, "Transitions").
+//! A reader reads requests after its cell store. A registered thread reads them behind a full
+//! fence (`quiescent()` once more after it), so a request stored before the waiter's fenced
+//! re-check of the cell is always seen and the waiter parks without a short timer, as long as
+//! it is registered here (registrations are counted: see [`GpWaker::remove_waiter`]); a worker
+//! may miss one, and its waiter keeps short backoff sleeps (the `qs` module docs,
+//! "Transitions").
 //!
 //! A wake unparks every registered waiter thread: several grace-period domains may share one
 //! registry, so the waker keeps all their threads (a spurious unpark only makes a waiter
@@ -60,8 +62,8 @@ impl GpWaker {
             }
             // When every core runs a busy worker, the freshly woken waiter may wait for a
             // whole scheduler time slice (milliseconds) before it gets a CPU, and the grace
-            // period with it. A worker offers its CPU now (cheap: at most once per `arm`, and
-            // a no-op when the waiter already runs elsewhere). A registered thread does not:
+            // period with it. A worker offers its CPU now (cheap: at most once per `arm` or
+            // request, and a no-op when the waiter already runs elsewhere). A registered thread does not:
             // it is an application thread whose time is its own, and liburcu's readers do not.
             if super::reader::on_worker_thread() {
                 thread::yield_now();
@@ -69,13 +71,23 @@ impl GpWaker {
         }
     }
 
-    pub(super) fn add_driver(&self, t: thread::Thread) {
+    /// Registers `t` as a thread readers unpark. A thread may be registered more than once
+    /// (a domain's driver for good, and again while it runs another domain's grace period
+    /// inline, from a callback), and stays registered until each registration is removed.
+    pub(super) fn add_waiter(&self, t: thread::Thread) {
         lock(&self.waiters).push(t);
     }
 
-    pub(super) fn remove_driver(&self) {
+    /// Removes one registration of the calling thread: removing all of them let a driver that
+    /// had run another domain's grace period inline lose its own, and its later waits for
+    /// registered threads (which park without a short timer) then lasted a whole stall
+    /// timeout.
+    pub(super) fn remove_waiter(&self) {
         let me = thread::current().id();
-        lock(&self.waiters).retain(|t| t.id() != me);
+        let mut waiters = lock(&self.waiters);
+        if let Some(i) = waiters.iter().rposition(|t| t.id() == me) {
+            waiters.remove(i);
+        }
     }
 
     /// Reader transitions that woke the waiters so far.
