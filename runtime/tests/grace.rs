@@ -189,15 +189,15 @@ fn only_the_reader_a_grace_period_waits_for_wakes_it() {
 
 /// A driver that runs another domain's grace period inline (a callback of domain A
 /// synchronizing on domain B over the same runtime) must keep its own registration with the
-/// readers' waker. Before the fix, B's wait removed every registration of the thread, and A's
-/// next grace periods that waited for a registered thread were never woken: each lasted a
-/// whole stall timeout (here 60 s), without a stall report since the reader had long passed.
+/// readers' waker. Before the fix, B's wait removed every registration of the thread, and no
+/// reader woke A's next grace periods that waited for a registered thread: only the waiter's
+/// safety-net timeout ended them (before the net existed, the 1 s stall timeout, without a
+/// stall report since the reader had long passed), and `lost_wakeups` counts that.
 #[test]
 fn a_driver_that_ran_another_domains_grace_period_inline_is_still_woken() {
     let rt = runtime(1);
-    let config = || GraceConfig::default().stall_timeout(Duration::from_secs(60));
-    let a = GraceDomain::new(&rt, config()).expect("domain A");
-    let b = GraceDomain::new(&rt, config()).expect("domain B");
+    let a = domain(&rt, Flavor::Tasks);
+    let b = domain(&rt, Flavor::Tasks);
     let stop = Arc::new(AtomicBool::new(false));
     let (rt_reader, stop_reader) = (rt.clone(), stop.clone());
     let (registered_tx, registered) = std::sync::mpsc::channel::<()>();
@@ -219,27 +219,25 @@ fn a_driver_that_ran_another_domains_grace_period_inline_is_still_woken() {
         b.stats().inline_grace_periods > b_inline,
         "B's grace period ran inline on A's driver"
     );
-    // Let A's driver go idle, so that the task below has switched out (its worker is then
-    // quiescent) by the time the driver snapshots: the grace period waits for the
-    // registered thread alone, the wait that parks without a short timer.
-    std::thread::sleep(Duration::from_millis(50));
-    // A task's synchronize is run by A's driver, which then waits for the reader.
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let a_for_task = a.clone();
-    let task = rt
-        .spawn(move || {
-            a_for_task.synchronize();
-            done_tx.send(()).unwrap();
-        })
-        .unwrap();
-    let woken = done.recv_timeout(Duration::from_secs(10));
+    // Let A's driver go idle, so that the tasks below have switched out (their worker is then
+    // quiescent) by the time the driver snapshots: each grace period waits for the
+    // registered thread alone, the wait that parks expecting the thread's wake-up.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        let a_for_task = a.clone();
+        rt.spawn(move || a_for_task.synchronize())
+            .unwrap()
+            .join()
+            .unwrap();
+    }
     stop.store(true, Ordering::SeqCst);
-    assert!(
-        woken.is_ok(),
-        "A's grace period was not woken by the reader's report (it waits for the 60 s stall timeout)"
-    );
-    task.join().unwrap();
     reader.join().unwrap();
+    assert_eq!(
+        a.stats().lost_wakeups,
+        0,
+        "A's grace periods were ended by their safety-net timeout, not by the reader's report"
+    );
+    assert_eq!(b.stats().lost_wakeups, 0);
 }
 
 #[test]

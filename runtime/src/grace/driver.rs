@@ -113,6 +113,8 @@ pub(super) struct Counters {
     pub(super) callbacks_run: std::sync::atomic::AtomicU64,
     pub(super) callbacks_panicked: std::sync::atomic::AtomicU64,
     pub(super) stalls: std::sync::atomic::AtomicU64,
+    /// Assured waits (`stall.rs`) that only their safety-net timeout ended.
+    pub(super) lost_wakeups: std::sync::atomic::AtomicU64,
     /// GPs run inline by waiting OS threads (the rest ran on the driver).
     pub(super) inline_grace_periods: std::sync::atomic::AtomicU64,
     /// Holdouts GPs waited for that had been preempted (in JIT code).
@@ -216,6 +218,7 @@ impl Engine {
             callbacks_held: c.callbacks_held.load(Ordering::Relaxed),
             callbacks_held_now: self.lock().held.list.len() as u64,
             reader_wakeups: self.registry.reader_wakes(),
+            lost_wakeups: c.lost_wakeups.load(Ordering::Relaxed),
         }
     }
 

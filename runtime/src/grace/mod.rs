@@ -27,7 +27,8 @@
 //! Waiting never burns a core: the waiter parks with exponential backoff, and while a caller
 //! is blocked on the GP, the readers it still waits for (while holdouts are waited for, any
 //! reader) unpark it on their next transition; a wait for registered threads alone parks
-//! until one does, as their wake-ups cannot be lost (`qs/waker.rs`). A GP that waits
+//! until one does (10 ms at most, a safety net), as their wake-ups cannot be lost
+//! (`qs/waker.rs`). A GP that waits
 //! longer than [`GraceConfig::stall_timeout`] reports who holds it up through `tracing` and
 //! [`GraceConfig::on_stall`], and keeps waiting: it never ends early (`stall.rs`).
 //!
@@ -251,6 +252,12 @@ pub struct GraceStats {
     /// Counted over the readers this domain watches, so domains over one runtime see the same
     /// count.
     pub reader_wakeups: u64,
+    /// Waits for registered threads that no reader woke although every one had passed, so
+    /// that only the waiter's 10 ms safety-net timeout ended them. Their wake-ups cannot be
+    /// lost by design (the `qs` transitions read a wake request behind a fence), so this
+    /// stays 0; anything else is a bug, also logged at WARN. (A wake-up that arrives just as
+    /// the timeout fires can count here too, rarely.)
+    pub lost_wakeups: u64,
 }
 
 /// A grace-period domain over one [`Runtime`]'s readers ([`GraceDomain::new`]) or over

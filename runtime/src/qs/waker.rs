@@ -80,8 +80,8 @@ impl GpWaker {
 
     /// Removes one registration of the calling thread: removing all of them let a driver that
     /// had run another domain's grace period inline lose its own, and its later waits for
-    /// registered threads (which park without a short timer) then lasted a whole stall
-    /// timeout.
+    /// registered threads (which park without a short timer) were then woken only by their
+    /// safety-net timeout (`grace/stall.rs`).
     pub(super) fn remove_waiter(&self) {
         let me = thread::current().id();
         let mut waiters = lock(&self.waiters);
