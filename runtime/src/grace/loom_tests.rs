@@ -16,7 +16,9 @@
 //!
 //! A second model checks liveness of the wake-up protocol: a grace period that waits for a
 //! registered thread parks expecting its wake-up, which under loom is a plain `park`, so a
-//! lost wake-up is a deadlock loom reports (`wake_model`).
+//! lost wake-up is a deadlock loom reports (`wake_model`, with a thread that reports
+//! `quiescent()` or goes `offline()`; without the fence before `offline()` reads the request,
+//! loom finds the deadlock too).
 //!
 //! Controls inject a fault and must be caught: the thread's second read of a wake request
 //! dropped (in `qs/transitions.rs`; run in a child process, as loom aborts after reporting
@@ -338,20 +340,29 @@ pub(super) fn snapshot_taken() {
     }
 }
 
+/// How the wake-up model's thread ends the grace period's wait for it.
+#[derive(Clone, Copy)]
+enum Report {
+    /// `quiescent()`, then it blocks online.
+    Quiescent,
+    /// `offline()`, then it blocks offline.
+    Offline,
+}
+
 /// The wake-up protocol, for liveness: a registered thread that the grace period has
-/// snapshotted online reports `quiescent()` once and then blocks, still online, until the
+/// snapshotted online reports once (`quiescent()` or `offline()`) and then blocks until the
 /// updater's `synchronize()` returns. The updater's grace period waits for that one report;
 /// its reader is a registered thread, so it parks expecting the thread's wake-up
 /// (`primitive::thread::park_expecting_unpark`, a plain `park` under loom). A wake-up the
 /// protocol can lose is a deadlock, which loom reports.
-fn wake_model() {
+fn wake_model(report: Report) {
     WAKE_MODEL.with(|on| on.set(true));
     let mut builder = loom::model::Builder::new();
     builder.max_branches = 100_000;
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
         builder.preemption_bound = Some(PREEMPTION_BOUND);
     }
-    builder.check(|| {
+    builder.check(move || {
         let registry = Arc::new(QsRegistry::new(1));
         let config = GraceConfig::default()
             .callback_delay(Duration::ZERO)
@@ -375,7 +386,10 @@ fn wake_model() {
                 while !SNAPSHOT_TAKEN.load(Ordering::Acquire) {
                     loom::thread::yield_now();
                 }
-                reg.quiescent();
+                match report {
+                    Report::Quiescent => reg.quiescent(),
+                    Report::Offline => reg.offline(),
+                }
                 let mut finished = crate::primitive::lock(&done.0);
                 while !*finished {
                     finished = crate::primitive::wait(&done.1, finished);
@@ -397,7 +411,12 @@ fn wake_model() {
 
 #[test]
 fn loom_a_grace_period_waiting_for_a_registered_thread_is_always_woken() {
-    wake_model();
+    wake_model(Report::Quiescent);
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_thread_that_goes_offline_is_always_woken() {
+    wake_model(Report::Offline);
 }
 
 /// The control: a thread that reads the wake request only before its fence can miss it
@@ -430,7 +449,7 @@ fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
 #[ignore = "run by loom_control_a_wake_request_read_only_before_the_fence_is_lost"]
 fn faulty_wake_model_in_a_child_process() {
     qs::SKIP_LATE_WAKE_CHECK.with(|f| f.set(true));
-    wake_model();
+    wake_model(Report::Quiescent);
 }
 
 std::thread_local! {
