@@ -540,6 +540,14 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
         ticks_per_ns,
         started,
     );
+    // The safety net of waits for registered threads (grace/stall.rs) must never be what ends
+    // one: a non-zero count is a lost wake-up, a bug.
+    let stats = t.tw.grace.stats();
+    println!(
+        "- tramway: {} grace periods, {} reader wake-ups, {} ended by the safety net (lost \
+         wake-ups; 0 expected)",
+        stats.completed, stats.reader_wakeups, stats.lost_wakeups
+    );
 }
 
 #[derive(Clone, Copy)]
