@@ -58,9 +58,9 @@ pub(crate) mod thread {
     }
 
     /// Parks the calling thread for at most `dur` (may return early), where the caller's
-    /// protocol owes it an unpark for what it waits for: the timeout only paces stall
-    /// reports. Under loom it parks until unparked, so a lost wake-up is a deadlock the
-    /// model checker reports.
+    /// protocol owes it an unpark for what it waits for: the timeout is only a safety net
+    /// (and paces stall reports). Under loom it parks until unparked, so a lost wake-up is a
+    /// deadlock the model checker reports.
     pub(crate) fn park_expecting_unpark(dur: Duration) {
         #[cfg(loom)]
         {

@@ -134,18 +134,31 @@ enum ReaderKind {
 /// The address a `ParkedInCode` reader's stack points at, inside the old target's range.
 const OLD_CODE: (usize, usize) = (0x1000, 0x1040);
 
-fn model(reader_kind: ReaderKind, free: Free) {
+/// A model checker bounded to [`PREEMPTION_BOUND`] preemptions (unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise).
+fn model_builder() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
         builder.preemption_bound = Some(PREEMPTION_BOUND);
     }
+    builder
+}
+
+/// A registry of `workers` fake workers and a grace domain over it, with its driver: no
+/// callback delay, and no stall report within a model.
+fn model_domain(workers: usize) -> (Arc<QsRegistry>, GraceDomain) {
+    let registry = Arc::new(QsRegistry::new(workers));
+    let config = GraceConfig::default()
+        .callback_delay(Duration::ZERO)
+        .stall_timeout(Duration::from_secs(3600));
+    let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
+    (registry, GraceDomain::start(engine).expect("driver"))
+}
+
+fn model(reader_kind: ReaderKind, free: Free) {
+    let builder = model_builder();
     builder.check(move || {
-        let registry = Arc::new(QsRegistry::new(2));
-        let config = GraceConfig::default()
-            .callback_delay(Duration::ZERO)
-            .stall_timeout(Duration::from_secs(3600));
-        let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
-        let domain = GraceDomain::start(engine).expect("driver");
+        let (registry, domain) = model_domain(2);
         let site = Arc::new(AtomicU64::new(OLD));
         let freed = Arc::new(AtomicBool::new(false));
 
@@ -357,18 +370,10 @@ enum Report {
 /// protocol can lose is a deadlock, which loom reports.
 fn wake_model(report: Report) {
     WAKE_MODEL.with(|on| on.set(true));
-    let mut builder = loom::model::Builder::new();
+    let mut builder = model_builder();
     builder.max_branches = 100_000;
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(PREEMPTION_BOUND);
-    }
     builder.check(move || {
-        let registry = Arc::new(QsRegistry::new(1));
-        let config = GraceConfig::default()
-            .callback_delay(Duration::ZERO)
-            .stall_timeout(Duration::from_secs(3600));
-        let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
-        let domain = GraceDomain::start(engine).expect("driver");
+        let (registry, domain) = model_domain(1);
         let registered = Arc::new(AtomicBool::new(false));
         let done = Arc::new((
             crate::primitive::Mutex::new(false),
@@ -500,10 +505,7 @@ fn loom_control_without_the_reader_barrier_a_grace_period_ends_under_the_reader(
 /// is the control, a grace period that trusts an inactive cell alone: the model checker must
 /// find the reader running the old target after the grace period freed it.
 fn asleep_model(check_asleep: bool) {
-    let mut builder = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(PREEMPTION_BOUND);
-    }
+    let builder = model_builder();
     builder.check(move || {
         qs::SKIP_READER_BARRIER.with(|skip| skip.set(true));
         let registry = Arc::new(QsRegistry::new(1));
