@@ -251,12 +251,7 @@ pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadR
         reader::defer_to_section_end(unregister_current_thread);
         return;
     }
-    if thread.cell.is_active() {
-        thread.cell.advance(false);
-        // As in `thread_offline`: no wake-up is lost.
-        thread_barrier();
-        registry.waker.notify(&thread.cell);
-    }
+    thread_offline(registry, thread);
     registry.remove_thread(thread);
     if matches!(reader::current(), Reader::Thread { thread: t, .. } if std::ptr::eq(t, &**thread)) {
         reader::set(Reader::None);
@@ -377,10 +372,7 @@ impl OfflineGuard {
                 // context before it drops.
                 let (registry, thread) = unsafe { (&*registry, &*thread) };
                 if thread.cell.is_active() {
-                    thread.cell.advance(false);
-                    // As in `thread_offline`: no wake-up is lost.
-                    thread_barrier();
-                    registry.waker.notify(&thread.cell);
+                    thread_offline(registry, thread);
                     Took::Thread
                 } else {
                     Took::Nothing
