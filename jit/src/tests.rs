@@ -481,3 +481,28 @@ fn a_barrier_waits_for_a_batch_another_thread_opened_and_has_not_queued_yet() {
     let s = done_rx.recv().unwrap();
     assert_eq!((s.retired, s.reclaimed), (0, 2), "{s:?}");
 }
+
+#[test]
+fn trampoline_ids_are_unique_across_threads_and_blocks() {
+    // Each thread takes ids in blocks (`trampoline::next_id`); emit more than one block per
+    // thread, on several threads at once, and keep every handle so no id could be reused.
+    let jit = Arc::new(Jit::new().unwrap());
+    let per_thread = 1500;
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let jit = Arc::clone(&jit);
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|i| jit.constant_return(i).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<Trampoline> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let ids: std::collections::HashSet<u64> = all.iter().map(Trampoline::id).collect();
+    assert_eq!(ids.len(), all.len(), "two trampolines got the same id");
+    assert!(!ids.contains(&0), "ids start at 1");
+}
