@@ -255,7 +255,8 @@ impl Trampoline {
         self.inner.state.load(Ordering::Acquire) & RETIRED != 0
     }
 
-    /// A process-unique id.
+    /// A process-unique id (never 0). Ids are unique but not ordered by emission across threads:
+    /// each thread takes them in blocks.
     pub fn id(&self) -> u64 {
         self.inner.id
     }
