@@ -17,10 +17,17 @@ thread_local! {
     static LOCAL: AtomicU64 = const { AtomicU64::new(0) };
 }
 
-/// `LOCAL`'s address on the calling thread, recomputed (not inlined into a caller's loop).
-#[inline(never)]
+/// `LOCAL`'s address on the calling thread, recomputed on every call. Called through an
+/// opaque function pointer: the optimizer infers that the function reads no memory (only the
+/// thread pointer) and, in a release build, would otherwise merge the two calls around the
+/// yield into one, which is the very hazard this test shows.
 fn local_addr() -> usize {
-    LOCAL.with(|l| l as *const AtomicU64 as usize)
+    #[inline(never)]
+    fn addr() -> usize {
+        LOCAL.with(|l| l as *const AtomicU64 as usize)
+    }
+    let addr: fn() -> usize = std::hint::black_box(addr);
+    addr()
 }
 
 #[test]
