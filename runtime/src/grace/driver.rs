@@ -75,6 +75,9 @@ pub(super) struct SeqState {
     pub(super) sleepers: usize,
     /// The driver waits on `work`.
     driver_idle: bool,
+    /// GPs run inline by waiting OS threads (the rest ran on the driver); counted here, under
+    /// the lock the claim holds anyway, rather than with one more atomic add per GP.
+    pub(super) inline_grace_periods: u64,
     pub(super) shutdown: bool,
 }
 
@@ -115,8 +118,6 @@ pub(super) struct Counters {
     pub(super) stalls: std::sync::atomic::AtomicU64,
     /// Assured waits (`stall.rs`) that only their safety-net timeout ended.
     pub(super) lost_wakeups: std::sync::atomic::AtomicU64,
-    /// GPs run inline by waiting OS threads (the rest ran on the driver).
-    pub(super) inline_grace_periods: std::sync::atomic::AtomicU64,
     /// Holdouts GPs waited for that had been preempted (in JIT code).
     pub(super) preempted_holdouts: std::sync::atomic::AtomicU64,
     /// Times a ranged callback was held back (at a GP's end or a recheck).
@@ -207,16 +208,20 @@ impl Engine {
 
     pub(super) fn stats(&self) -> GraceStats {
         let c = &self.counters;
+        let (inline_grace_periods, callbacks_held_now) = {
+            let seq = self.lock();
+            (seq.inline_grace_periods, seq.held.list.len() as u64)
+        };
         GraceStats {
             completed: self.completed.load(Ordering::Acquire),
             callbacks_queued: c.callbacks_queued.load(Ordering::Relaxed),
             callbacks_run: c.callbacks_run.load(Ordering::Relaxed),
             callbacks_panicked: c.callbacks_panicked.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
-            inline_grace_periods: c.inline_grace_periods.load(Ordering::Relaxed),
+            inline_grace_periods,
             preempted_holdouts: c.preempted_holdouts.load(Ordering::Relaxed),
             callbacks_held: c.callbacks_held.load(Ordering::Relaxed),
-            callbacks_held_now: self.lock().held.list.len() as u64,
+            callbacks_held_now,
             reader_wakeups: self.registry.reader_wakes(),
             lost_wakeups: c.lost_wakeups.load(Ordering::Relaxed),
         }
@@ -251,8 +256,14 @@ impl Engine {
         (seq.started, batch)
     }
 
-    /// Runs GP `gp` (claimed by the caller) without the state lock and finishes it.
-    pub(super) fn run_claimed(&self, gp: u64, batch: Vec<Callback>, expedited: bool) {
+    /// Runs GP `gp` (claimed by the caller) without the state lock and finishes it; returns
+    /// the state lock, which finishing took, so that the caller goes on without retaking it.
+    pub(super) fn run_claimed(
+        &self,
+        gp: u64,
+        batch: Vec<Callback>,
+        expedited: bool,
+    ) -> MutexGuard<'_, SeqState> {
         /// Releases the claim if the GP unwinds (nothing in it should; the stall callback's
         /// panics are caught), so that later GPs are not blocked behind a dead runner. The
         /// batch is then leaked: running it early would free code under readers.
@@ -287,12 +298,17 @@ impl Engine {
             held = held.0.len(),
             "grace period ended"
         );
-        self.finish(gp, batch, held);
+        self.finish(gp, batch, held)
     }
 
     /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs)
-    /// and keeps `held` back.
-    fn finish(&self, gp: u64, batch: Vec<Callback>, (held, version): (Vec<Callback>, u64)) {
+    /// and keeps `held` back. Returns with the state lock held.
+    fn finish(
+        &self,
+        gp: u64,
+        batch: Vec<Callback>,
+        (held, version): (Vec<Callback>, u64),
+    ) -> MutexGuard<'_, SeqState> {
         // Stored before the lock is taken: a waiter either sees it or is registered and woken.
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
@@ -317,6 +333,7 @@ impl Engine {
         if seq.driver_has_work() {
             self.wake_driver(&seq);
         }
+        seq
     }
 
     /// The driver loop (module docs): returns on shutdown once nothing is left to run.
@@ -363,8 +380,7 @@ impl Engine {
                 let expedited = seq.blocked_callers > 0;
                 let (gp, batch) = self.claim(&mut seq);
                 drop(seq);
-                self.run_claimed(gp, batch, expedited);
-                seq = self.lock();
+                seq = self.run_claimed(gp, batch, expedited);
                 continue;
             }
             if seq.shutdown && !seq.running && !seq.driver_has_work() {

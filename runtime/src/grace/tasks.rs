@@ -56,16 +56,29 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
     // inserted any holdout it switched out involuntarily, so those insertions are visible to
     // this read (qs docs, "Holdouts").
     let mut holdouts = registry.holdouts();
-    let preempted = holdouts.iter().filter(|(t, _)| t.was_preempted()).count();
     if !holdouts.is_empty() {
-        tracing::trace!(
-            target: "tramway::grace",
-            holdouts = holdouts.len(),
-            preempted,
-            "waiting for holdouts (tasks switched out inside JIT code)"
-        );
+        wait_for_holdouts(backoff, registry, &mut holdouts);
     }
-    engine
+    // Order the quiescent-state observations before the callbacks' frees.
+    fence(Ordering::SeqCst);
+}
+
+/// Waits until every holdout in `holdouts` (none yet seen to pass) has passed a voluntary
+/// yield point.
+fn wait_for_holdouts(
+    backoff: &mut Backoff<'_>,
+    registry: &QsRegistry,
+    holdouts: &mut Vec<(std::sync::Arc<crate::qs::TaskReader>, u64)>,
+) {
+    let preempted = holdouts.iter().filter(|(t, _)| t.was_preempted()).count();
+    tracing::trace!(
+        target: "tramway::grace",
+        holdouts = holdouts.len(),
+        preempted,
+        "waiting for holdouts (tasks switched out inside JIT code)"
+    );
+    backoff
+        .engine()
         .counters
         .preempted_holdouts
         .fetch_add(preempted as u64, std::sync::atomic::Ordering::Relaxed);
@@ -74,7 +87,7 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
         holdouts.clear(); // the injected bug: holdouts are not waited for
     }
     backoff.wait_until(WakeBy::AnyTransition, |ask| {
-        registry.retain_holdouts(&mut holdouts);
+        registry.retain_holdouts(holdouts);
         if holdouts.is_empty() {
             return None;
         }
@@ -90,8 +103,6 @@ pub(super) fn wait_for_readers(backoff: &mut Backoff<'_>, registry: &QsRegistry)
             wakes_assured: false,
         })
     });
-    // Order the quiescent-state observations before the callbacks' frees.
-    fence(Ordering::SeqCst);
 }
 
 /// Waits until every registered thread that was online at the snapshot has passed a

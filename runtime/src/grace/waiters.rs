@@ -11,10 +11,14 @@
 //!   for the whole wait (an offline guard), so the GP it waits for, or runs, does not wait for
 //!   it.
 //!
-//! A waiter computes its target GP under the state lock together with its registration, so
-//! the runner sees the request and the blocked caller at once and expedites the GP (it then
-//! asks the readers it waits for to wake it: `qs/waker.rs`). The counters are stored before a runner takes the lock to release
-//! waiters, so a waiter either sees its counter or is registered and woken.
+//! A waiter computes its target GP under the state lock together with its registration (a
+//! task from the start, a thread whenever it sleeps), so a runner that claims the GP sees the
+//! request and the blocked caller at once and expedites the GP (it then asks the readers it
+//! waits for to wake it: `qs/waker.rs`). The counters are stored before a runner takes the
+//! lock to release waiters, so a waiter either sees its counter or is registered and woken.
+//!
+//! A thread that runs the GP itself takes the state lock twice when nothing delays it: once
+//! to claim the GP, and once when it ends it, which is also where it sees its counter.
 
 use std::sync::atomic::Ordering;
 
@@ -99,25 +103,26 @@ impl Engine {
         if counter.load(Ordering::Acquire) >= target {
             return;
         }
-        seq.blocked_callers += 1;
-        let _blocked = BlockedCaller(self);
         while counter.load(Ordering::Acquire) < target {
             if !seq.running && seq.started < target {
-                // The GP this caller needs has not started and none is running: run it here.
+                // The GP this caller needs has not started and none is running: run it here
+                // (expedited: its caller waits). Finishing it hands the lock back.
                 let (gp, batch) = self.claim(&mut seq);
+                seq.inline_grace_periods += 1;
                 drop(seq);
-                self.counters
-                    .inline_grace_periods
-                    .fetch_add(1, Ordering::Relaxed);
-                self.run_claimed(gp, batch, true);
-                seq = self.lock();
+                seq = self.run_claimed(gp, batch, true);
                 continue;
             }
+            // Counted as blocked only while it sleeps: only then can somebody else claim the
+            // GP it needs, and the count makes them expedite it. Both changes are made under
+            // the lock that the wait releases and retakes (the wait does not unwind: a
+            // poisoned lock is taken anyway).
+            seq.blocked_callers += 1;
             seq.sleepers += 1;
             seq = primitive::wait(&self.done, seq);
             seq.sleepers -= 1;
+            seq.blocked_callers -= 1;
         }
-        drop(seq); // before `_blocked`, which takes the lock
     }
 
     /// Wakes the task waiters on `until` whose target is `gp` or older (state lock held;
