@@ -156,6 +156,9 @@ pub(crate) struct QsRegistry {
     workers: Box<[CachePadded<WorkerReader>]>,
     threads: Mutex<Vec<Arc<ThreadReader>>>,
     holdouts: Mutex<HashMap<u64, std::sync::Arc<TaskReader>>>,
+    /// The holdout set's size, changed under its lock, so that a grace period can see an
+    /// empty set without taking the lock (`holdouts`).
+    holdout_count: AtomicU64,
     /// Code references of tasks parked (or resumed, not yet parked again) inside yielding
     /// code, by task id.
     code_refs: Mutex<HashMap<u64, CodeRefs>>,
@@ -175,6 +178,7 @@ impl QsRegistry {
                 .collect(),
             threads: Mutex::new(Vec::new()),
             holdouts: Mutex::new(HashMap::new()),
+            holdout_count: AtomicU64::new(0),
             code_refs: Mutex::new(HashMap::new()),
             code_refs_version: AtomicU64::new(0),
             stack_scans: AtomicU64::new(0),
@@ -235,7 +239,16 @@ impl QsRegistry {
     /// The holdout set with each holdout's voluntary-yield count, read after every reader
     /// cell was seen to pass (see "Holdouts" in the `qs` docs for why insertions made before
     /// those cell stores are visible here).
+    ///
+    /// An empty set is seen without the lock. The count changes with the set under its lock,
+    /// and each insertion this read must see happens-before it (through those `Acquire` cell
+    /// loads), so the load returns that insertion's increment or a later value. Reading 0
+    /// then means that the set was empty at some point after all of them: each of those
+    /// holdouts was removed, i.e. it passed a voluntary yield point (or was cancelled).
     pub(crate) fn holdouts(&self) -> Vec<(std::sync::Arc<TaskReader>, u64)> {
+        if self.holdout_count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
         lock(&self.holdouts)
             .values()
             .map(|t| {
@@ -330,11 +343,17 @@ impl QsRegistry {
     // ---- for the transitions ---------------------------------------------------------------
 
     pub(super) fn insert_holdout(&self, task: &std::sync::Arc<TaskReader>) {
-        lock(&self.holdouts).insert(task.id, std::sync::Arc::clone(task));
+        let mut set = lock(&self.holdouts);
+        if set.insert(task.id, std::sync::Arc::clone(task)).is_none() {
+            self.holdout_count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn remove_holdout(&self, id: u64) {
-        lock(&self.holdouts).remove(&id);
+        let mut set = lock(&self.holdouts);
+        if set.remove(&id).is_some() {
+            self.holdout_count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Publishes `id`'s references; a task parking again at the same place publishes the same
