@@ -553,3 +553,43 @@ fn loom_a_grace_period_may_skip_the_membarrier_for_an_asleep_worker() {
 fn loom_control_trusting_an_inactive_cell_without_the_asleep_flag_is_caught() {
     asleep_model(false);
 }
+
+/// The holdout model with the old code as a causality-tracked cell: a task that loaded the old
+/// target is switched out inside it, resumes on a worker the grace period does not wait for,
+/// still reads the code, and leaves the holdout set at its voluntary yield. The updater's write
+/// after `synchronize` stands for the free; loom reports a causality violation unless the read
+/// happens-before it, which the holdout removal must provide to a grace period that skips the
+/// set's lock (review of 93ed332: with a `Relaxed` decrement of the holdout count it failed).
+#[test]
+fn loom_a_migrated_holdout_reads_its_code_before_the_free() {
+    model_builder().check(|| {
+        let (registry, domain) = model_domain(2);
+        let code = Arc::new(loom::cell::UnsafeCell::new(0u64));
+        let site = Arc::new(AtomicU64::new(OLD));
+        let reader = {
+            let (registry, code, site) = (registry.clone(), code.clone(), site.clone());
+            loom::thread::spawn(move || {
+                let task = std::sync::Arc::new(TaskReader::new(1, None));
+                let (w0, w1) = (registry.worker(0), registry.worker(1));
+                qs::worker_started(&registry, 0);
+                qs::switch_in(&registry, w0, &task);
+                let old = site.load(Ordering::Acquire) == OLD;
+                qs::switch_out_involuntary(&registry, w0, &task, false);
+                qs::worker_started(&registry, 1);
+                qs::switch_in(&registry, w1, &task);
+                if old {
+                    // SAFETY: loom checks this read against the updater's write below.
+                    code.with(|p| unsafe { *p }); // still inside the old code
+                }
+                qs::switch_out_voluntary(&registry, w1, &task, None);
+                qs::worker_stopped();
+            })
+        };
+        site.store(NEW, Ordering::Release);
+        domain.synchronize();
+        // SAFETY: as above; this is the write the grace period must order after the read.
+        code.with_mut(|p| unsafe { *p = 1 }); // the free
+        reader.join().expect("reader");
+        drop(domain);
+    });
+}

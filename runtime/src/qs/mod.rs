@@ -57,6 +57,17 @@
 //! so every insertion that made a worker look quiescent is visible to that read, and waits
 //! until each holdout's voluntary-yield count has moved on.
 //!
+//! The read skips the set's lock when the set's size, an atomic changed only under that lock,
+//! reads 0. Both halves of the locked read's argument still hold:
+//! - **insertions:** each one the read must see happens-before it (through the cell loads
+//!   above), so the load returns that insertion's increment or a later value, and 0 means
+//!   every such holdout was removed again, at a voluntary yield point (or when cancelled);
+//! - **removals:** the decrement is `Release` and the load `Acquire`, and every change of the
+//!   count is a read-modify-write (one release sequence), so a removed holdout's reads of old
+//!   code happen-before the end of the grace period, as the lock's unlock and lock ordered
+//!   them before. A `Relaxed` decrement lost that edge: the loom model
+//!   `loom_a_migrated_holdout_reads_its_code_before_the_free` catches it.
+//!
 //! # Code references
 //!
 //! A task parked at a voluntary yield point *inside yielding JIT code* (a compiled body that

@@ -240,11 +240,9 @@ impl QsRegistry {
     /// cell was seen to pass (see "Holdouts" in the `qs` docs for why insertions made before
     /// those cell stores are visible here).
     ///
-    /// An empty set is seen without the lock. The count changes with the set under its lock,
-    /// and each insertion this read must see happens-before it (through those `Acquire` cell
-    /// loads), so the load returns that insertion's increment or a later value. Reading 0
-    /// then means that the set was empty at some point after all of them: each of those
-    /// holdouts was removed, i.e. it passed a voluntary yield point (or was cancelled).
+    /// An empty set is seen without the lock (see "Holdouts" in the `qs` docs for why that is
+    /// enough: the count's increment is covered by the cell loads, its `Release` decrement
+    /// orders the removed holdout's reads of old code before this `Acquire` load).
     pub(crate) fn holdouts(&self) -> Vec<(std::sync::Arc<TaskReader>, u64)> {
         if self.holdout_count.load(Ordering::Acquire) == 0 {
             return Vec::new();
@@ -352,7 +350,9 @@ impl QsRegistry {
     pub(super) fn remove_holdout(&self, id: u64) {
         let mut set = lock(&self.holdouts);
         if set.remove(&id).is_some() {
-            self.holdout_count.fetch_sub(1, Ordering::Relaxed);
+            // Release: a grace period that reads the count instead of taking the lock must see
+            // this task's earlier reads of old code as done (`holdouts`).
+            self.holdout_count.fetch_sub(1, Ordering::Release);
         }
     }
 
