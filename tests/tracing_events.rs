@@ -55,6 +55,7 @@ impl Subscriber for Recorder {
     fn new_span(&self, span: &Attributes<'_>) -> Id {
         if span.metadata().name() == "grace_period" {
             self.spans.fetch_add(1, Ordering::Relaxed);
+            return Id::from_u64(GRACE_PERIOD_SPAN);
         }
         Id::from_u64(1)
     }
@@ -69,8 +70,22 @@ impl Subscriber for Recorder {
         });
     }
     fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+    fn exit(&self, id: &Id) {
+        // A subscriber may call into the domain from its hooks: the grace period must have
+        // left the engine's lock by then (this deadlocked when the span outlived `finish`).
+        if id.into_u64() == GRACE_PERIOD_SPAN {
+            if let Some(domain) = CALL_BACK_ON_EXIT.get() {
+                let _ = domain.stats();
+            }
+        }
+    }
 }
+
+/// The id the recorder gives `grace_period` spans.
+const GRACE_PERIOD_SPAN: u64 = 2;
+
+/// The domain the recorder calls into when a `grace_period` span exits, once set.
+static CALL_BACK_ON_EXIT: std::sync::OnceLock<GraceDomain> = std::sync::OnceLock::new();
 
 impl Recorder {
     fn with_message(&self, msg: &str) -> Vec<Seen> {
@@ -108,6 +123,19 @@ fn grace_periods_swaps_throttling_and_stalls_are_structured_events() {
     assert!(
         rec.spans.load(Ordering::Relaxed) >= 1,
         "no grace_period span"
+    );
+
+    // A subscriber that calls into the domain when a grace period's span exits.
+    let _ = CALL_BACK_ON_EXIT.set(gp.clone());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let g = gp.clone();
+    std::thread::spawn(move || {
+        g.synchronize(); // runs the grace period inline, on this thread
+        let _ = done_tx.send(());
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "a subscriber's span-exit hook that calls into the domain deadlocked the grace period"
     );
 
     // A stall: a task spins (online, inside a non-yielding section) past the stall timeout.

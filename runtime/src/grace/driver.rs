@@ -69,7 +69,8 @@ pub(super) struct SeqState {
     draining: bool,
     /// Tasks blocked in synchronize()/barrier()/wait().
     pub(super) task_waiters: Vec<TaskWaiter>,
-    /// Callers currently blocked on a GP: their GPs are expedited.
+    /// Callers blocked on a GP (tasks from their registration on, threads while they sleep
+    /// on `done`; `waiters.rs`): a GP the driver claims while any is counted is expedited.
     pub(super) blocked_callers: usize,
     /// OS threads waiting on `done`.
     pub(super) sleepers: usize,
@@ -283,7 +284,7 @@ impl Engine {
         // A span per grace period (a disabled callsite costs one relaxed load when nobody
         // listens); its end event carries the outcome.
         let span = tracing::debug_span!(target: "tramway::grace", "grace_period", gp, expedited);
-        let _entered = span.enter();
+        let entered = span.enter();
         // The clock is read only for a listener (a disabled check is one relaxed load).
         let start = tracing::enabled!(target: "tramway::grace", tracing::Level::DEBUG)
             .then(std::time::Instant::now);
@@ -298,6 +299,12 @@ impl Engine {
             held = held.0.len(),
             "grace period ended"
         );
+        // Leave the span before `finish` takes the state lock: a subscriber's exit and close
+        // hooks (which may write, or call into the domain) never run under it.
+        drop(entered);
+        drop(span);
+        // `claim` holds nothing now (its batch was taken above), so its drop at the end of
+        // this function does not take the lock that `finish` returns.
         self.finish(gp, batch, held)
     }
 
