@@ -237,12 +237,10 @@ impl QsRegistry {
     }
 
     /// The holdout set with each holdout's voluntary-yield count, read after every reader
-    /// cell was seen to pass (see "Holdouts" in the `qs` docs for why insertions made before
-    /// those cell stores are visible here).
-    ///
-    /// An empty set is seen without the lock (see "Holdouts" in the `qs` docs for why that is
-    /// enough: the count's increment is covered by the cell loads, its `Release` decrement
-    /// orders the removed holdout's reads of old code before this `Acquire` load).
+    /// cell was seen to pass; an empty set is seen through `holdout_count`, without the lock.
+    /// "Holdouts" in the `qs` docs gives why both reads see every insertion made before those
+    /// cell stores, and why the lock-free one still orders a removed holdout's reads of old
+    /// code before the grace period ends.
     pub(crate) fn holdouts(&self) -> Vec<(std::sync::Arc<TaskReader>, u64)> {
         if self.holdout_count.load(Ordering::Acquire) == 0 {
             return Vec::new();
