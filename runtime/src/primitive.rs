@@ -68,7 +68,14 @@ pub(crate) mod thread {
             loom::thread::park();
         }
         #[cfg(not(loom))]
-        std::thread::park_timeout(dur);
+        {
+            #[cfg(test)]
+            if super::fault_injection::ignores_unparks() {
+                std::thread::sleep(dur);
+                return;
+            }
+            std::thread::park_timeout(dur);
+        }
     }
 
     /// Parks the calling thread for at most `dur` (may return early).
@@ -112,4 +119,35 @@ pub(crate) fn wait_timeout<'a, T>(
 /// Waits on `cv` until notified (spurious wake-ups possible).
 pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     cv.wait(guard).unwrap_or_else(|e| e.into_inner())
+}
+
+/// Per-thread faults the crate's own tests inject into the wake-up protocol (tests only).
+#[cfg(all(test, not(loom)))]
+pub(crate) mod fault_injection {
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static IGNORE_UNPARKS: Cell<bool> = const { Cell::new(false) };
+        static DROP_WAKES: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes this thread's [`park_expecting_unpark`](super::thread::park_expecting_unpark)
+    /// sleep its whole timeout whatever unparks it gets: a waiter that was woken but got no
+    /// CPU until its timeout had passed.
+    pub(crate) fn set_ignore_unparks(yes: bool) {
+        IGNORE_UNPARKS.with(|c| c.set(yes));
+    }
+
+    pub(crate) fn ignores_unparks() -> bool {
+        IGNORE_UNPARKS.with(Cell::get)
+    }
+
+    /// Makes this reader thread's transitions drop the wake-ups they owe (a lost wake-up).
+    pub(crate) fn set_drop_wakes(yes: bool) {
+        DROP_WAKES.with(|c| c.set(yes));
+    }
+
+    pub(crate) fn drops_wakes() -> bool {
+        DROP_WAKES.with(Cell::get)
+    }
 }

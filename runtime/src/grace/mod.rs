@@ -255,8 +255,10 @@ pub struct GraceStats {
     /// Waits for registered threads that no reader woke although every one had passed, so
     /// that only the waiter's 10 ms safety-net timeout ended them. Their wake-ups cannot be
     /// lost by design (the `qs` transitions read a wake request behind a fence), so this
-    /// stays 0; anything else is a bug, also logged at WARN. (A wake-up that arrives just as
-    /// the timeout fires can count here too, rarely.)
+    /// stays 0; anything else is a bug, also logged at WARN. A park that times out counts
+    /// only if no reader woke the waiters during it (a waiter that was woken but got no CPU
+    /// before its timeout is not counted), so a lost wake-up that coincides with another
+    /// domain's wake-up over the same readers goes uncounted.
     pub lost_wakeups: u64,
 }
 

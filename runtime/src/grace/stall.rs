@@ -176,8 +176,12 @@ impl<'a> Backoff<'a> {
                 let until_report = self.next_report.saturating_sub(start.elapsed());
                 let sleep = until_report.clamp(MAX_SLEEP, ASSURED_MAX_SLEEP);
                 let parked = Instant::now();
+                let wakes_before = registry.reader_wakes();
                 thread::park_expecting_unpark(sleep);
-                net_caught = parked.elapsed() >= sleep;
+                // A timed-out park is a lost wake-up only if no reader woke the waiters
+                // meanwhile: a waiter that was unparked but got no CPU until after its
+                // timeout (two busy readers on two cores) slept as long, yet was woken.
+                net_caught = parked.elapsed() >= sleep && registry.reader_wakes() == wakes_before;
             } else {
                 thread::park_timeout(self.sleep);
             }
@@ -333,5 +337,78 @@ impl fmt::Display for StallReport {
             write!(f, " [{h}]")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use crate::grace::{GraceConfig, GraceDomain, GraceStats};
+    use crate::primitive::fault_injection;
+
+    /// Up to `attempts` grace periods from this (unregistered) thread, each waiting for a
+    /// registered reader that reports every 2 ms (so each GP spins out and parks, expecting
+    /// the reader's wake-up), until `done(stats)`; the faults apply to the waiter and the
+    /// reader.
+    fn wait_for_a_slow_reader(
+        waiter_ignores_unparks: bool,
+        reader_drops_wakes: bool,
+        attempts: usize,
+        done: impl Fn(&GraceStats) -> bool,
+    ) -> GraceStats {
+        let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (registered_tx, registered) = mpsc::channel();
+        let reader = std::thread::spawn({
+            let (gp, stop) = (gp.clone(), stop.clone());
+            move || {
+                let reg = gp.register_thread().unwrap();
+                fault_injection::set_drop_wakes(reader_drops_wakes);
+                registered_tx.send(()).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(2));
+                    reg.quiescent();
+                }
+            }
+        });
+        registered.recv().unwrap();
+        fault_injection::set_ignore_unparks(waiter_ignores_unparks);
+        for _ in 0..attempts {
+            gp.synchronize();
+            if done(&gp.stats()) {
+                break;
+            }
+        }
+        fault_injection::set_ignore_unparks(false);
+        stop.store(true, Ordering::SeqCst);
+        reader.join().unwrap();
+        gp.stats()
+    }
+
+    /// A waiter that the reader woke, but that ran only once its safety-net timeout had
+    /// passed (two busy readers on two cores do that), was woken: before the fix it counted
+    /// as a lost wake-up (the `urcu_compare` bench on a 2-core guest reported a few per run).
+    #[test]
+    fn a_waiter_woken_but_not_run_before_its_timeout_is_not_a_lost_wake_up() {
+        let stats = wait_for_a_slow_reader(true, false, 3, |_| false);
+        assert!(
+            stats.reader_wakeups > 0,
+            "the reader woke the parked waiters (the case under test happened)"
+        );
+        assert_eq!(stats.lost_wakeups, 0);
+    }
+
+    /// The control: a wake-up the reader owed and never sent is still counted.
+    #[test]
+    fn a_wake_up_the_reader_never_sent_is_counted_as_lost() {
+        let stats = wait_for_a_slow_reader(false, true, 20, |s| s.lost_wakeups > 0);
+        assert_eq!(
+            stats.reader_wakeups, 0,
+            "the reader's wake-ups were dropped"
+        );
+        assert!(stats.lost_wakeups > 0, "the lost wake-up was not counted");
     }
 }

@@ -50,6 +50,10 @@ impl GpWaker {
 
     #[cold]
     fn wake(&self, requested: bool) {
+        #[cfg(all(test, not(loom)))]
+        if crate::primitive::fault_injection::drops_wakes() {
+            return;
+        }
         // Of the readers that see an armed wait, only the first pays for the unparks.
         if self.armed.swap(0, Ordering::AcqRel) != 0 || requested {
             self.wakes.fetch_add(1, Ordering::Relaxed);
