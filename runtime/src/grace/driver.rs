@@ -17,6 +17,9 @@
 //! as liburcu's `synchronize_rcu` does, instead of paying two thread wake-ups. A task never
 //! runs one (it would hold its worker); it parks and the driver runs it. Claiming takes the
 //! pending callbacks as the GP's batch, so everything queued before a GP starts rides on it.
+//! A GP that unwinds on its inline runner (a panicking tracing subscriber of the caller's)
+//! never completes: releasing its claim leaks its batch and requests the next GP, which
+//! serves its waiters. (The driver aborts the process instead: it has no caller to unwind to.)
 //!
 //! # Batches and the driver loop
 //!
@@ -265,9 +268,13 @@ impl Engine {
         batch: Vec<Callback>,
         expedited: bool,
     ) -> MutexGuard<'_, SeqState> {
-        /// Releases the claim if the GP unwinds (nothing in it should; the stall callback's
-        /// panics are caught), so that later GPs are not blocked behind a dead runner. The
-        /// batch is then leaked: running it early would free code under readers.
+        /// Releases the claim if the GP unwinds (nothing of ours in it should; the stall
+        /// callback's panics are caught, but a tracing subscriber's hooks run in it on the
+        /// caller's thread), so that later GPs are not blocked behind a dead runner. The
+        /// batch is then leaked: running it early would free code under readers. The GP
+        /// never completes, so the next one is requested: it serves whoever waits for the
+        /// unwound one (a cookie, a `barrier`, a caller that asked for it before this runner
+        /// claimed it), as it starts later.
         struct Claim<'a>(&'a Engine, Option<Vec<Callback>>);
         impl Drop for Claim<'_> {
             fn drop(&mut self) {
@@ -275,6 +282,7 @@ impl Engine {
                     std::mem::forget(batch);
                     let mut seq = self.0.lock();
                     seq.running = false;
+                    seq.requested = seq.requested.max(seq.started + 1);
                     self.0.wake_driver(&seq);
                     self.0.wake_sleepers(&seq);
                 }
