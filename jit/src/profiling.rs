@@ -77,10 +77,15 @@ impl Profiling {
     }
 
     /// Records that `code` now lives at `addr` under `kind` and `id` (see the module docs).
+    #[inline]
     pub(crate) fn code_loaded(&self, kind: &str, id: u64, addr: usize, code: &[u8]) {
-        if !self.enabled() {
-            return;
+        if self.enabled() {
+            self.write_code_loaded(kind, id, addr, code);
         }
+    }
+
+    #[cold]
+    fn write_code_loaded(&self, kind: &str, id: u64, addr: usize, code: &[u8]) {
         let name = format!("tramway:{kind}#{id}");
         if let Some(map) = self.perf_map {
             let line = format!("{addr:x} {:x} {name}\n", code.len());

@@ -360,12 +360,16 @@ impl CodeMemory {
             chunk.bump += size;
             o
         });
+        let was_empty = chunk.used == 0;
         chunk.used += 1;
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
         let write_addr = chunk.views.write_base + offset;
         let class = &mut st.classes[ci];
-        if let Some(i) = class.spares.iter().position(|&c| c == idx) {
-            class.spares.swap_remove(i);
+        // Only an empty chunk can be a spare.
+        if was_empty {
+            if let Some(i) = class.spares.iter().position(|&c| c == idx) {
+                class.spares.swap_remove(i);
+            }
         }
         // `available` holds exactly the class's chunks with room: a chunk leaves it when it
         // fills up here and comes back when a free makes room (`return_slot`).
