@@ -103,7 +103,9 @@ struct TrampolineInner {
     id: u64,
     slot: Slot,
     len: usize,
-    data: CodeData,
+    /// Boxed only when there is any (`CodeData::is_empty`): plain custom code carries none,
+    /// and a smaller handle is cheaper to create and to retire.
+    data: Option<Box<CodeData>>,
     state: AtomicU64,
     disposition: AtomicU8,
     /// A forwarding target; dropped after this trampoline's own free has been deferred.
@@ -217,7 +219,7 @@ impl Trampoline {
                 id,
                 slot,
                 len: bytes.len(),
-                data,
+                data: (!data.is_empty()).then(|| Box::new(data)),
                 state: AtomicU64::new(0),
                 disposition: AtomicU8::new(DISPOSE_NORMAL),
                 _keepalive: keepalive,
@@ -247,8 +249,8 @@ impl Trampoline {
     pub fn calls(&self) -> u64 {
         self.inner
             .data
-            .calls
             .as_ref()
+            .and_then(|d| d.calls.as_ref())
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -347,7 +349,7 @@ impl Drop for TrampolineInner {
             "an installed trampoline is held by its site"
         );
         let slot = self.slot;
-        let data = std::mem::take(&mut self.data);
+        let data = self.data.take();
         match *self.disposition.get_mut() {
             DISPOSE_LEAK => {
                 // The code stays mapped for the life of the process: keep the code memory (and

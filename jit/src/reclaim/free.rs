@@ -55,7 +55,7 @@ enum FreeKind {
 impl CodeFree {
     /// The free of a trampoline's slot and the memory its code references; `retired` says
     /// whether it was counted as retired (installed once).
-    pub(crate) fn trampoline(slot: Slot, data: CodeData, retired: bool) -> CodeFree {
+    pub(crate) fn trampoline(slot: Slot, data: Option<Box<CodeData>>, retired: bool) -> CodeFree {
         CodeFree {
             slot,
             kind: if retired {
@@ -63,7 +63,7 @@ impl CodeFree {
             } else {
                 FreeKind::UnretiredTrampoline
             },
-            data: (!data.is_empty()).then(|| Box::new(data)),
+            data,
         }
     }
 
