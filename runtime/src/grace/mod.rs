@@ -255,10 +255,12 @@ pub struct GraceStats {
     /// Waits for registered threads that no reader woke although every one had passed, so
     /// that only the waiter's 10 ms safety-net timeout ended them. Their wake-ups cannot be
     /// lost by design (the `qs` transitions read a wake request behind a fence), so this
-    /// stays 0; anything else is a bug, also logged at WARN. A park that times out counts
-    /// only if no reader woke the waiters during it (a waiter that was woken but got no CPU
-    /// before its timeout is not counted), so a lost wake-up that coincides with another
-    /// domain's wake-up over the same readers goes uncounted.
+    /// stays 0; anything else is a bug, also logged at WARN. A park that times out is not
+    /// counted when a reader woke the registered waiters during it and the waiter is one of
+    /// them (it was woken, but got no CPU before its timeout); so a lost wake-up goes
+    /// uncounted when another wake-up (another reader's, or one meant for another domain over
+    /// the same readers) unparks the waiter during that park. A wake-up that arrives just as
+    /// the timeout fires can still count here, rarely.
     pub lost_wakeups: u64,
 }
 

@@ -299,6 +299,12 @@ impl QsRegistry {
         self.waker.remove_waiter();
     }
 
+    /// Grace-period waiter: whether the calling thread is registered, so that readers' wakes
+    /// unpark it.
+    pub(crate) fn is_waiter_thread(&self) -> bool {
+        self.waker.has_waiter()
+    }
+
     /// Grace-period waiter: ask worker `index` to unpark the registered waiters at its next
     /// transition (waker docs: "per reader").
     pub(crate) fn request_wake_from_worker(&self, index: usize) {

@@ -94,6 +94,12 @@ impl GpWaker {
         }
     }
 
+    /// Whether the calling thread is registered as a waiter (readers' wakes unpark it).
+    pub(super) fn has_waiter(&self) -> bool {
+        let me = thread::current().id();
+        lock(&self.waiters).iter().any(|t| t.id() == me)
+    }
+
     /// Reader transitions that woke the waiters so far.
     pub(super) fn wakes(&self) -> u64 {
         self.wakes.load(Ordering::Relaxed)
