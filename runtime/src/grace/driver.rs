@@ -18,8 +18,8 @@
 //! runs one (it would hold its worker); it parks and the driver runs it. Claiming takes the
 //! pending callbacks as the GP's batch, so everything queued before a GP starts rides on it.
 //! A GP that unwinds on its inline runner (a panicking tracing subscriber of the caller's)
-//! never completes: releasing its claim leaks its batch and requests the next GP, which
-//! serves its waiters. (The driver aborts the process instead: it has no caller to unwind to.)
+//! never completes: releasing its claim leaks its batch (no `barrier` waits for it) and
+//! requests the next GP, which serves its waiters. (The driver aborts the process instead: it has no caller to unwind to.)
 //!
 //! # Batches and the driver loop
 //!
@@ -60,7 +60,8 @@ pub(super) struct SeqState {
     pub(super) started: u64,
     /// A GP is in progress (on the driver, or inline in a waiting thread).
     pub(super) running: bool,
-    /// Highest GP number somebody waits for.
+    /// Highest GP number somebody waits for (or the one after a GP that unwound, which
+    /// serves that GP's waiters).
     pub(super) requested: u64,
     /// Callbacks for the next GP to start.
     pub(super) callbacks: PendingCallbacks,
@@ -270,25 +271,35 @@ impl Engine {
     ) -> MutexGuard<'_, SeqState> {
         /// Releases the claim if the GP unwinds (nothing of ours in it should; the stall
         /// callback's panics are caught, but a tracing subscriber's hooks run in it on the
-        /// caller's thread), so that later GPs are not blocked behind a dead runner. The
-        /// batch is then leaked: running it early would free code under readers. The GP
-        /// never completes, so the next one is requested: it serves whoever waits for the
-        /// unwound one (a cookie, a `barrier`, a caller that asked for it before this runner
-        /// claimed it), as it starts later.
-        struct Claim<'a>(&'a Engine, Option<Vec<Callback>>);
+        /// caller's thread, up to the end of its span), so that later GPs are not blocked
+        /// behind a dead runner. The batch, and what was held back of it, are then leaked:
+        /// running them early would free code under readers, and dropping them would free
+        /// memory the code references. The GP never completes, so the next one is
+        /// requested: it serves whoever waits for the unwound one (a cookie, a `barrier`, a
+        /// caller that asked for it before this runner claimed it), as it starts later.
+        struct Claim<'a> {
+            engine: &'a Engine,
+            batch: Option<Vec<Callback>>,
+            held: Option<(Vec<Callback>, u64)>,
+        }
         impl Drop for Claim<'_> {
             fn drop(&mut self) {
-                if let Some(batch) = self.1.take() {
+                if let Some(batch) = self.batch.take() {
                     std::mem::forget(batch);
-                    let mut seq = self.0.lock();
+                    std::mem::forget(self.held.take());
+                    let mut seq = self.engine.lock();
                     seq.running = false;
                     seq.requested = seq.requested.max(seq.started + 1);
-                    self.0.wake_driver(&seq);
-                    self.0.wake_sleepers(&seq);
+                    self.engine.wake_driver(&seq);
+                    self.engine.wake_sleepers(&seq);
                 }
             }
         }
-        let mut claim = Claim(self, Some(batch));
+        let mut claim = Claim {
+            engine: self,
+            batch: Some(batch),
+            held: None,
+        };
         // A span per grace period (a disabled callsite costs one relaxed load when nobody
         // listens); its end event carries the outcome.
         let span = tracing::debug_span!(target: "tramway::grace", "grace_period", gp, expedited);
@@ -297,22 +308,30 @@ impl Engine {
         let start = tracing::enabled!(target: "tramway::grace", tracing::Level::DEBUG)
             .then(std::time::Instant::now);
         self.run_grace_period(gp, expedited);
-        let mut batch = claim.1.take().unwrap_or_default();
-        let held = self.hold_referenced(&mut batch);
+        let batch = claim
+            .batch
+            .as_mut()
+            .expect("the claim holds the batch until finish");
+        let held = self.hold_referenced(batch);
+        let callbacks = batch.len();
+        let held_count = held.0.len();
+        claim.held = Some(held);
         tracing::debug!(
             target: "tramway::grace",
             gp,
             duration_us = start.map_or(0, |t| t.elapsed().as_micros() as u64),
-            callbacks = batch.len(),
-            held = held.0.len(),
+            callbacks,
+            held = held_count,
             "grace period ended"
         );
         // Leave the span before `finish` takes the state lock: a subscriber's exit and close
         // hooks (which may write, or call into the domain) never run under it.
         drop(entered);
         drop(span);
-        // `claim` holds nothing now (its batch was taken above), so its drop at the end of
-        // this function does not take the lock that `finish` returns.
+        // Disarm the claim only now, past the last subscriber hook; its drop at the end of
+        // this function then does not take the lock that `finish` returns.
+        let batch = claim.batch.take().unwrap_or_default();
+        let held = claim.held.take().unwrap_or_default();
         self.finish(gp, batch, held)
     }
 

@@ -224,7 +224,8 @@ pub struct Cookie(u64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GraceStats {
-    /// Grace periods completed.
+    /// The number of the last grace period completed (GPs are numbered from 1; one that
+    /// unwound on its inline runner never completes, and is skipped).
     pub completed: u64,
     /// Callbacks queued with [`GraceDomain::call`].
     pub callbacks_queued: u64,
@@ -403,8 +404,11 @@ impl GraceDomain {
     /// Waits until every callback queued before this call has run, except ranged callbacks
     /// ([`call_for_code`](Self::call_for_code)) still held back by tasks parked inside their
     /// code (those run once the tasks move on; [`GraceStats::callbacks_held_now`] counts
-    /// them). Called from a callback it returns at once (it cannot wait for the driver that
-    /// runs it).
+    /// them), and except the callbacks of a grace period that unwound on the thread running
+    /// it inline (a panicking tracing subscriber of that caller's): those are leaked, never
+    /// run, as running them without a completed grace period could free code under readers.
+    /// Called from a callback it returns at once (it cannot wait for the driver that runs
+    /// it).
     ///
     /// # Panics
     /// Inside a [`non_yielding`](crate::non_yielding) section, as
