@@ -7,7 +7,7 @@
 //! cargo bench --bench retire_path                        # both scenarios, 7 rounds
 //! cargo bench --bench retire_path -- --rounds 3 alone
 //! # instructions per retire (repeatable, unlike time on a shared host):
-//! valgrind --tool=callgrind target/release/deps/retire_path-<hash> --bench --rounds 5 --quick alone
+//! valgrind --tool=callgrind target/release/deps/retire_path-<hash> --bench --quick alone
 //! ```
 //!
 //! Valgrind runs one thread at a time, so under it the grace-period driver runs rarely: its

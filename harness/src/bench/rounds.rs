@@ -36,7 +36,8 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The command line of an interleaved-round bench: `--quick` (CI smoke), `--rounds N`,
+/// The command line of an interleaved-round bench: `--quick` (CI smoke; an explicit
+/// `--rounds` or `--round-ms` overrides its values), `--rounds N`,
 /// `--round-ms MS`, `-h`/`--help`, and at most one scenario name from the bench's list.
 #[derive(Clone, Debug)]
 pub struct RoundArgs {
@@ -101,16 +102,14 @@ impl RoundArgs {
         scenarios: &[&str],
         mut o: RoundArgs,
     ) -> Result<Option<RoundArgs>, String> {
+        // An explicit `--rounds` or `--round-ms` wins over `--quick`'s, in either order.
+        let (mut rounds, mut round) = (None, None);
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--bench" => {}
                 "--help" | "-h" => return Ok(None),
-                "--quick" => {
-                    o.quick = true;
-                    o.rounds = 3;
-                    o.round /= 3;
-                }
+                "--quick" => o.quick = true,
                 "--round-ms" if o.round.is_zero() => {
                     return Err(
                         "this bench's rounds are not timed: --round-ms does not apply".into(),
@@ -123,15 +122,21 @@ impl RoundArgs {
                         .filter(|v| *v > 0)
                         .ok_or_else(|| format!("{a} needs a positive integer"))?;
                     if a == "--rounds" {
-                        o.rounds = v as usize;
+                        rounds = Some(v as usize);
                     } else {
-                        o.round = std::time::Duration::from_millis(v);
+                        round = Some(std::time::Duration::from_millis(v));
                     }
                 }
                 s if scenarios.contains(&s) => o.only = Some(s.to_string()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
+        if o.quick {
+            o.rounds = 3;
+            o.round /= 3;
+        }
+        o.rounds = rounds.unwrap_or(o.rounds);
+        o.round = round.unwrap_or(o.round);
         Ok(Some(o))
     }
 }
@@ -149,6 +154,14 @@ mod tests {
             .unwrap();
         assert!(o.quick && o.rounds == 3 && o.round == Duration::from_millis(100));
         assert!(o.wants("gp") && !o.wants("spin"));
+        let o = RoundArgs::parse(&args(&["--rounds", "5", "--quick"]), &[], d.clone())
+            .unwrap()
+            .unwrap();
+        assert!(o.quick && o.rounds == 5 && o.round == Duration::from_millis(100));
+        let o = RoundArgs::parse(&args(&["--quick", "--round-ms", "50"]), &[], d.clone())
+            .unwrap()
+            .unwrap();
+        assert!(o.quick && o.rounds == 3 && o.round == Duration::from_millis(50));
         assert!(RoundArgs::parse(&args(&["--rounds", "0"]), &[], d.clone()).is_err());
         assert!(RoundArgs::parse(&args(&["spin"]), &["gp"], d.clone()).is_err());
         assert!(RoundArgs::parse(&args(&["-h"]), &[], d).unwrap().is_none());
