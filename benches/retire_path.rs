@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tramway::jit::SiteKind;
-use tramway_harness::bench::rounds::{cell, loadavg, machine_before, RoundArgs};
+use tramway_harness::bench::rounds::{cell, clock_ns, loadavg, machine_before, RoundArgs};
 use tramway_harness::bench::workload::emit_body;
 
 const USAGE: &str = "\
@@ -47,17 +47,6 @@ const RETIRES: u64 = 1_000_000;
 const K: u64 = 100;
 
 type BodyFn = extern "C" fn(u64) -> u64;
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer and the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Runs the rounds of one scenario; returns (wall ns per retire, updater CPU ns per retire)
 /// per round.
@@ -93,7 +82,7 @@ fn run(reader: bool, rounds: usize, retires: u64) -> (Vec<f64>, Vec<f64>) {
         }
         let mut gen = 1u64;
         for _ in 0..rounds {
-            let (start, cpu_start) = (Instant::now(), thread_cpu_ns());
+            let (start, cpu_start) = (Instant::now(), clock_ns(libc::CLOCK_THREAD_CPUTIME_ID));
             for _ in 0..retires {
                 let fresh = emit_body(jit, gen).expect("emit a body");
                 gen += 1;
@@ -101,7 +90,7 @@ fn run(reader: bool, rounds: usize, retires: u64) -> (Vec<f64>, Vec<f64>) {
             }
             jit.barrier();
             wall.push(start.elapsed().as_nanos() as f64 / retires as f64);
-            cpu.push((thread_cpu_ns() - cpu_start) as f64 / retires as f64);
+            cpu.push((clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_start) as f64 / retires as f64);
         }
         stop.store(true, Ordering::Relaxed);
     });

@@ -82,7 +82,7 @@ use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::{ForwardingSpec, Jit, Site, SiteKind, Target, Trampoline};
 use tramway::runtime::ThreadRegistration;
 use tramway::Tramway;
-use tramway_harness::bench::rounds::loadavg;
+use tramway_harness::bench::rounds::{clock_ns, loadavg};
 use tramway_harness::bench::workload::emit_body;
 use tramway_harness::urcu::{self, FnSlot, RetireSlot, Urcu};
 

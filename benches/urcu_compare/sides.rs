@@ -430,16 +430,3 @@ pub(super) fn own_cpu_clock() -> libc::clockid_t {
     assert_eq!(rc, 0, "pthread_getcpuclockid failed");
     clock
 }
-
-/// `clock`'s time in ns.
-pub(super) fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; a clock that is not valid (a thread that exited)
-    // only makes the call fail, which is checked.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}

@@ -8,7 +8,8 @@
 //!   design; its safety argument is in the module docs).
 //! * [`patcher`]: the patcher thread's per-strategy swap/retire/reclaim logic.
 //! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
-//! * [`rounds`]: medians, ranges and the load average for the interleaved-round benches.
+//! * [`rounds`]: medians, ranges, the load average and CPU-time clocks for the interleaved-round
+//!   benches.
 
 pub mod histogram;
 pub mod patcher;

@@ -1,7 +1,7 @@
 //! Reporting for the interleaved-round benches (`benches/preempt.rs`, `yielding.rs`,
-//! `tracing_cost.rs`, `urcu_compare/`): each setting is measured once per round, settings
-//! alternate within a round, and a cell is the median of the rounds with their range, printed
-//! beside the load average.
+//! `tracing_cost.rs`, `retire_path.rs`, `urcu_compare/`): each setting is measured once per
+//! round, settings alternate within a round, and a cell is the median of the rounds with their
+//! range, printed beside the load average; and the CPU-time clock those benches read.
 
 /// The median of `v` (the upper one for an even count; NaN when empty).
 pub fn median(v: &[f64]) -> f64 {
@@ -34,6 +34,20 @@ pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `clock`'s time in ns (`CLOCK_THREAD_CPUTIME_ID` for the calling thread's CPU time, or a
+/// clock from `pthread_getcpuclockid` for another thread's).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; a clock that is not valid (a thread that exited)
+    // only makes the call fail, which is checked.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The command line of an interleaved-round bench: `--quick` (CI smoke; an explicit

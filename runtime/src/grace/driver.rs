@@ -19,7 +19,8 @@
 //! pending callbacks as the GP's batch, so everything queued before a GP starts rides on it.
 //! A GP that unwinds on its inline runner (a panicking tracing subscriber of the caller's)
 //! never completes: releasing its claim leaks its batch (no `barrier` waits for it) and
-//! requests the next GP, which serves its waiters. (The driver aborts the process instead: it has no caller to unwind to.)
+//! requests the next GP, which serves its waiters. (The driver aborts the process instead: it
+//! has no caller to unwind to.)
 //!
 //! # Batches and the driver loop
 //!
