@@ -20,6 +20,7 @@
 //! [`GraceDomain::call_for_code`]: super::GraceDomain::call_for_code
 //! [`GraceDomain::call_batch`]: super::GraceDomain::call_batch
 
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -79,11 +80,12 @@ impl Callback {
                 })) {
                     Ok(held) => (Some(Callback::Batch(b)), held.map(Callback::Batch)),
                     Err(_) => {
+                        // Leaked before the log: a subscriber may panic in it.
+                        std::mem::forget(b);
                         tracing::error!(
                             target: "tramway::grace",
                             "a callback batch panicked in split_referenced: it is leaked"
                         );
-                        std::mem::forget(b);
                         (None, None)
                     }
                 }
@@ -113,17 +115,27 @@ pub(super) fn seal_at_run() -> bool {
 
 /// Splits `list` by the references in `refs`: `(callbacks to run, callbacks to hold)`, each
 /// in queueing order (a batch may contribute to both).
+///
+/// If this unwinds (a tracing subscriber that panics at the event logging a batch's own
+/// panic), every callback in it is leaked, never dropped: a held one may free code a parked
+/// task still runs in.
 pub(super) fn split_referenced(
     list: Vec<Callback>,
     refs: &crate::code::RefSet,
 ) -> (Vec<Callback>, Vec<Callback>) {
-    let (mut free, mut held) = (Vec::with_capacity(list.len()), Vec::new());
-    for cb in list {
+    let mut free = ManuallyDrop::new(Vec::with_capacity(list.len()));
+    let mut held = ManuallyDrop::new(Vec::new());
+    let mut rest = ManuallyDrop::new(list.into_iter());
+    for cb in rest.by_ref() {
         let (run, hold) = cb.split_referenced(refs);
         free.extend(run);
         held.extend(hold);
     }
-    (free, held)
+    drop(ManuallyDrop::into_inner(rest)); // empty
+    (
+        ManuallyDrop::into_inner(free),
+        ManuallyDrop::into_inner(held),
+    )
 }
 
 /// The code ranges a callback frees (one in the common case, without an allocation).

@@ -43,6 +43,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
 
 use super::callbacks::{Callback, HeldCallbacks, PendingCallbacks};
@@ -128,6 +129,14 @@ pub(super) struct Counters {
     pub(super) preempted_holdouts: std::sync::atomic::AtomicU64,
     /// Times a ranged callback was held back (at a GP's end or a recheck).
     pub(super) callbacks_held: std::sync::atomic::AtomicU64,
+}
+
+/// A GP claimed by [`Engine::claim`], for [`Engine::run_claimed`]: its number, its callback
+/// batch, and how many open batches panicked in `seal` (leaked; the runner logs them).
+pub(super) struct ClaimedGp {
+    gp: u64,
+    batch: Vec<Callback>,
+    seal_panics: u64,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -234,42 +243,50 @@ impl Engine {
     }
 
     /// Claims the next GP (no GP may be running): its number and its callback batch.
-    pub(super) fn claim(&self, seq: &mut SeqState) -> (u64, Vec<Callback>) {
+    pub(super) fn claim(&self, seq: &mut SeqState) -> ClaimedGp {
         debug_assert!(!seq.running);
         seq.running = true;
         seq.started += 1;
         let mut batch = seq.callbacks.take();
+        let mut seal_panics = 0;
         // Under the state lock, before the GP's barrier: open batches close here (`batch.rs`).
-        // A batch whose `seal` panicked is leaked, never run nor dropped.
+        // A batch whose `seal` panicked is leaked, never run nor dropped. It is logged by the
+        // runner, not here: under the state lock, and before the runner's claim guard exists,
+        // a subscriber that panicked in the event would leave the GP running for good.
         if !super::callbacks::seal_at_run() && batch.iter().any(Callback::is_batch) {
             let mut sealed = Vec::with_capacity(batch.len());
             for mut cb in batch {
                 if cb.seal() {
                     sealed.push(cb);
                 } else {
-                    self.counters
-                        .callbacks_panicked
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        target: "tramway::grace",
-                        "a callback batch panicked in seal: it is leaked"
-                    );
+                    seal_panics += 1;
                     std::mem::forget(cb);
                 }
             }
             batch = sealed;
+            self.counters
+                .callbacks_panicked
+                .fetch_add(seal_panics, Ordering::Relaxed);
         }
-        (seq.started, batch)
+        ClaimedGp {
+            gp: seq.started,
+            batch,
+            seal_panics,
+        }
     }
 
     /// Runs GP `gp` (claimed by the caller) without the state lock and finishes it; returns
     /// the state lock, which finishing took, so that the caller goes on without retaking it.
     pub(super) fn run_claimed(
         &self,
-        gp: u64,
-        batch: Vec<Callback>,
+        claimed: ClaimedGp,
         expedited: bool,
     ) -> MutexGuard<'_, SeqState> {
+        let ClaimedGp {
+            gp,
+            batch,
+            seal_panics,
+        } = claimed;
         /// Releases the claim if the GP unwinds (nothing of ours in it should; the stall
         /// callback's panics are caught, but a tracing subscriber's hooks run in it on the
         /// caller's thread, up to the end of its span), so that later GPs are not blocked
@@ -305,6 +322,13 @@ impl Engine {
         // listens); its end event carries the outcome.
         let span = tracing::debug_span!(target: "tramway::grace", "grace_period", gp, expedited);
         let entered = span.enter();
+        if seal_panics > 0 {
+            tracing::error!(
+                target: "tramway::grace",
+                batches = seal_panics,
+                "a callback batch panicked in seal: it is leaked"
+            );
+        }
         // The clock is read only for a listener (a disabled check is one relaxed load).
         let start = tracing::enabled!(target: "tramway::grace", tracing::Level::DEBUG)
             .then(std::time::Instant::now);
@@ -413,9 +437,9 @@ impl Engine {
             };
             if start {
                 let expedited = seq.blocked_callers > 0;
-                let (gp, batch) = self.claim(&mut seq);
+                let claimed = self.claim(&mut seq);
                 drop(seq);
-                seq = self.run_claimed(gp, batch, expedited);
+                seq = self.run_claimed(claimed, expedited);
                 continue;
             }
             if seq.shutdown && !seq.running && !seq.driver_has_work() {
@@ -456,11 +480,17 @@ impl Engine {
         let (free, held) = super::callbacks::split_referenced(list, &refs);
         // Order the reference reads before the frees (as at the end of a GP).
         std::sync::atomic::fence(Ordering::SeqCst);
+        // Leaked, not dropped, if a subscriber panics in the event (the driver then aborts).
+        let (free, held) = (ManuallyDrop::new(free), ManuallyDrop::new(held));
         tracing::debug!(
             target: "tramway::grace",
             freed = free.len(),
             still_held = held.len(),
             "rechecked callbacks held back by parked tasks' code references"
+        );
+        let (free, held) = (
+            ManuallyDrop::into_inner(free),
+            ManuallyDrop::into_inner(held),
         );
         let mut seq = self.lock();
         seq.held.add(held, version);

@@ -107,10 +107,10 @@ impl Engine {
             if !seq.running && seq.started < target {
                 // The GP this caller needs has not started and none is running: run it here
                 // (expedited: its caller waits). Finishing it hands the lock back.
-                let (gp, batch) = self.claim(&mut seq);
+                let claimed = self.claim(&mut seq);
                 seq.inline_grace_periods += 1;
                 drop(seq);
-                seq = self.run_claimed(gp, batch, true);
+                seq = self.run_claimed(claimed, true);
                 continue;
             }
             // Counted as blocked only while it sleeps: only then can somebody else claim the
