@@ -183,8 +183,12 @@ impl<'a> Backoff<'a> {
                 // got no CPU until after its timeout (two busy readers on two cores) slept as
                 // long, yet was woken; one missing from the waker's list (the bug the count
                 // first caught) was not. Only this thread changes its own registration, so
-                // what the list holds now it held during the park.
-                net_caught = parked.elapsed() >= sleep
+                // what the list holds now it held during the park. Not under loom: its park
+                // has no timeout (a lost wake-up is a deadlock it reports), and the clock
+                // would make the model's operations depend on wall time (loom then fails
+                // with "unexpected exploration state" on a loaded machine).
+                net_caught = !cfg!(loom)
+                    && parked.elapsed() >= sleep
                     && (registry.reader_wakes() == wakes_before || !registry.is_waiter_thread());
             } else {
                 thread::park_timeout(self.sleep);
