@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::arch::{self, Assembler};
+use crate::arch;
+use crate::assembler::Assembler;
 use crate::code_memory::{CodeMemory, CodeMemoryConfig};
 use crate::error::JitError;
 use crate::forwarding::{self, ForwardingSpec};

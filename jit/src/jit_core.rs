@@ -10,6 +10,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use crate::assembler::AssemblerCache;
 use crate::code_memory::CodeMemory;
 use crate::profiling::Profiling;
 use crate::reclaim::Retirement;
@@ -27,6 +28,8 @@ pub(crate) struct JitCore {
     /// The length of the last custom code emitted: the slot size `Trampoline::emit`
     /// guesses for the next one (a hint, so relaxed and racy by design).
     pub(crate) custom_len_hint: AtomicUsize,
+    /// The assembler emissions reuse (`assembler.rs`).
+    pub(crate) assembler: AssemblerCache,
 }
 
 impl JitCore {
@@ -42,6 +45,7 @@ impl JitCore {
             profiling,
             unwind_info,
             custom_len_hint: AtomicUsize::new(0),
+            assembler: AssemblerCache::default(),
         }
     }
 

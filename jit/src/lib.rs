@@ -60,6 +60,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod arch;
+mod assembler;
 mod code_memory;
 mod error;
 pub mod forwarding;
@@ -75,7 +76,8 @@ pub mod trampoline;
 pub mod typed;
 mod unwind;
 
-pub use crate::arch::{Assembler, HookArgs, ReturnValues};
+pub use crate::arch::{HookArgs, ReturnValues};
+pub use crate::assembler::Assembler;
 pub use crate::error::JitError;
 pub use crate::forwarding::{ExitHook, ForwardingSpec, Hook, Target, MAX_STACK_ARG_BYTES};
 pub use crate::jit::{

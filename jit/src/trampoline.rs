@@ -23,7 +23,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::arch::{self, Assembler, FrameRows};
+use crate::arch::{self, FrameRows};
+use crate::assembler::Assembler;
 use crate::code_memory::Slot;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
@@ -133,17 +134,30 @@ impl Trampoline {
         data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
+        // Back in the cache once the code is in its slot (`assembler.rs`); dropped if a pass
+        // unwinds.
+        let mut ops = core.assembler.take();
+        let made = Self::emit_with(core, &mut ops, emit, len, data, keepalive);
+        core.assembler.put(ops);
+        made
+    }
+
+    /// [`emit`](Self::emit) with the assembler `ops`.
+    fn emit_with(
+        core: &Arc<JitCore>,
+        ops: &mut Assembler,
+        emit: &dyn Fn(&mut Assembler, usize) -> Option<FrameRows>,
+        len: Option<usize>,
+        data: CodeData,
+        keepalive: Option<Trampoline>,
+    ) -> Result<Trampoline, JitError> {
         let mem = &core.mem;
-        let assemble = |addr: usize, capacity: usize| {
-            // One exact allocation for the bytes (`new` and `reserve_ops` went through the
-            // vector's growth path: about 60 more instructions per emission); no labels are
-            // preallocated, as most code has none.
-            let mut ops = Assembler::new_with_capacity(addr, capacity, 0, 0, 0, 0, 0);
-            let rows = emit(&mut ops, addr);
-            let bytes = ops
-                .finalize()
+        let mut assemble = |addr: usize| {
+            ops.rebase(addr);
+            let rows = emit(ops, addr);
+            ops.commit()
                 .map_err(|e| JitError::Assemble(e.to_string()))?;
-            Ok::<_, JitError>((bytes, rows))
+            Ok::<_, JitError>((ops.code().len(), rows))
         };
         let mut unfinished = Unfinished(mem, None);
         let first = match len {
@@ -153,16 +167,23 @@ impl Trampoline {
                     // Custom code, assembled at a guessed slot: kept if its size class fits.
                     Some(slot) => {
                         unfinished.1 = Some(slot);
-                        let (bytes, rows) = assemble(slot.addr, slot.size)?;
-                        if mem.slot_size(bytes.len())? == slot.size {
-                            return Self::finish(core, unfinished, bytes, rows, data, keepalive);
+                        let (len, rows) = assemble(slot.addr)?;
+                        if mem.slot_size(len)? == slot.size {
+                            return Self::finish(
+                                core,
+                                unfinished,
+                                ops.code(),
+                                rows,
+                                data,
+                                keepalive,
+                            );
                         }
                         unfinished.replace(None);
-                        bytes.len()
+                        len
                     }
                     // No slot of the guessed size without mapping a chunk: a sizing pass at
                     // the reservation's base.
-                    None => assemble(mem.range().0, 64)?.0.len(),
+                    None => assemble(mem.range().0)?.0,
                 };
                 core.custom_len_hint.store(len, Ordering::Relaxed);
                 len
@@ -170,14 +191,11 @@ impl Trampoline {
         };
         let slot = mem.alloc(first)?;
         unfinished.replace(Some(slot));
-        let (bytes, rows) = assemble(slot.addr, slot.size)?;
-        if bytes.len() != first {
-            return Err(JitError::EmitLengthChanged {
-                first,
-                second: bytes.len(),
-            });
+        let (second, rows) = assemble(slot.addr)?;
+        if second != first {
+            return Err(JitError::EmitLengthChanged { first, second });
         }
-        Self::finish(core, unfinished, bytes, rows, data, keepalive)
+        Self::finish(core, unfinished, ops.code(), rows, data, keepalive)
     }
 
     /// Writes the assembled `bytes` into the slot `unfinished` holds, registers their unwind
@@ -185,7 +203,7 @@ impl Trampoline {
     fn finish(
         core: &Arc<JitCore>,
         mut unfinished: Unfinished<'_>,
-        bytes: Vec<u8>,
+        bytes: &[u8],
         rows: Option<FrameRows>,
         mut data: CodeData,
         keepalive: Option<Trampoline>,
@@ -193,7 +211,7 @@ impl Trampoline {
         let mem = &core.mem;
         let slot = *unfinished.slot();
         // SAFETY: the slot was just allocated and is unreachable from any site.
-        unsafe { mem.write(&slot, &bytes, bytes.len()) }?;
+        unsafe { mem.write(&slot, bytes, bytes.len()) }?;
         unfinished.1 = None;
         if let Some(rows) = rows.filter(|_| core.unwind_info) {
             // SAFETY: the code is written at `slot.addr`, the rows were recorded while
@@ -212,7 +230,7 @@ impl Trampoline {
         }
         mem.stats().emitted();
         let id = next_id();
-        core.profiling.code_loaded("code", id, slot.addr, &bytes);
+        core.profiling.code_loaded("code", id, slot.addr, bytes);
         Ok(Trampoline {
             inner: Arc::new(TrampolineInner {
                 core: core.clone(),

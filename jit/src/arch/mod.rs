@@ -58,7 +58,8 @@
 //! at both ends of the call; [`init_tick_clock`] prepares the conversion and
 //! [`ticks_to_ns`] converts.
 //!
-//! **Assembler.** [`Assembler`] is the dynasm `VecAssembler` for the architecture.
+//! **Assembler.** `Relocation` is dynasm's relocation type for the architecture, which the
+//! portable [`Assembler`] (`assembler.rs`) resolves.
 //!
 //! **Traps.** [`fill_traps`] fills freed code (a call into it faults at once);
 //! [`fill_padding`] fills the unused bytes after emitted code.
@@ -83,7 +84,7 @@ compile_error!(
      jit/src/arch/<arch>.rs (or <arch>/mod.rs), that implements the contract documented in \
      jit/src/arch/mod.rs (site stubs and patch words, forwarding, call-through and \
      constant-return bodies and their frame rows (CFI), HookArgs, ReturnValues and the tick \
-     counter, the assembler type, trap fill, icache flush and the core-serialization policy), \
+     counter, the relocation type, trap fill, icache flush and the core-serialization policy), \
      selected here with \
      #[cfg(target_arch = ...)]."
 );
@@ -91,9 +92,11 @@ compile_error!(
 pub(crate) use self::imp::{
     cfa_program, emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache,
     forwarding_len, init_tick_clock, site_patch_word, site_stub_image, site_stub_layout,
-    sync_core_policy, ticks_to_ns, FrameRows, CIE, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
+    sync_core_policy, ticks_to_ns, FrameRows, Relocation, CIE, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
 };
-pub use self::imp::{Assembler, HookArgs, ReturnValues};
+pub use self::imp::{HookArgs, ReturnValues};
+
+use crate::assembler::Assembler;
 
 /// How the code-memory backend lets a site's patch word be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,8 +13,9 @@ use std::mem::{offset_of, size_of};
 use dynasmrt::{dynasm, DynasmApi};
 
 use super::cfi::FrameRows;
-use super::{Assembler, HookArgs, ReturnValues, INT3};
+use super::{HookArgs, ReturnValues, INT3};
 use crate::arch::{CallThrough, ForwardingBody};
+use crate::assembler::Assembler;
 
 /// `mov rax, imm64; ret`.
 pub(crate) fn emit_constant_return(ops: &mut Assembler, value: u64) {
@@ -453,7 +454,8 @@ mod tests {
         let b = body(false, false, None, 0x1000 + 0x40);
         let mut ops = Assembler::new(0x1000);
         emit_forwarding(&mut ops, &b, 0x1000, &mut FrameRows::default());
-        let bytes = ops.finalize().unwrap();
+        ops.commit().unwrap();
+        let bytes = ops.code();
         assert_eq!(bytes[..5], [0xE9, 0x3B, 0, 0, 0]);
     }
 
@@ -461,7 +463,8 @@ mod tests {
     fn a_near_call_is_a_padded_rel32_call() {
         let mut ops = Assembler::new(0x1000);
         emit_call(&mut ops, 0x1000 + 0x40, 0x1000);
-        let bytes = ops.finalize().unwrap();
+        ops.commit().unwrap();
+        let bytes = ops.code();
         assert_eq!(bytes[..8], NOP8);
         // rel32 from the end of the call (0x1000 + 13) to 0x1040.
         assert_eq!(bytes[8..], [0xE8, 0x33, 0, 0, 0]);

@@ -185,9 +185,9 @@ pub(crate) fn cfa_program(rows: &FrameRows) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::super::bodies::emit_forwarding;
-    use super::super::Assembler;
     use super::*;
     use crate::arch::{CallThrough, ForwardingBody};
+    use crate::assembler::Assembler;
 
     /// The rule table a CFA program leaves at each offset: `(base register, offset, rbp
     /// saved)`, replaying the instructions `cfa_program` emits (a small DWARF interpreter).
@@ -274,7 +274,8 @@ mod tests {
             let mut ops = Assembler::new(0x1000);
             let mut rows = FrameRows::default();
             emit_forwarding(&mut ops, &b, 0x1000, &mut rows);
-            let code = ops.finalize().unwrap();
+            ops.commit().unwrap();
+            let code = ops.code();
             let r = rows.rows();
             assert_eq!(r.len(), 3, "{counted} {hooked} {call_through}");
             assert_eq!(code[r[0].at - 1], 0x55, "push rbp");

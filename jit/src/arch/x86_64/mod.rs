@@ -49,9 +49,8 @@ use std::time::Duration;
 use super::{StubLayout, StubMemory, SyncCorePolicy};
 use crate::site::SiteKind;
 
-/// The assembler type handed to emit closures: a dynasm `VecAssembler` for x86-64, created at
-/// the final address of the code so relocations resolve correctly.
-pub type Assembler = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
+/// dynasm's relocation type for x86-64, which the [`Assembler`](crate::Assembler) resolves.
+pub(crate) type Relocation = dynasmrt::x64::X64Relocation;
 
 /// The integer argument registers of the C calling convention, as a forwarding hook sees them.
 ///
