@@ -273,3 +273,58 @@ impl AssemblerCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dynasmrt::dynasm;
+
+    use super::*;
+
+    /// An emission that fails must leave nothing behind for the next one: its error, its
+    /// labels and the relocations its failed commit did not resolve.
+    #[test]
+    fn a_rebased_assembler_keeps_nothing_of_a_failed_emission() {
+        let mut ops = Assembler::new(0x1000);
+        dynasm!(ops
+            ; .arch x64
+            ; jmp ->twice
+            ; ->twice:
+            ; ->twice:
+            ; jmp ->twice
+            ; ret
+        );
+        assert!(matches!(ops.commit(), Err(DynasmError::DuplicateLabel(_))));
+        ops.rebase(0x2000);
+        dynasm!(ops
+            ; .arch x64
+            ; ->twice:
+            ; ret
+        );
+        ops.commit().expect("a clean emission after the failed one");
+        assert_eq!(ops.code(), [0xC3]);
+    }
+
+    #[test]
+    fn labels_resolve_against_the_new_base_after_a_rebase() {
+        let mut ops = Assembler::new(0x1000);
+        for base in [0x1000usize, 0x8000] {
+            ops.rebase(base);
+            dynasm!(ops
+                ; .arch x64
+                ; jmp >done
+                ; nop
+                ; done:
+                ; ret
+            );
+            ops.commit().unwrap();
+            // A short jump over the nop, whatever the base.
+            assert_eq!(ops.code(), [0xE9, 1, 0, 0, 0, 0x90, 0xC3], "at {base:#x}");
+        }
+        ops.rebase(0x1000);
+        dynasm!(ops
+            ; .arch x64
+            ; jmp >missing
+        );
+        assert!(ops.commit().is_err());
+    }
+}
