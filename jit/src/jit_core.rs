@@ -14,6 +14,8 @@ use crate::assembler::AssemblerCache;
 use crate::code_memory::CodeMemory;
 use crate::profiling::Profiling;
 use crate::reclaim::Retirement;
+use crate::recycled::RecycleBin;
+use crate::trampoline::TrampolineInner;
 
 /// Code memory plus the retirement state of one `Jit`.
 pub(crate) struct JitCore {
@@ -30,6 +32,8 @@ pub(crate) struct JitCore {
     pub(crate) custom_len_hint: AtomicUsize,
     /// The assembler emissions reuse (`assembler.rs`).
     pub(crate) assembler: AssemblerCache,
+    /// The heap block the next trampoline handle reuses (`recycled.rs`).
+    pub(crate) handles: RecycleBin<TrampolineInner>,
 }
 
 impl JitCore {
@@ -46,6 +50,7 @@ impl JitCore {
             unwind_info,
             custom_len_hint: AtomicUsize::new(0),
             assembler: AssemblerCache::default(),
+            handles: RecycleBin::default(),
         }
     }
 

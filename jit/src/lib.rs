@@ -70,6 +70,7 @@ mod os;
 pub mod probe;
 mod profiling;
 pub mod reclaim;
+mod recycled;
 pub mod site;
 mod stats;
 pub mod trampoline;

@@ -1,7 +1,8 @@
 //! Trampolines: handles to emitted code and their lifecycle.
 //!
 //! # Lifecycle
-//! A [`Trampoline`] is a cheap clonable handle (`Arc` inside). Its code is freed when the last
+//! A [`Trampoline`] is a cheap clonable handle (a reference count, in a heap block the `Jit`
+//! reuses: `recycled.rs`). Its code is freed when the last
 //! handle drops, and *how* depends on whether code could ever have reached it:
 //! - never installed in a site and never the target of a forwarding trampoline: nobody can be
 //!   executing it (calling [`Trampoline::addr`] directly requires holding a handle), so the slot is
@@ -29,6 +30,7 @@ use crate::code_memory::Slot;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
 use crate::reclaim::CodeFree;
+use crate::recycled::{Recyclable, RecycleBin, Recycled};
 use crate::unwind::UnwindRegistration;
 
 /// Set once the trampoline is retired; never cleared.
@@ -96,10 +98,11 @@ impl CodeData {
 /// A handle to emitted code.
 #[derive(Clone)]
 pub struct Trampoline {
-    inner: Arc<TrampolineInner>,
+    inner: Recycled<TrampolineInner>,
 }
 
-struct TrampolineInner {
+/// What a [`Trampoline`] handle shares.
+pub(crate) struct TrampolineInner {
     core: Arc<JitCore>,
     id: u64,
     slot: Slot,
@@ -232,16 +235,19 @@ impl Trampoline {
         let id = next_id();
         core.profiling.code_loaded("code", id, slot.addr, bytes);
         Ok(Trampoline {
-            inner: Arc::new(TrampolineInner {
-                core: core.clone(),
-                id,
-                slot,
-                len: bytes.len(),
-                data: (!data.is_empty()).then(|| Box::new(data)),
-                state: AtomicU64::new(0),
-                disposition: AtomicU8::new(DISPOSE_NORMAL),
-                _keepalive: keepalive,
-            }),
+            inner: Recycled::new(
+                TrampolineInner {
+                    core: core.clone(),
+                    id,
+                    slot,
+                    len: bytes.len(),
+                    data: (!data.is_empty()).then(|| Box::new(data)),
+                    state: AtomicU64::new(0),
+                    disposition: AtomicU8::new(DISPOSE_NORMAL),
+                    _keepalive: keepalive,
+                },
+                &core.handles,
+            ),
         })
     }
 
@@ -285,7 +291,7 @@ impl Trampoline {
 
     /// Whether both handles refer to the same trampoline.
     pub fn ptr_eq(&self, other: &Trampoline) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Recycled::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Fails with `ForeignTrampoline` unless the trampoline belongs to the code memory `mem_id`.
@@ -354,6 +360,12 @@ impl fmt::Debug for Trampoline {
             .field("len", &self.len())
             .field("retired", &self.is_retired())
             .finish()
+    }
+}
+
+impl Recyclable for TrampolineInner {
+    fn bin(&self) -> &RecycleBin<Self> {
+        &self.core.handles
     }
 }
 
