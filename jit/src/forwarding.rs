@@ -413,11 +413,13 @@ pub(crate) fn emit_owning(
     };
     Trampoline::emit(
         core,
-        &|ops, at| {
+        &|ops, at, out| {
             let mut rows = arch::FrameRows::default();
             arch::emit_forwarding(ops, &body, at, &mut rows);
             // Only bodies that call out can be on a stack below another frame (unwind.rs).
-            calls_out.then_some(rows)
+            if calls_out {
+                *out = Some(rows);
+            }
         },
         Some(len),
         data,

@@ -293,10 +293,7 @@ impl Jit {
     pub unsafe fn custom<F: Fn(&mut Assembler)>(&self, emit: F) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops, _| {
-                emit(ops);
-                None
-            },
+            &|ops, _, _| emit(ops),
             None,
             CodeData::default(),
             None,
@@ -315,10 +312,7 @@ impl Jit {
     ) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops, at| {
-                emit(ops, at);
-                None
-            },
+            &|ops, at, _| emit(ops, at),
             None,
             CodeData::default(),
             None,
@@ -329,10 +323,7 @@ impl Jit {
     pub fn constant_return(&self, value: u64) -> Result<Trampoline, JitError> {
         Trampoline::emit(
             &self.core,
-            &|ops, _| {
-                arch::emit_constant_return(ops, value);
-                None
-            },
+            &|ops, _, _| arch::emit_constant_return(ops, value),
             Some(arch::CONSTANT_RETURN_LEN),
             CodeData::default(),
             None,

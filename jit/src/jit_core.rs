@@ -14,8 +14,6 @@ use crate::assembler::AssemblerCache;
 use crate::code_memory::CodeMemory;
 use crate::profiling::Profiling;
 use crate::reclaim::Retirement;
-use crate::recycled::RecycleBin;
-use crate::trampoline::TrampolineInner;
 
 /// Code memory plus the retirement state of one `Jit`.
 pub(crate) struct JitCore {
@@ -32,8 +30,6 @@ pub(crate) struct JitCore {
     pub(crate) custom_len_hint: AtomicUsize,
     /// The assembler emissions reuse (`assembler.rs`).
     pub(crate) assembler: AssemblerCache,
-    /// The heap block the next trampoline handle reuses (`recycled.rs`).
-    pub(crate) handles: RecycleBin<TrampolineInner>,
 }
 
 impl JitCore {
@@ -50,7 +46,6 @@ impl JitCore {
             unwind_info,
             custom_len_hint: AtomicUsize::new(0),
             assembler: AssemblerCache::default(),
-            handles: RecycleBin::default(),
         }
     }
 

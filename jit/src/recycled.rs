@@ -4,45 +4,46 @@
 //! # Algorithm
 //! A [`Recycled<T>`] is an `Arc<T>` without the weak count: one heap block holds a strong
 //! count and the value. What differs is the block's last step. When the last handle drops,
-//! the value is moved out of the block onto the stack, the now empty block is handed to the
-//! [`RecycleBin`] the value names ([`Recyclable::bin`]), and only then is the value dropped.
-//! The next [`Recycled::new`] with that bin writes its value into the binned block instead of
-//! allocating one. A bin holds one block (one atomic swap to put, one to take); a block that
-//! finds the bin full replaces the binned one, which is deallocated. A patcher that retires
-//! as fast as it emits therefore allocates no handle at all in its steady state: each
-//! retirement's last drop bins the block the next emission takes. This saves the allocator's
-//! malloc and free per trampoline (about 130 of 1200 instructions per retire under callgrind:
-//! `benches/retire_path.rs`).
+//! the value is moved out of the block, the now empty block is put into the dropping thread's
+//! [`RecycleBin`] for `T` ([`Recyclable::bin`], a thread-local), and the value is dropped.
+//! The next [`Recycled::new`] on that thread writes its value into the binned block instead
+//! of allocating one. A bin holds one block; a block that finds it full is deallocated. A
+//! patcher that retires as fast as it emits therefore allocates no handle at all in its
+//! steady state: each retirement's last drop bins the block the next emission takes. This
+//! saves the allocator's malloc and free per trampoline (about 130 of 1200 instructions per
+//! retire under callgrind: `benches/retire_path.rs`), and, the bin being thread-local, it
+//! costs no atomic operation either (a one-slot `AtomicCell` shared by the `Jit` cost two
+//! swaps, each a full barrier that waits for the code bytes just stored).
 //!
-//! The value is dropped *after* its block is binned because the bin may belong to what the
-//! value keeps alive (a trampoline's value holds its `Jit`'s core, which owns the bin): while
-//! the value lives, so does the bin. A bin that drops deallocates the block it holds.
+//! A block is plain memory of `Block<T>`'s layout, owned by whichever thread holds it: one
+//! allocated on one thread may be binned and reused on another, and a bin deallocates its
+//! block when its thread exits. While a thread's locals are being destroyed, its bin is gone:
+//! `new` then allocates and the last drop deallocates, as `Arc` does.
 //!
 //! # Ordering
 //! As `Arc`'s: a clone increments the count `Relaxed` (the new handle is made from one that
 //! keeps the block alive, so nothing needs to be ordered); a drop decrements it `Release`, so
 //! every use of the value through that handle happens before the decrement; the drop that
 //! takes the count to zero issues an `Acquire` fence, so it sees every other handle's uses
-//! before it moves the value out. The block's passage through the bin is ordered by the
-//! bin's swap: the emptying thread is done with the block before its swap, and the taking
-//! thread writes into it only after its own swap returned it.
+//! before it moves the value out. From then on the block is the dropping thread's alone.
 //!
 //! # Migration
-//! Nothing here is thread-local: a handle, a block and a bin may move between threads (and a
-//! green thread between workers) at any point.
+//! Each bin access is one `LocalKey::try_with` that moves the block in or out; no address of
+//! a thread-local is kept, so a green thread that migrates between a `new` and a drop (or
+//! between any two accesses) uses the bin of the worker it runs on at each access.
 
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{self, AtomicUsize, Ordering};
+use std::thread::LocalKey;
 
-use crossbeam_utils::atomic::AtomicCell;
-
-/// A value that names the bin its block goes back to (module docs: the value must keep that
-/// bin alive).
-pub(crate) trait Recyclable: Sized {
-    /// The bin this value's block is returned to when its last handle drops.
-    fn bin(&self) -> &RecycleBin<Self>;
+/// A value whose handle blocks are recycled through a thread-local bin.
+pub(crate) trait Recyclable: Sized + 'static {
+    /// This thread's bin for blocks of `Self` (declare it with `thread_local!` and
+    /// `RecycleBin::new()`).
+    fn bin() -> &'static LocalKey<RecycleBin<Self>>;
 }
 
 /// The heap block behind a [`Recycled`] handle.
@@ -51,24 +52,34 @@ struct Block<T> {
     value: T,
 }
 
-/// At most one empty block, kept for the next [`Recycled::new`] (module docs).
-pub(crate) struct RecycleBin<T>(AtomicCell<Option<Box<MaybeUninit<Block<T>>>>>);
+/// An empty block.
+type EmptyBlock<T> = Box<MaybeUninit<Block<T>>>;
 
-impl<T> Default for RecycleBin<T> {
-    fn default() -> Self {
-        RecycleBin(AtomicCell::new(None))
+/// At most one empty block, kept for the next [`Recycled::new`] on this thread (module docs).
+pub(crate) struct RecycleBin<T>(Cell<Option<EmptyBlock<T>>>);
+
+impl<T> RecycleBin<T> {
+    /// An empty bin (`const`, for a `thread_local!` initializer).
+    pub(crate) const fn new() -> Self {
+        RecycleBin(Cell::new(None))
     }
 }
 
-impl<T> RecycleBin<T> {
-    /// The binned block, or a newly allocated one.
-    fn take(&self) -> Box<MaybeUninit<Block<T>>> {
-        self.0.take().unwrap_or_else(Box::new_uninit)
+impl<T: Recyclable> RecycleBin<T> {
+    /// This thread's binned block, or a newly allocated one.
+    #[inline(always)]
+    fn take() -> EmptyBlock<T> {
+        T::bin()
+            .try_with(|bin| bin.0.take())
+            .ok()
+            .flatten()
+            .unwrap_or_else(Box::new_uninit)
     }
 
-    /// Bins `block`, deallocating the one it replaces, if any.
-    fn put(&self, block: Box<MaybeUninit<Block<T>>>) {
-        drop(self.0.swap(Some(block)));
+    /// Bins `block` on this thread, deallocating the block it replaces; deallocates `block`
+    /// itself if this thread's bin is gone.
+    fn put(block: EmptyBlock<T>) {
+        let _ = T::bin().try_with(move |bin| drop(bin.0.replace(Some(block))));
     }
 }
 
@@ -85,9 +96,11 @@ unsafe impl<T: Recyclable + Send + Sync> Send for Recycled<T> {}
 unsafe impl<T: Recyclable + Send + Sync> Sync for Recycled<T> {}
 
 impl<T: Recyclable> Recycled<T> {
-    /// A handle to `value`, in a block from `bin` if it holds one.
-    pub(crate) fn new(value: T, bin: &RecycleBin<T>) -> Self {
-        let mut block = bin.take();
+    /// A handle to `value`, in this thread's binned block if there is one. Inlined so that
+    /// the value is built in the block rather than copied into it.
+    #[inline(always)]
+    pub(crate) fn new(value: T) -> Self {
+        let mut block = RecycleBin::<T>::take();
         block.write(Block {
             refs: AtomicUsize::new(1),
             value,
@@ -138,13 +151,12 @@ impl<T: Recyclable> Drop for Recycled<T> {
         // SAFETY: the count reached zero, so this is the last handle and nothing else reads
         // the block (the fence orders every other handle's reads before this); the value is
         // moved out exactly once, and the block is treated as uninitialized after it.
-        let value = ManuallyDrop::new(unsafe { std::ptr::read(&self.block.as_ref().value) });
-        // SAFETY: the block came from `Box::leak` of a `Box<MaybeUninit<Block<T>>>` in
-        // `new`, and its value was just moved out, so it is an empty block again.
+        let value = unsafe { std::ptr::read(&self.block.as_ref().value) };
+        // SAFETY: the block came from `Box::leak` of an `EmptyBlock<T>` in `new`, and its
+        // value was just moved out, so it is an empty block again.
         let block = unsafe { Box::from_raw(self.block.as_ptr().cast::<MaybeUninit<Block<T>>>()) };
-        value.bin().put(block);
-        // The value keeps its bin alive up to here (module docs).
-        drop(ManuallyDrop::into_inner(value));
+        RecycleBin::<T>::put(block);
+        drop(value);
     }
 }
 
@@ -155,83 +167,50 @@ mod tests {
 
     use super::*;
 
-    /// A value that counts its drops and owns (through an `Arc`) the bin it recycles into.
-    struct Counted {
-        home: Arc<Home>,
-    }
-    #[derive(Default)]
-    struct Home {
-        bin: RecycleBin<Counted>,
-        drops: AtomicUsize,
-    }
-    impl Recyclable for Counted {
-        fn bin(&self) -> &RecycleBin<Counted> {
-            &self.home.bin
-        }
-    }
+    /// A value that counts its drops.
+    struct Counted(Arc<AtomicUsize>);
     impl Drop for Counted {
         fn drop(&mut self) {
-            self.home.drops.fetch_add(1, Ordering::Relaxed);
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    std::thread_local! {
+        static COUNTED_BIN: RecycleBin<Counted> = const { RecycleBin::new() };
+    }
+    impl Recyclable for Counted {
+        fn bin() -> &'static LocalKey<RecycleBin<Counted>> {
+            &COUNTED_BIN
         }
     }
 
     #[test]
     fn the_value_drops_once_with_the_last_handle_and_its_block_is_reused() {
-        let home = Arc::new(Home::default());
-        let first = Recycled::new(Counted { home: home.clone() }, &home.bin);
+        let drops = Arc::new(AtomicUsize::new(0));
+        let first = Recycled::new(Counted(drops.clone()));
         let block = first.block;
         let second = first.clone();
         assert!(Recycled::ptr_eq(&first, &second));
         drop(first);
-        assert_eq!(home.drops.load(Ordering::Relaxed), 0);
+        assert_eq!(drops.load(Ordering::Relaxed), 0);
         drop(second);
-        assert_eq!(home.drops.load(Ordering::Relaxed), 1);
-        let next = Recycled::new(Counted { home: home.clone() }, &home.bin);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        let next = Recycled::new(Counted(drops.clone()));
         assert_eq!(next.block, block, "the binned block is reused");
+        assert!(!Recycled::ptr_eq(
+            &next,
+            &Recycled::new(Counted(drops.clone()))
+        ));
         drop(next);
-        assert_eq!(home.drops.load(Ordering::Relaxed), 2);
+        assert_eq!(drops.load(Ordering::Relaxed), 3);
     }
 
-    /// The last handle may hold the last reference to the bin's owner: the block must be
-    /// binned while the owner lives (the owner checks, as it drops, that the bin holds it).
-    #[test]
-    fn the_last_handle_may_outlive_everything_else_that_owns_its_bin() {
-        struct Owner {
-            bin: RecycleBin<Owned>,
-            dropped: Arc<AtomicUsize>,
-        }
-        impl Drop for Owner {
-            fn drop(&mut self) {
-                assert!(self.bin.0.take().is_some(), "the block was binned before");
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        struct Owned(Arc<Owner>);
-        impl Recyclable for Owned {
-            fn bin(&self) -> &RecycleBin<Owned> {
-                &self.0.bin
-            }
-        }
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let owner = Arc::new(Owner {
-            bin: RecycleBin::default(),
-            dropped: dropped.clone(),
-        });
-        let handle = Recycled::new(Owned(owner.clone()), &owner.bin);
-        drop(owner);
-        drop(handle);
-        assert_eq!(
-            dropped.load(Ordering::Relaxed),
-            1,
-            "the owner dropped with the value"
-        );
-    }
-
+    /// Handles dropped on other threads (which bin or deallocate the block there, and whose
+    /// bins deallocate theirs at exit: checked for leaks under valgrind) drop the value once.
     #[test]
     fn handles_dropped_on_many_threads_drop_the_value_once() {
-        let home = Arc::new(Home::default());
+        let drops = Arc::new(AtomicUsize::new(0));
         for _ in 0..100 {
-            let handle = Recycled::new(Counted { home: home.clone() }, &home.bin);
+            let handle = Recycled::new(Counted(drops.clone()));
             std::thread::scope(|s| {
                 for _ in 0..4 {
                     let mine = handle.clone();
@@ -240,6 +219,6 @@ mod tests {
             });
             drop(handle);
         }
-        assert_eq!(home.drops.load(Ordering::Relaxed), 100);
+        assert_eq!(drops.load(Ordering::Relaxed), 100);
     }
 }

@@ -1,8 +1,8 @@
 //! Trampolines: handles to emitted code and their lifecycle.
 //!
 //! # Lifecycle
-//! A [`Trampoline`] is a cheap clonable handle (a reference count, in a heap block the `Jit`
-//! reuses: `recycled.rs`). Its code is freed when the last
+//! A [`Trampoline`] is a cheap clonable handle (a reference count, in a heap block that is
+//! reused: `recycled.rs`). Its code is freed when the last
 //! handle drops, and *how* depends on whether code could ever have reached it:
 //! - never installed in a site and never the target of a forwarding trampoline: nobody can be
 //!   executing it (calling [`Trampoline::addr`] directly requires holding a handle), so the slot is
@@ -23,6 +23,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use crate::arch::{self, FrameRows};
 use crate::assembler::Assembler;
@@ -102,7 +103,7 @@ pub struct Trampoline {
 }
 
 /// What a [`Trampoline`] handle shares.
-pub(crate) struct TrampolineInner {
+struct TrampolineInner {
     core: Arc<JitCore>,
     id: u64,
     slot: Slot,
@@ -127,12 +128,13 @@ impl Trampoline {
     /// the code needs another slot size, `emit` runs again at a slot of the right size, and
     /// both passes must produce the same length.
     ///
-    /// `emit` returns the frame rows of code that calls out (a hook-calling forwarding body),
-    /// `None` otherwise; with the `Jit`'s unwind information on, the rows are registered
+    /// `emit` sets its third argument (`None` when it is called) to the frame rows of code that
+    /// calls out (a hook-calling forwarding body); with the `Jit`'s unwind information on, the
+    /// rows are registered
     /// after the code is written and before the handle exists (`unwind.rs`).
     pub(crate) fn emit(
         core: &Arc<JitCore>,
-        emit: &dyn Fn(&mut Assembler, usize) -> Option<FrameRows>,
+        emit: &dyn Fn(&mut Assembler, usize, &mut Option<FrameRows>),
         len: Option<usize>,
         data: CodeData,
         keepalive: Option<Trampoline>,
@@ -146,21 +148,27 @@ impl Trampoline {
     }
 
     /// [`emit`](Self::emit) with the assembler `ops`.
+    #[inline(always)]
     fn emit_with(
         core: &Arc<JitCore>,
         ops: &mut Assembler,
-        emit: &dyn Fn(&mut Assembler, usize) -> Option<FrameRows>,
+        emit: &dyn Fn(&mut Assembler, usize, &mut Option<FrameRows>),
         len: Option<usize>,
         data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
         let mem = &core.mem;
+        // The frame rows of the last pass, written in place: returned by value, the mostly
+        // empty `Option` was copied whole, and the copy's wide loads of narrow stores cost
+        // more than assembling the code (store-to-load forwarding fails).
+        let mut rows = None;
         let mut assemble = |addr: usize| {
             ops.rebase(addr);
-            let rows = emit(ops, addr);
+            rows = None;
+            emit(ops, addr, &mut rows);
             ops.commit()
                 .map_err(|e| JitError::Assemble(e.to_string()))?;
-            Ok::<_, JitError>((ops.code().len(), rows))
+            Ok::<_, JitError>(ops.code().len())
         };
         let mut unfinished = Unfinished(mem, None);
         let first = match len {
@@ -170,13 +178,13 @@ impl Trampoline {
                     // Custom code, assembled at a guessed slot: kept if its size class fits.
                     Some(slot) => {
                         unfinished.1 = Some(slot);
-                        let (len, rows) = assemble(slot.addr)?;
+                        let len = assemble(slot.addr)?;
                         if mem.slot_size(len)? == slot.size {
                             return Self::finish(
                                 core,
                                 unfinished,
                                 ops.code(),
-                                rows,
+                                rows.as_ref(),
                                 data,
                                 keepalive,
                             );
@@ -186,7 +194,7 @@ impl Trampoline {
                     }
                     // No slot of the guessed size without mapping a chunk: a sizing pass at
                     // the reservation's base.
-                    None => assemble(mem.range().0)?.0,
+                    None => assemble(mem.range().0)?,
                 };
                 core.custom_len_hint.store(len, Ordering::Relaxed);
                 len
@@ -194,20 +202,21 @@ impl Trampoline {
         };
         let slot = mem.alloc(first)?;
         unfinished.replace(Some(slot));
-        let (second, rows) = assemble(slot.addr)?;
+        let second = assemble(slot.addr)?;
         if second != first {
             return Err(JitError::EmitLengthChanged { first, second });
         }
-        Self::finish(core, unfinished, ops.code(), rows, data, keepalive)
+        Self::finish(core, unfinished, ops.code(), rows.as_ref(), data, keepalive)
     }
 
     /// Writes the assembled `bytes` into the slot `unfinished` holds, registers their unwind
     /// rows, and returns the handle (the end of [`emit`](Self::emit)).
+    #[inline(always)]
     fn finish(
         core: &Arc<JitCore>,
         mut unfinished: Unfinished<'_>,
         bytes: &[u8],
-        rows: Option<FrameRows>,
+        rows: Option<&FrameRows>,
         mut data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
@@ -226,7 +235,7 @@ impl Trampoline {
                     &arch::CIE,
                     slot.addr,
                     bytes.len(),
-                    &arch::cfa_program(&rows),
+                    &arch::cfa_program(rows),
                 )
             });
             mem.stats().unwind_registered();
@@ -235,19 +244,16 @@ impl Trampoline {
         let id = next_id();
         core.profiling.code_loaded("code", id, slot.addr, bytes);
         Ok(Trampoline {
-            inner: Recycled::new(
-                TrampolineInner {
-                    core: core.clone(),
-                    id,
-                    slot,
-                    len: bytes.len(),
-                    data: (!data.is_empty()).then(|| Box::new(data)),
-                    state: AtomicU64::new(0),
-                    disposition: AtomicU8::new(DISPOSE_NORMAL),
-                    _keepalive: keepalive,
-                },
-                &core.handles,
-            ),
+            inner: Recycled::new(TrampolineInner {
+                core: core.clone(),
+                id,
+                slot,
+                len: bytes.len(),
+                data: (!data.is_empty()).then(|| Box::new(data)),
+                state: AtomicU64::new(0),
+                disposition: AtomicU8::new(DISPOSE_NORMAL),
+                _keepalive: keepalive,
+            }),
         })
     }
 
@@ -363,9 +369,14 @@ impl fmt::Debug for Trampoline {
     }
 }
 
+thread_local! {
+    /// This thread's spare handle block (`recycled.rs`).
+    static HANDLE_BIN: RecycleBin<TrampolineInner> = const { RecycleBin::new() };
+}
+
 impl Recyclable for TrampolineInner {
-    fn bin(&self) -> &RecycleBin<Self> {
-        &self.core.handles
+    fn bin() -> &'static LocalKey<RecycleBin<Self>> {
+        &HANDLE_BIN
     }
 }
 
