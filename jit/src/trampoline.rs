@@ -21,7 +21,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::LocalKey;
 
@@ -38,12 +38,12 @@ use crate::unwind::UnwindRegistration;
 const RETIRED: u64 = 1 << 63;
 /// Set once code may have reached the trampoline (installed, or targeted by a forwarding one).
 const REACHABLE: u64 = 1 << 62;
+/// Set by [`Retired::leak`]: the code is never freed (wins over [`RECLAIM_NOW`]).
+const LEAK: u64 = 1 << 61;
+/// Set by [`Retired::reclaim_now`]: the code is freed without a grace period.
+const RECLAIM_NOW: u64 = 1 << 60;
 /// Number of sites the trampoline is installed in.
-const INSTALLS: u64 = REACHABLE - 1;
-
-const DISPOSE_NORMAL: u8 = 0;
-const DISPOSE_LEAK: u8 = 1;
-const DISPOSE_IMMEDIATE: u8 = 2;
+const INSTALLS: u64 = RECLAIM_NOW - 1;
 
 /// The next unused block of trampoline ids (see [`next_id`]).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -111,8 +111,10 @@ struct TrampolineInner {
     /// Boxed only when there is any (`CodeData::is_empty`): plain custom code carries none,
     /// and a smaller handle is cheaper to create and to retire.
     data: Option<Box<CodeData>>,
+    /// [`RETIRED`], [`REACHABLE`], how to dispose of the code ([`LEAK`], [`RECLAIM_NOW`]) and
+    /// the [`INSTALLS`] count, in one word (a separate byte cost a store-forwarding stall when
+    /// the handle was built).
     state: AtomicU64,
-    disposition: AtomicU8,
     /// A forwarding target; dropped after this trampoline's own free has been deferred.
     _keepalive: Option<Trampoline>,
 }
@@ -251,7 +253,6 @@ impl Trampoline {
                 len: bytes.len(),
                 data: (!data.is_empty()).then(|| Box::new(data)),
                 state: AtomicU64::new(0),
-                disposition: AtomicU8::new(DISPOSE_NORMAL),
                 _keepalive: keepalive,
             }),
         })
@@ -391,24 +392,21 @@ impl Drop for TrampolineInner {
         );
         let slot = self.slot;
         let data = self.data.take();
-        match *self.disposition.get_mut() {
-            DISPOSE_LEAK => {
-                // The code stays mapped for the life of the process: keep the code memory (and
-                // the heap memory the code references) alive forever.
-                let mem = &self.core.mem;
-                mem.stats().leaked(retired.then_some(slot.size));
-                std::mem::forget(data);
-                std::mem::forget(Arc::clone(mem));
-            }
-            disposition => {
-                let free = CodeFree::trampoline(slot, data, retired);
-                if state & REACHABLE == 0 || disposition == DISPOSE_IMMEDIATE {
-                    // SAFETY: the code was never reachable (nothing can be inside it), or
-                    // the `reclaim_now` caller promised that nothing is.
-                    unsafe { free.run(&self.core.mem) };
-                } else {
-                    self.core.retirement.defer_free(free);
-                }
+        if state & LEAK != 0 {
+            // The code stays mapped for the life of the process: keep the code memory (and
+            // the heap memory the code references) alive forever.
+            let mem = &self.core.mem;
+            mem.stats().leaked(retired.then_some(slot.size));
+            std::mem::forget(data);
+            std::mem::forget(Arc::clone(mem));
+        } else {
+            let free = CodeFree::trampoline(slot, data, retired);
+            if state & (REACHABLE | RECLAIM_NOW) != REACHABLE {
+                // SAFETY: the code was never reachable (nothing can be inside it), or
+                // the `reclaim_now` caller promised that nothing is.
+                unsafe { free.run(&self.core.mem) };
+            } else {
+                self.core.retirement.defer_free(free);
             }
         }
         // `_keepalive` drops after this, so a forwarding target's free is deferred after ours.
@@ -463,10 +461,7 @@ impl Retired {
     /// Never frees the code: it stays mapped (and counted in `retired` and `leaked`) for the life
     /// of the process, even after the `Jit` drops.
     pub fn leak(self) {
-        self.tramp
-            .inner
-            .disposition
-            .store(DISPOSE_LEAK, Ordering::Relaxed);
+        self.tramp.inner.state.fetch_or(LEAK, Ordering::Relaxed);
     }
 
     /// Frees the code as soon as the last handle drops (now, if this is the last one), without a
@@ -475,10 +470,12 @@ impl Retired {
     /// # Safety
     /// When the last handle of the trampoline drops, no thread may be executing it or be about to
     /// (through a site that was swapped, or through a forwarding trampoline that targets it).
+    /// If [`leak`](Self::leak) was called on another `Retired` of the same trampoline (it was
+    /// swapped out of several sites), the code is leaked.
     pub unsafe fn reclaim_now(self) {
         self.tramp
             .inner
-            .disposition
-            .store(DISPOSE_IMMEDIATE, Ordering::Relaxed);
+            .state
+            .fetch_or(RECLAIM_NOW, Ordering::Relaxed);
     }
 }
