@@ -132,8 +132,8 @@ impl Trampoline {
     ///
     /// `emit` sets its third argument (`None` when it is called) to the frame rows of code that
     /// calls out (a hook-calling forwarding body); with the `Jit`'s unwind information on, the
-    /// rows are registered
-    /// after the code is written and before the handle exists (`unwind.rs`).
+    /// rows are registered after the code is written and before the handle exists
+    /// (`unwind.rs`).
     pub(crate) fn emit(
         core: &Arc<JitCore>,
         emit: &dyn Fn(&mut Assembler, usize, &mut Option<FrameRows>),

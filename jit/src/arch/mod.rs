@@ -64,6 +64,9 @@
 //! **Traps.** [`fill_traps`] fills freed code (a call into it faults at once);
 //! [`fill_padding`] fills the unused bytes after emitted code.
 //!
+//! **Writes.** [`prefetch_for_write`] asks for a cache line the caller is about to write
+//! (the allocator's new slot) in a writable state, a hint that may do nothing.
+//!
 //! **Instruction-stream coherence.** [`flush_icache`] makes written code visible to
 //! instruction fetch (a no-op where fetch is coherent with stores), and
 //! [`sync_core_policy`] is the one place that decides when every core must also be
@@ -91,8 +94,9 @@ compile_error!(
 
 pub(crate) use self::imp::{
     cfa_program, emit_constant_return, emit_forwarding, fill_padding, fill_traps, flush_icache,
-    forwarding_len, init_tick_clock, site_patch_word, site_stub_image, site_stub_layout,
-    sync_core_policy, ticks_to_ns, FrameRows, Relocation, CIE, CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
+    forwarding_len, init_tick_clock, prefetch_for_write, site_patch_word, site_stub_image,
+    site_stub_layout, sync_core_policy, ticks_to_ns, FrameRows, Relocation, CIE,
+    CONSTANT_RETURN_LEN, MAX_CODE_SPAN,
 };
 pub use self::imp::{HookArgs, ReturnValues};
 
@@ -185,6 +189,7 @@ const _: () = {
     let _: fn(&mut [u8]) = fill_traps;
     let _: fn(&mut [u8]) = fill_padding;
     let _: fn(usize, usize) = flush_icache;
+    let _: fn(usize) = prefetch_for_write;
     let _: fn(bool) -> SyncCorePolicy = sync_core_policy;
     let _: usize = MAX_CODE_SPAN;
     let _: fn(&HookArgs) -> &[u64] = |args| &args.int_args;

@@ -382,6 +382,9 @@ impl CodeMemory {
             }
             class.current = Some(idx);
         }
+        // The slot is written next (after the code is assembled), and its line was last
+        // written by the thread that trap-filled it when it was freed: start moving it here.
+        arch::prefetch_for_write(write_addr);
         Ok(Some(Slot {
             addr: self.base + idx * self.chunk_size + offset,
             write_addr,

@@ -230,6 +230,22 @@ pub(crate) fn flush_icache(addr: usize, len: usize) {
     let _ = (addr, len);
 }
 
+/// Asks for the cache line at `addr` in a writable state (`prefetchw`), so that a store to it
+/// soon after does not wait for the line to come from another core.
+#[inline]
+pub(crate) fn prefetch_for_write(addr: usize) {
+    // SAFETY: a prefetch never faults (an unmapped or protected address is ignored), changes
+    // no memory, register or flag, and is a no-op on cores without PRFCHW (the encoding is a
+    // NOP there).
+    unsafe {
+        std::arch::asm!(
+            "prefetchw [{addr}]",
+            addr = in(reg) addr,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+}
+
 /// x86-64 needs no core serialization for code at addresses no thread can have fetched since
 /// they were last written (which the grace period guarantees), so it is only done when the
 /// user opts in (`JitBuilder::sync_core`): after new code, and after a direct patch, the one
