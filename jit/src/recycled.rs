@@ -10,10 +10,10 @@
 //! of allocating one. A bin holds one block; a block that finds it full is deallocated. A
 //! patcher that retires as fast as it emits therefore allocates no handle at all in its
 //! steady state: each retirement's last drop bins the block the next emission takes. This
-//! saves the allocator's malloc and free per trampoline (about 130 of 1200 instructions per
-//! retire under callgrind: `benches/retire_path.rs`), and, the bin being thread-local, it
-//! costs no atomic operation either (a one-slot `AtomicCell` shared by the `Jit` cost two
-//! swaps, each a full barrier that waits for the code bytes just stored).
+//! saves the allocator's malloc and free per trampoline (about 140 of 1250 instructions per
+//! retire under callgrind: `benches/retire_path.rs`). The bin is a thread-local, so taking
+//! and putting a block are plain moves; and a bin that belongs to no `Jit` cannot outlive
+//! or be outlived by one.
 //!
 //! A block is plain memory of `Block<T>`'s layout, owned by whichever thread holds it: one
 //! allocated on one thread may be binned and reused on another, and a bin deallocates its
