@@ -291,3 +291,74 @@ fn offline_inside_yielding_code_keeps_the_task_online() {
     );
     assert!(eventually(|| gp.poll(&cookie)));
 }
+
+/// A sealed batch of code frees: `(range, ran)` items; the part a parked task references is
+/// split off and held.
+struct CodeBatch(Vec<(std::ops::Range<usize>, Arc<AtomicBool>)>);
+
+impl tramway_runtime::grace::CallbackBatch for CodeBatch {
+    fn seal(&mut self) {}
+
+    fn split_referenced(
+        &mut self,
+        referenced: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Option<Box<dyn tramway_runtime::grace::CallbackBatch>> {
+        let (held, free) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(code, _)| referenced(code.start, code.end));
+        self.0 = free;
+        (!held.is_empty()).then(|| Box::new(CodeBatch(held)) as _)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn run(self: Box<Self>) {
+        for (_, ran) in &self.0 {
+            assert!(!ran.swap(true, Ordering::SeqCst), "an item ran twice");
+        }
+    }
+}
+
+/// A batch whose every item is held runs once, as its held part: no empty part is run and
+/// counted besides it. A batch split in two counts two runs.
+#[test]
+fn a_batch_held_whole_counts_one_run_and_a_split_batch_two() {
+    let _body = CodeRange::register(range_of(&BODY).start, 64).unwrap();
+    let _other = CodeRange::register(range_of(&OTHER).start, 64).unwrap();
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    let (p, task) = park_inside_body(&rt);
+    assert!(eventually(|| rt.stats().tasks_with_code_refs == 1));
+
+    let item = |code| (code, Arc::new(AtomicBool::new(false)));
+    let whole = vec![item(range_of(&BODY)), item(range_of(&BODY))];
+    let split = vec![item(range_of(&BODY)), item(range_of(&OTHER))];
+    let flags: Vec<_> = whole.iter().chain(&split).map(|(_, f)| f.clone()).collect();
+    let before = gp.stats();
+    gp.call_batch(Box::new(CodeBatch(whole)));
+    gp.call_batch(Box::new(CodeBatch(split)));
+    gp.barrier();
+    gp.synchronize();
+    gp.barrier();
+    // Only the split batch's OTHER item ran; the rest is held under the parked task.
+    let ran: Vec<bool> = flags.iter().map(|f| f.load(Ordering::SeqCst)).collect();
+    assert_eq!(ran, [false, false, false, true]);
+    let held = gp.stats();
+    assert_eq!(held.callbacks_run - before.callbacks_run, 1, "{held:?}");
+    assert_eq!(held.callbacks_held_now, 2, "{held:?}");
+
+    p.release.notify_one();
+    task.join().unwrap();
+    assert!(eventually(|| flags
+        .iter()
+        .all(|f| f.load(Ordering::SeqCst))));
+    assert!(eventually(|| gp.stats().callbacks_held_now == 0));
+    let after = gp.stats();
+    assert_eq!(
+        after.callbacks_run - before.callbacks_run,
+        3,
+        "whole batch once, split batch twice: {after:?}"
+    );
+}

@@ -245,6 +245,10 @@ impl CallbackBatch for QueuedFrees {
         })
     }
 
+    fn is_empty(&self) -> bool {
+        self.frees.is_empty()
+    }
+
     fn run(mut self: Box<Self>) {
         let mut frees = std::mem::take(&mut self.frees);
         let n = frees.len() as u64;

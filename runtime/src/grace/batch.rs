@@ -52,6 +52,16 @@ pub trait CallbackBatch: Send + 'static {
         referenced: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Option<Box<dyn CallbackBatch>>;
 
+    /// Whether no item is left in the batch, asked after [`split_referenced`] moved items
+    /// out: an emptied batch is dropped, not run, so that `GraceStats::callbacks_run` counts
+    /// the held part of a batch once, not an empty part as well. The default, `false`, keeps
+    /// every part.
+    ///
+    /// [`split_referenced`]: CallbackBatch::split_referenced
+    fn is_empty(&self) -> bool {
+        false
+    }
+
     /// Runs (frees) every item, on the domain's driver thread, after the GP and once no
     /// parked task references the items' code.
     fn run(self: Box<Self>);

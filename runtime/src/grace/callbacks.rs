@@ -76,9 +76,16 @@ impl Callback {
             Callback::Closure { .. } => (Some(self), None),
             Callback::Batch(mut b) => {
                 match catch_unwind(AssertUnwindSafe(|| {
-                    b.split_referenced(&mut |s, e| refs.hits(s, e))
+                    let held = b.split_referenced(&mut |s, e| refs.hits(s, e));
+                    (held, b.is_empty())
                 })) {
-                    Ok(held) => (Some(Callback::Batch(b)), held.map(Callback::Batch)),
+                    Ok((held, false)) => (Some(Callback::Batch(b)), held.map(Callback::Batch)),
+                    Ok((held, true)) => {
+                        // Everything was held: nothing to run or count (a panicking drop of
+                        // the empty part is caught, as a panicking callback would be).
+                        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
+                        (None, held.map(Callback::Batch))
+                    }
                     Err(_) => {
                         // Leaked before the log: a subscriber may panic in it.
                         std::mem::forget(b);
