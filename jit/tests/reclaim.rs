@@ -122,3 +122,45 @@ fn dropping_the_jit_unmaps_everything_through_grace_periods() {
     );
     assert_eq!(s.reclaimed, s.emitted);
 }
+
+/// Panics when dropped (stands for a hook's captured state with a faulty destructor).
+struct PanicsOnDrop;
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("a hook's captured state panicked in its destructor (expected by this test)");
+    }
+}
+
+/// Memory that retired code referenced (a probe hook) is dropped by the batch that frees the
+/// code, on the grace-period driver. If that drop panics, the code is freed all the same and
+/// counted as reclaimed: no phantom retired bytes are left for the backlog bound, and
+/// `Jit::barrier` does not wait for frees that ran.
+#[test]
+fn a_panicking_drop_of_referenced_memory_still_counts_the_free() {
+    use tramway::jit::probe::{ProbeHook, Probes};
+    let (_rt, gp, jit) = setup(1);
+    let target = jit.constant_return(7).unwrap();
+    let probes = Probes::new(&jit);
+    let site = probes.site(SiteKind::Indirect, &target).unwrap();
+    let guard = PanicsOnDrop;
+    let probe = probes
+        .attach(
+            &site,
+            ProbeHook::new(move |_| {
+                let _ = &guard;
+            }),
+        )
+        .unwrap();
+    probes.detach(&probe).unwrap();
+    drop(probe);
+    let panicked_before = gp.stats().callbacks_panicked;
+    jit.barrier();
+    assert!(
+        gp.stats().callbacks_panicked > panicked_before,
+        "the hook's drop ran (and panicked) in a batch"
+    );
+    let stats = jit.stats();
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!(stats.retired, 0, "{stats:?}");
+    assert_eq!(stats.retired_bytes, 0, "{stats:?}");
+}

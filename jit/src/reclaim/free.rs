@@ -92,8 +92,10 @@ impl CodeFree {
         let data = tally.take_apart(&mut self);
         // SAFETY: the caller's contract; the slot's unwind information is deregistered.
         unsafe { mem.free(self.slot) };
-        drop(data);
+        // Counted before the referenced memory drops: a destructor in it that panics must
+        // not leave the free uncounted (retired bytes the backlog bound would go on seeing).
         tally.count(mem);
+        drop(data);
     }
 
     /// Leaks the free: the code stays mapped, and the memory it references stays allocated.
@@ -143,11 +145,14 @@ impl Tally {
 
 /// Runs `frees` (see [`CodeFree::run`]) and leaves the vector empty (its capacity kept):
 /// every unwind deregistration first, then the slots (one allocator lock per 64), then the
-/// referenced memory and the counters.
+/// counters. Returns the referenced memory, for the caller to drop once it has done its own
+/// counting: a destructor in it may panic, and must not lose any count.
 ///
 /// # Safety
 /// As [`CodeFree::run`], for each free.
-unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) {
+#[must_use = "the referenced memory is to be dropped after the caller's counting"]
+#[allow(clippy::vec_box, reason = "the frees' own boxes, moved rather than unboxed")]
+unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) -> Vec<Box<CodeData>> {
     let mut tally = Tally::default();
     let mut slots = Vec::with_capacity(frees.len());
     let mut datas = Vec::new();
@@ -157,8 +162,19 @@ unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) {
     }
     // SAFETY: the caller's contract; the unwind information of these slots is deregistered.
     unsafe { mem.free_all(&slots) };
-    drop(datas);
     tally.count(mem);
+    datas
+}
+
+/// Takes `.1` frees off the pending count `.0` when dropped: after the referenced memory,
+/// which is dropped before it, also if a destructor in that memory panics (a free that ran
+/// but stayed pending would make `Retirement::drain` wait for it in vain).
+pub(crate) struct RanOnDrop<'a>(pub(crate) &'a AtomicU64, pub(crate) u64);
+
+impl Drop for RanOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Release);
+    }
 }
 
 /// The largest batch vector kept for reuse (in frees; about 1.5 MiB): a burst larger than
@@ -254,14 +270,15 @@ impl CallbackBatch for QueuedFrees {
         let n = frees.len() as u64;
         // SAFETY: the grace domain runs a batch after the GP that sealed it, and only the
         // frees that no parked task references (`CallbackBatch`); each batch runs once.
-        unsafe { run_all(&mut frees, &self.mem) };
-        self.pending.fetch_sub(n, Ordering::Release);
+        let referenced = unsafe { run_all(&mut frees, &self.mem) };
         if frees.capacity() <= MAX_SPARE_FREES {
             let mut open = lock(&self.open);
             if open.spare.capacity() < frees.capacity() {
                 open.spare = frees;
             }
         }
+        let _ran = RanOnDrop(&self.pending, n);
+        drop(referenced);
     }
 }
 

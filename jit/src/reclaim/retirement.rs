@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::free::{CodeFree, OpenFrees, QueuedFrees};
+use super::free::{CodeFree, OpenFrees, QueuedFrees, RanOnDrop};
 use super::{collect, Deferred, Reclaim};
 use crate::code_memory::CodeMemory;
 
@@ -115,10 +115,10 @@ impl Retirement {
         let mem = Arc::clone(&self.mem);
         let pending = Arc::clone(&self.pending_frees);
         Box::new(move || {
+            let _ran = RanOnDrop(&pending, 1);
             // SAFETY: a reclaimer runs a deferred callback once, after its grace period and
             // once no parked task references its range (the `Reclaim` contract).
             unsafe { free.run(&mem) };
-            pending.fetch_sub(1, Ordering::Release);
         })
     }
 
