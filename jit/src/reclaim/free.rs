@@ -151,7 +151,10 @@ impl Tally {
 /// # Safety
 /// As [`CodeFree::run`], for each free.
 #[must_use = "the referenced memory is to be dropped after the caller's counting"]
-#[allow(clippy::vec_box, reason = "the frees' own boxes, moved rather than unboxed")]
+#[allow(
+    clippy::vec_box,
+    reason = "the frees' own boxes, moved rather than unboxed"
+)]
 unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) -> Vec<Box<CodeData>> {
     let mut tally = Tally::default();
     let mut slots = Vec::with_capacity(frees.len());

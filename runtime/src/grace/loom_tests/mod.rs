@@ -16,9 +16,10 @@
 //!
 //! A second model checks liveness of the wake-up protocol: a grace period that waits for a
 //! registered thread parks expecting its wake-up, which under loom is a plain `park`, so a
-//! lost wake-up is a deadlock loom reports (`wake_model`, with a thread that reports
-//! `quiescent()` or goes `offline()`; without the fence before `offline()` reads the request,
-//! loom finds the deadlock too).
+//! lost wake-up is a deadlock loom reports (`wake.rs`, with a thread that reports
+//! `quiescent()`, goes `offline()`, blocks in an offline guard or unregisters; without the
+//! fence before `offline()` reads the request, or with an unregistration that does not go
+//! offline first, loom finds the deadlock too).
 //!
 //! Controls inject a fault and must be caught: the thread's second read of a wake request
 //! dropped (in `qs/transitions.rs`; run in a child process, as loom aborts after reporting
@@ -33,6 +34,10 @@
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+mod wake;
+
+pub(in crate::grace) use self::wake::snapshot_taken;
 
 use super::driver::Engine;
 use super::{GraceConfig, GraceDomain};
@@ -136,7 +141,7 @@ const OLD_CODE: (usize, usize) = (0x1000, 0x1040);
 
 /// A model checker bounded to [`PREEMPTION_BOUND`] preemptions (unless
 /// `LOOM_MAX_PREEMPTIONS` says otherwise).
-fn model_builder() -> loom::model::Builder {
+pub(super) fn model_builder() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
         builder.preemption_bound = Some(PREEMPTION_BOUND);
@@ -146,7 +151,7 @@ fn model_builder() -> loom::model::Builder {
 
 /// A registry of `workers` fake workers and a grace domain over it, with its driver: no
 /// callback delay, and no stall report within a model.
-fn model_domain(workers: usize) -> (Arc<QsRegistry>, GraceDomain) {
+pub(super) fn model_domain(workers: usize) -> (Arc<QsRegistry>, GraceDomain) {
     let registry = Arc::new(QsRegistry::new(workers));
     let config = GraceConfig::default()
         .callback_delay(Duration::ZERO)
@@ -259,9 +264,8 @@ fn model(reader_kind: ReaderKind, free: Free) {
                 // Ranged: it may be held back (then the barrier does not wait for it). The
                 // reader checks that it never runs while the reader is inside the old code.
                 let f = Arc::clone(&freed);
-                domain.call_for_code(&[OLD_CODE.0..OLD_CODE.1], move || {
-                    f.store(true, Ordering::Release)
-                });
+                let old_code = std::slice::from_ref(&(OLD_CODE.0..OLD_CODE.1));
+                domain.call_for_code(old_code, move || f.store(true, Ordering::Release));
                 domain.barrier();
             }
             Free::InOpenBatch => {
@@ -332,129 +336,6 @@ fn loom_a_task_parked_inside_yielding_code_keeps_the_code_its_stack_points_into(
 fn loom_control_code_references_published_after_the_cell_store_are_missed() {
     qs::PUBLISH_CODE_REFS_LATE.with(|f| f.set(true));
     model(ReaderKind::ParkedInCode, Free::InCodeCallback);
-}
-
-std::thread_local! {
-    /// The wake-up model runs (per test, as the fault-injection flags): the hook below then
-    /// signals its reader.
-    static WAKE_MODEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-loom::lazy_static! {
-    /// Set once the wake-up model's grace period has snapshotted the readers (fresh in every
-    /// execution).
-    static ref SNAPSHOT_TAKEN: AtomicBool = AtomicBool::new(false);
-}
-
-/// The hook `tasks::wait_for_readers` calls right after its reader snapshot.
-pub(super) fn snapshot_taken() {
-    if WAKE_MODEL.with(std::cell::Cell::get) {
-        SNAPSHOT_TAKEN.store(true, Ordering::Release);
-    }
-}
-
-/// How the wake-up model's thread ends the grace period's wait for it.
-#[derive(Clone, Copy)]
-enum Report {
-    /// `quiescent()`, then it blocks online.
-    Quiescent,
-    /// `offline()`, then it blocks offline.
-    Offline,
-}
-
-/// The wake-up protocol, for liveness: a registered thread that the grace period has
-/// snapshotted online reports once (`quiescent()` or `offline()`) and then blocks until the
-/// updater's `synchronize()` returns. The updater's grace period waits for that one report;
-/// its reader is a registered thread, so it parks expecting the thread's wake-up
-/// (`primitive::thread::park_expecting_unpark`, a plain `park` under loom). A wake-up the
-/// protocol can lose is a deadlock, which loom reports.
-fn wake_model(report: Report) {
-    WAKE_MODEL.with(|on| on.set(true));
-    let mut builder = model_builder();
-    builder.max_branches = 100_000;
-    builder.check(move || {
-        let (registry, domain) = model_domain(1);
-        let registered = Arc::new(AtomicBool::new(false));
-        let done = Arc::new((
-            crate::primitive::Mutex::new(false),
-            crate::primitive::Condvar::new(),
-        ));
-        let reader = {
-            let (registry, registered, done) = (
-                Arc::clone(&registry),
-                Arc::clone(&registered),
-                Arc::clone(&done),
-            );
-            loom::thread::spawn(move || {
-                let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
-                registered.store(true, Ordering::Release);
-                while !SNAPSHOT_TAKEN.load(Ordering::Acquire) {
-                    loom::thread::yield_now();
-                }
-                match report {
-                    Report::Quiescent => reg.quiescent(),
-                    Report::Offline => reg.offline(),
-                }
-                let mut finished = crate::primitive::lock(&done.0);
-                while !*finished {
-                    finished = crate::primitive::wait(&done.1, finished);
-                }
-                drop(finished);
-                drop(reg);
-            })
-        };
-        while !registered.load(Ordering::Acquire) {
-            loom::thread::yield_now();
-        }
-        domain.synchronize();
-        *crate::primitive::lock(&done.0) = true;
-        done.1.notify_all();
-        reader.join().expect("reader");
-        drop(domain);
-    });
-}
-
-#[test]
-fn loom_a_grace_period_waiting_for_a_registered_thread_is_always_woken() {
-    wake_model(Report::Quiescent);
-}
-
-#[test]
-fn loom_a_grace_period_waiting_for_a_thread_that_goes_offline_is_always_woken() {
-    wake_model(Report::Offline);
-}
-
-/// The control: a thread that reads the wake request only before its fence can miss it
-/// while the grace period misses its report, and the waiter sleeps for good. loom reports
-/// the deadlock, then aborts while unwinding through the deadlocked threads' state, so the
-/// faulty model runs in a child process (the ignored test below) and must die saying so.
-#[test]
-fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
-    let child = "grace::loom_tests::faulty_wake_model_in_a_child_process";
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            child,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .expect("run the faulty model");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("deadlock; threads"),
-        "the model checker must find the lost wake-up (status {:?}):\n{stderr}",
-        out.status
-    );
-}
-
-/// The faulty model of the control above (run only as its child process).
-#[test]
-#[ignore = "run by loom_control_a_wake_request_read_only_before_the_fence_is_lost"]
-fn faulty_wake_model_in_a_child_process() {
-    qs::SKIP_LATE_WAKE_CHECK.with(|f| f.set(true));
-    wake_model(Report::Quiescent);
 }
 
 std::thread_local! {

@@ -1,0 +1,164 @@
+//! The wake-up model (see the parent module's docs): liveness of the protocol by which a
+//! registered thread's report wakes a grace period that waits for it. The grace period parks
+//! expecting the wake-up, a plain `park` under loom, so a lost wake-up is a deadlock loom
+//! reports. The thread ends the wait by `quiescent()`, `offline()`, an offline guard
+//! (`crate::offline`) or unregistering.
+
+use std::sync::atomic::Ordering;
+
+use super::{model_builder, model_domain};
+use crate::primitive::{Arc, AtomicBool};
+use crate::qs;
+
+std::thread_local! {
+    /// The wake-up model runs (per test, as the fault-injection flags): the hook below then
+    /// signals its reader.
+    static WAKE_MODEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+loom::lazy_static! {
+    /// Set once the wake-up model's grace period has snapshotted the readers (fresh in every
+    /// execution).
+    static ref SNAPSHOT_TAKEN: AtomicBool = AtomicBool::new(false);
+}
+
+/// The hook `tasks::wait_for_readers` calls right after its reader snapshot.
+pub(in crate::grace) fn snapshot_taken() {
+    if WAKE_MODEL.with(std::cell::Cell::get) {
+        SNAPSHOT_TAKEN.store(true, Ordering::Release);
+    }
+}
+
+/// How the wake-up model's thread ends the grace period's wait for it.
+#[derive(Clone, Copy)]
+enum Report {
+    /// `quiescent()`, then it blocks online.
+    Quiescent,
+    /// `offline()`, then it blocks offline.
+    Offline,
+    /// It blocks inside `crate::offline` (the offline guard), and comes back online after.
+    OfflineGuard,
+    /// It unregisters (drops its registration), then blocks.
+    Unregister,
+}
+
+/// The wake-up protocol, for liveness: a registered thread that the grace period has
+/// snapshotted online reports once (`quiescent()` or `offline()`) and then blocks until the
+/// updater's `synchronize()` returns. The updater's grace period waits for that one report;
+/// its reader is a registered thread, so it parks expecting the thread's wake-up
+/// (`primitive::thread::park_expecting_unpark`, a plain `park` under loom). A wake-up the
+/// protocol can lose is a deadlock, which loom reports.
+fn wake_model(report: Report) {
+    WAKE_MODEL.with(|on| on.set(true));
+    let mut builder = model_builder();
+    builder.max_branches = 100_000;
+    builder.check(move || {
+        let (registry, domain) = model_domain(1);
+        let registered = Arc::new(AtomicBool::new(false));
+        let done = Arc::new((
+            crate::primitive::Mutex::new(false),
+            crate::primitive::Condvar::new(),
+        ));
+        let reader = {
+            let (registry, registered, done) = (
+                Arc::clone(&registry),
+                Arc::clone(&registered),
+                Arc::clone(&done),
+            );
+            loom::thread::spawn(move || {
+                let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
+                registered.store(true, Ordering::Release);
+                while !SNAPSHOT_TAKEN.load(Ordering::Acquire) {
+                    loom::thread::yield_now();
+                }
+                let block_until_done = || {
+                    let mut finished = crate::primitive::lock(&done.0);
+                    while !*finished {
+                        finished = crate::primitive::wait(&done.1, finished);
+                    }
+                };
+                match report {
+                    Report::Quiescent => {
+                        reg.quiescent();
+                        block_until_done();
+                    }
+                    Report::Offline => {
+                        reg.offline();
+                        block_until_done();
+                    }
+                    Report::OfflineGuard => {
+                        crate::offline(block_until_done);
+                        assert!(reg.is_online(), "back online after the guard");
+                    }
+                    Report::Unregister => {
+                        drop(reg);
+                        block_until_done();
+                        return;
+                    }
+                }
+                drop(reg);
+            })
+        };
+        while !registered.load(Ordering::Acquire) {
+            loom::thread::yield_now();
+        }
+        domain.synchronize();
+        *crate::primitive::lock(&done.0) = true;
+        done.1.notify_all();
+        reader.join().expect("reader");
+        drop(domain);
+    });
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_registered_thread_is_always_woken() {
+    wake_model(Report::Quiescent);
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_thread_that_goes_offline_is_always_woken() {
+    wake_model(Report::Offline);
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_thread_in_an_offline_guard_is_always_woken() {
+    wake_model(Report::OfflineGuard);
+}
+
+#[test]
+fn loom_a_grace_period_waiting_for_a_thread_that_unregisters_is_always_woken() {
+    wake_model(Report::Unregister);
+}
+
+/// The control: a thread that reads the wake request only before its fence can miss it
+/// while the grace period misses its report, and the waiter sleeps for good. loom reports
+/// the deadlock, then aborts while unwinding through the deadlocked threads' state, so the
+/// faulty model runs in a child process (the ignored test below) and must die saying so.
+#[test]
+fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
+    let child = "grace::loom_tests::wake::faulty_wake_model_in_a_child_process";
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the faulty model");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("deadlock; threads"),
+        "the model checker must find the lost wake-up (status {:?}):\n{stderr}",
+        out.status
+    );
+}
+
+/// The faulty model of the control above (run only as its child process).
+#[test]
+#[ignore = "run by loom_control_a_wake_request_read_only_before_the_fence_is_lost"]
+fn faulty_wake_model_in_a_child_process() {
+    qs::SKIP_LATE_WAKE_CHECK.with(|f| f.set(true));
+    wake_model(Report::Quiescent);
+}
