@@ -164,3 +164,43 @@ fn a_panicking_drop_of_referenced_memory_still_counts_the_free() {
     assert_eq!(stats.retired, 0, "{stats:?}");
     assert_eq!(stats.retired_bytes, 0, "{stats:?}");
 }
+
+/// The same through a probe batch, whose retirements share one callback (`detach_all`): two
+/// panicking destructors in it neither abort the process (a second panic while unwinding from
+/// the first) nor leave the batch's other frees unrun.
+#[test]
+fn panicking_drops_in_one_probe_batch_leave_no_free_unrun() {
+    use tramway::jit::probe::{ProbeHook, Probes};
+    let (_rt, gp, jit) = setup(1);
+    let probes = Probes::new(&jit);
+    let sites: Vec<_> = (0..3)
+        .map(|i| {
+            let target = jit.constant_return(i).unwrap();
+            probes.site(SiteKind::Indirect, &target).unwrap()
+        })
+        .collect();
+    let attached: Vec<_> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| {
+            // The first two hooks panic when dropped; the third does not.
+            let guard = (i < 2).then(|| PanicsOnDrop);
+            probes
+                .attach(
+                    site,
+                    ProbeHook::new(move |_| {
+                        let _ = &guard;
+                    }),
+                )
+                .unwrap()
+        })
+        .collect();
+    probes.detach_all(&attached).unwrap();
+    drop(attached);
+    let panicked_before = gp.stats().callbacks_panicked;
+    jit.barrier();
+    assert!(gp.stats().callbacks_panicked > panicked_before);
+    let stats = jit.stats();
+    assert!(stats.balanced(), "{stats:?}");
+    assert_eq!((stats.retired, stats.retired_bytes), (0, 0), "{stats:?}");
+}

@@ -169,6 +169,22 @@ unsafe fn run_all(frees: &mut Vec<CodeFree>, mem: &CodeMemory) -> Vec<Box<CodeDa
     datas
 }
 
+/// Runs every one of `steps`, also those after one that panics, then resumes the first panic
+/// (a later one is dropped). A batch of frees runs its steps this way: one panicking destructor
+/// in memory a trampoline referenced must not leave the other frees unrun and uncounted, and
+/// a second panic while unwinding from the first would abort the process.
+pub(crate) fn run_each<F: FnOnce()>(steps: impl IntoIterator<Item = F>) {
+    let mut first_panic = None;
+    for step in steps {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+            first_panic.get_or_insert(payload);
+        }
+    }
+    if let Some(payload) = first_panic {
+        std::panic::resume_unwind(payload);
+    }
+}
+
 /// Takes `.1` frees off the pending count `.0` when dropped: after the referenced memory,
 /// which is dropped before it, also if a destructor in that memory panics (a free that ran
 /// but stayed pending would make `Retirement::drain` wait for it in vain).
@@ -281,7 +297,7 @@ impl CallbackBatch for QueuedFrees {
             }
         }
         let _ran = RanOnDrop(&self.pending, n);
-        drop(referenced);
+        run_each(referenced.into_iter().map(|data| move || drop(data)));
     }
 }
 

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::free::{CodeFree, OpenFrees, QueuedFrees, RanOnDrop};
+use super::free::{run_each, CodeFree, OpenFrees, QueuedFrees, RanOnDrop};
 use super::{collect, Deferred, Reclaim};
 use crate::code_memory::CodeMemory;
 
@@ -135,10 +135,7 @@ impl Retirement {
         self.reclaimer.defer_code(
             &code,
             Box::new(move || {
-                frees.into_iter().for_each(|(_, free)| free());
-                if let Some(then) = then {
-                    then();
-                }
+                run_each(frees.into_iter().map(|(_, free)| free).chain(then));
             }),
         );
     }
