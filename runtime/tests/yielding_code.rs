@@ -362,3 +362,72 @@ fn a_batch_held_whole_counts_one_run_and_a_split_batch_two() {
         "whole batch once, split batch twice: {after:?}"
     );
 }
+
+/// A held part that records being dropped.
+struct HeldPart(Arc<AtomicBool>);
+
+impl tramway_runtime::grace::CallbackBatch for HeldPart {
+    fn seal(&mut self) {}
+
+    fn split_referenced(
+        &mut self,
+        _referenced: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Option<Box<dyn tramway_runtime::grace::CallbackBatch>> {
+        None
+    }
+
+    fn run(self: Box<Self>) {}
+}
+
+impl Drop for HeldPart {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A batch that splits off a part and then panics when asked whether it is empty.
+struct PanicsInIsEmpty(Option<HeldPart>);
+
+impl tramway_runtime::grace::CallbackBatch for PanicsInIsEmpty {
+    fn seal(&mut self) {}
+
+    fn split_referenced(
+        &mut self,
+        _referenced: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Option<Box<dyn tramway_runtime::grace::CallbackBatch>> {
+        self.0.take().map(|part| Box::new(part) as _)
+    }
+
+    fn is_empty(&self) -> bool {
+        panic!("is_empty panics (expected by this test)");
+    }
+
+    fn run(self: Box<Self>) {}
+}
+
+/// A batch that panics in `is_empty` is leaked with the part it split off: that part may
+/// free code a parked task runs in, so it is never dropped. The domain goes on.
+#[test]
+fn a_batch_that_panics_in_is_empty_leaks_the_part_it_split_off() {
+    let _body = CodeRange::register(range_of(&BODY).start, 64).unwrap();
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let gp = GraceDomain::new(&rt, GraceConfig::default()).unwrap();
+    // A parked task's reference makes the domain split batches at all.
+    let (p, task) = park_inside_body(&rt);
+    assert!(eventually(|| rt.stats().tasks_with_code_refs == 1));
+    let dropped = Arc::new(AtomicBool::new(false));
+    gp.call_batch(Box::new(PanicsInIsEmpty(Some(HeldPart(dropped.clone())))));
+    gp.barrier();
+    gp.synchronize();
+    p.release.notify_one();
+    task.join().unwrap();
+    gp.barrier();
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "the split-off part was dropped"
+    );
+    let (ran, f) = flag();
+    gp.call(f);
+    gp.barrier();
+    assert!(ran.load(Ordering::SeqCst), "the domain goes on");
+}

@@ -34,8 +34,9 @@
 ///
 /// Implemented by the owner of the items (the JIT crate's code frees); queued with
 /// [`GraceDomain::call_batch`](super::GraceDomain::call_batch). A panic in any method is
-/// caught and logged; a batch that panicked in `seal` or `split_referenced` is leaked (never
-/// run, never dropped), one that panicked in `run` is counted as a panicked callback.
+/// caught and logged; a batch that panicked in `seal`, `split_referenced` or `is_empty` is
+/// leaked (never run, never dropped, nor is the part it split off), one that panicked in `run`
+/// is counted as a panicked callback.
 pub trait CallbackBatch: Send + 'static {
     /// Closes the batch: once this returns, no item may join it (new items go to a batch
     /// queued afterwards). Called exactly once per queued batch, under the grace domain's
@@ -52,10 +53,11 @@ pub trait CallbackBatch: Send + 'static {
         referenced: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Option<Box<dyn CallbackBatch>>;
 
-    /// Whether no item is left in the batch, asked after [`split_referenced`] moved items
-    /// out: an emptied batch is dropped, not run, so that `GraceStats::callbacks_run` counts
-    /// the held part of a batch once, not an empty part as well. The default, `false`, keeps
-    /// every part.
+    /// Whether no item is left in the batch, asked only after [`split_referenced`] moved
+    /// items out: an emptied batch is dropped, not run, so that `GraceStats::callbacks_run`
+    /// counts a batch held back whole once (as its held part), not an empty part as well. It
+    /// is dropped where the split happens: on the driver, or on an OS thread that runs the
+    /// grace period inline. The default, `false`, keeps every part.
     ///
     /// [`split_referenced`]: CallbackBatch::split_referenced
     fn is_empty(&self) -> bool {

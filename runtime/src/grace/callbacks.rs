@@ -76,15 +76,38 @@ impl Callback {
             Callback::Closure { .. } => (Some(self), None),
             Callback::Batch(mut b) => {
                 match catch_unwind(AssertUnwindSafe(|| {
-                    let held = b.split_referenced(&mut |s, e| refs.hits(s, e));
-                    (held, b.is_empty())
+                    b.split_referenced(&mut |s, e| refs.hits(s, e))
                 })) {
-                    Ok((held, false)) => (Some(Callback::Batch(b)), held.map(Callback::Batch)),
-                    Ok((held, true)) => {
-                        // Everything was held: nothing to run or count (a panicking drop of
-                        // the empty part is caught, as a panicking callback would be).
-                        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
-                        (None, held.map(Callback::Batch))
+                    Ok(None) => (Some(Callback::Batch(b)), None),
+                    Ok(Some(held)) => {
+                        // Held back until asked whether anything is left: a panic there must
+                        // leak the held part, not drop it (the trait's contract).
+                        let held = ManuallyDrop::new(held);
+                        match catch_unwind(AssertUnwindSafe(|| b.is_empty())) {
+                            Ok(false) => (
+                                Some(Callback::Batch(b)),
+                                Some(Callback::Batch(ManuallyDrop::into_inner(held))),
+                            ),
+                            Ok(true) => {
+                                // Everything was held: the empty part is dropped here, not
+                                // run or counted.
+                                if catch_unwind(AssertUnwindSafe(move || drop(b))).is_err() {
+                                    tracing::error!(
+                                        target: "tramway::grace",
+                                        "an emptied callback batch panicked when dropped"
+                                    );
+                                }
+                                (None, Some(Callback::Batch(ManuallyDrop::into_inner(held))))
+                            }
+                            Err(_) => {
+                                std::mem::forget(b);
+                                tracing::error!(
+                                    target: "tramway::grace",
+                                    "a callback batch panicked in is_empty: it is leaked"
+                                );
+                                (None, None)
+                            }
+                        }
                     }
                     Err(_) => {
                         // Leaked before the log: a subscriber may panic in it.
