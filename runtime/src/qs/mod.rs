@@ -147,4 +147,6 @@ pub(crate) use transitions::{
     OfflineGuard,
 };
 #[cfg(all(loom, test))]
-pub(crate) use transitions::{PUBLISH_CODE_REFS_LATE, SKIP_LATE_WAKE_CHECK};
+pub(crate) use transitions::{
+    PUBLISH_CODE_REFS_LATE, SKIP_LATE_WAKE_CHECK, SKIP_OFFLINE_AT_UNREGISTER,
+};

@@ -35,6 +35,10 @@ std::thread_local! {
     /// request only before its fence.
     pub(crate) static SKIP_LATE_WAKE_CHECK: std::cell::Cell<bool> =
         const { std::cell::Cell::new(false) };
+    /// Fault injection for a loom control: `unregister_thread` leaves the registry without
+    /// going offline first.
+    pub(crate) static SKIP_OFFLINE_AT_UNREGISTER: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
 }
 
 // ---- workers ----------------------------------------------------------------------------
@@ -251,7 +255,13 @@ pub(crate) fn unregister_thread(registry: &Arc<QsRegistry>, thread: &Arc<ThreadR
         reader::defer_to_section_end(unregister_current_thread);
         return;
     }
-    thread_offline(registry, thread);
+    #[cfg(all(loom, test))]
+    let skip_offline = SKIP_OFFLINE_AT_UNREGISTER.with(std::cell::Cell::get);
+    #[cfg(not(all(loom, test)))]
+    let skip_offline = false;
+    if !skip_offline {
+        thread_offline(registry, thread);
+    }
     registry.remove_thread(thread);
     if matches!(reader::current(), Reader::Thread { thread: t, .. } if std::ptr::eq(t, &**thread)) {
         reader::set(Reader::None);

@@ -22,8 +22,8 @@
 //! offline first, loom finds the deadlock too).
 //!
 //! Controls inject a fault and must be caught: the thread's second read of a wake request
-//! dropped (in `qs/transitions.rs`; run in a child process, as loom aborts after reporting
-//! a deadlock), the reader's barrier dropped (in
+//! dropped, and an unregistration that does not go offline (both in `qs/transitions.rs`;
+//! run in a child process, as loom aborts after reporting a deadlock), the reader's barrier dropped (in
 //! `qs/barrier.rs`), an open batch sealed when it runs instead of when its GP is claimed (in
 //! `callbacks.rs`), `synchronize` waiting for the grace period in progress instead of the
 //! next one (in `driver.rs`), the holdout wait skipped, an inactive cell trusted without the

@@ -130,13 +130,10 @@ fn loom_a_grace_period_waiting_for_a_thread_that_unregisters_is_always_woken() {
     wake_model(Report::Unregister);
 }
 
-/// The control: a thread that reads the wake request only before its fence can miss it
-/// while the grace period misses its report, and the waiter sleeps for good. loom reports
-/// the deadlock, then aborts while unwinding through the deadlocked threads' state, so the
-/// faulty model runs in a child process (the ignored test below) and must die saying so.
-#[test]
-fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
-    let child = "grace::loom_tests::wake::faulty_wake_model_in_a_child_process";
+/// Runs the ignored test `child` (a faulty wake-up model) in a child process, which must die
+/// of the deadlock loom reports (loom aborts while unwinding through the deadlocked threads'
+/// state, so a faulty model cannot run in this process).
+fn expect_deadlock_in_child(child: &str) {
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -155,10 +152,32 @@ fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
     );
 }
 
+/// The control: a thread that reads the wake request only before its fence can miss it
+/// while the grace period misses its report, and the waiter sleeps for good.
+#[test]
+fn loom_control_a_wake_request_read_only_before_the_fence_is_lost() {
+    expect_deadlock_in_child("grace::loom_tests::wake::faulty_wake_model_in_a_child_process");
+}
+
 /// The faulty model of the control above (run only as its child process).
 #[test]
 #[ignore = "run by loom_control_a_wake_request_read_only_before_the_fence_is_lost"]
 fn faulty_wake_model_in_a_child_process() {
     qs::SKIP_LATE_WAKE_CHECK.with(|f| f.set(true));
     wake_model(Report::Quiescent);
+}
+
+/// The control for unregistering: a thread that leaves the registry without going offline
+/// never wakes the grace period that waits for it.
+#[test]
+fn loom_control_an_unregistration_that_does_not_go_offline_is_never_seen() {
+    expect_deadlock_in_child("grace::loom_tests::wake::faulty_unregister_model_in_a_child_process");
+}
+
+/// The faulty model of the control above (run only as its child process).
+#[test]
+#[ignore = "run by loom_control_an_unregistration_that_does_not_go_offline_is_never_seen"]
+fn faulty_unregister_model_in_a_child_process() {
+    qs::SKIP_OFFLINE_AT_UNREGISTER.with(|f| f.set(true));
+    wake_model(Report::Unregister);
 }
