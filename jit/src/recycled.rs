@@ -148,9 +148,10 @@ impl<T: Recyclable> Drop for Recycled<T> {
             return;
         }
         atomic::fence(Ordering::Acquire);
-        // SAFETY: the count reached zero, so this is the last handle and nothing else reads
-        // the block (the fence orders every other handle's accesses, reads and writes, before this); the value is
-        // moved out exactly once, and the block is treated as uninitialized after it.
+        // SAFETY: the count reached zero, so this is the last handle and nothing else touches
+        // the block (the fence orders every other handle's accesses, reads and writes, before
+        // this); the value is moved out exactly once, and the block is treated as
+        // uninitialized after it.
         let value = unsafe { std::ptr::read(&self.block.as_ref().value) };
         // SAFETY: the block came from `Box::leak` of an `EmptyBlock<T>` in `new`, and its
         // value was just moved out, so it is an empty block again.
