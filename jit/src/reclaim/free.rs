@@ -21,7 +21,7 @@
 //! once per 64 slots.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tramway_runtime::grace::CallbackBatch;
@@ -185,12 +185,12 @@ pub(crate) fn run_each<F: FnOnce()>(steps: impl IntoIterator<Item = F>) {
     }
 }
 
-/// Takes `.1` frees off the pending count `.0` when dropped: after the referenced memory,
-/// which is dropped before it, also if a destructor in that memory panics (a free that ran
-/// but stayed pending would make `Retirement::drain` wait for it in vain).
-pub(crate) struct RanOnDrop<'a>(pub(crate) &'a AtomicU64, pub(crate) u64);
+/// Lowers the counter `.0` by `.1` when dropped, also when the scope unwinds: a count of work
+/// in flight (frees not run yet, batches not queued yet) must come down whatever happens to the
+/// work, or `Retirement::drain` and its barrier would wait for it in vain.
+pub(crate) struct LowerOnDrop<'a>(pub(crate) &'a AtomicU64, pub(crate) u64);
 
-impl Drop for RanOnDrop<'_> {
+impl Drop for LowerOnDrop<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(self.1, Ordering::Release);
     }
@@ -215,7 +215,7 @@ pub(crate) struct OpenFrees {
 impl OpenFrees {
     /// Adds `free`; returns whether the caller must queue a batch (none is queued), having
     /// raised `queuing` under the lock (the caller lowers it once the batch is queued).
-    pub(crate) fn push(open: &Mutex<OpenFrees>, free: CodeFree, queuing: &AtomicUsize) -> bool {
+    pub(crate) fn push(open: &Mutex<OpenFrees>, free: CodeFree, queuing: &AtomicU64) -> bool {
         let mut open = lock(open);
         open.frees.push(free);
         let opens = !std::mem::replace(&mut open.queued, true);
@@ -296,7 +296,8 @@ impl CallbackBatch for QueuedFrees {
                 open.spare = frees;
             }
         }
-        let _ran = RanOnDrop(&self.pending, n);
+        // The frees count as run once their referenced memory is dropped, below.
+        let _ran = LowerOnDrop(&self.pending, n);
         run_each(referenced.into_iter().map(|data| move || drop(data)));
     }
 }

@@ -11,10 +11,10 @@
 //! [`throttle_backlog`]: Retirement::throttle_backlog
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::free::{run_each, CodeFree, OpenFrees, QueuedFrees, RanOnDrop};
+use super::free::{run_each, CodeFree, LowerOnDrop, OpenFrees, QueuedFrees};
 use super::{collect, Deferred, Reclaim};
 use crate::code_memory::CodeMemory;
 
@@ -42,7 +42,7 @@ pub(crate) struct Retirement {
     /// under the batch's lock, lowered once it is queued). [`drain`](Self::drain) waits for
     /// none before each barrier: a free pushed into a batch that another thread opened, but
     /// has not queued yet, is not covered by a barrier that starts before the batch is queued.
-    queuing: AtomicUsize,
+    queuing: AtomicU64,
 }
 
 impl Retirement {
@@ -60,7 +60,7 @@ impl Retirement {
             pending_frees: Arc::new(AtomicU64::new(0)),
             mem,
             open,
-            queuing: AtomicUsize::new(0),
+            queuing: AtomicU64::new(0),
         }
     }
 
@@ -84,14 +84,8 @@ impl Retirement {
         match &self.open {
             Some(open) => {
                 if OpenFrees::push(open, free, &self.queuing) {
-                    /// Lowers `queuing` once the batch is queued (or the queueing unwound).
-                    struct Queued<'a>(&'a AtomicUsize);
-                    impl Drop for Queued<'_> {
-                        fn drop(&mut self) {
-                            self.0.fetch_sub(1, Ordering::Release);
-                        }
-                    }
-                    let _queued = Queued(&self.queuing);
+                    // Lowers `queuing` once the batch is queued (or the queueing unwound).
+                    let _queued = LowerOnDrop(&self.queuing, 1);
                     #[cfg(test)]
                     crate::tests::before_queueing_a_batch();
                     let batch = QueuedFrees::new(
@@ -115,7 +109,7 @@ impl Retirement {
         let mem = Arc::clone(&self.mem);
         let pending = Arc::clone(&self.pending_frees);
         Box::new(move || {
-            let _ran = RanOnDrop(&pending, 1);
+            let _ran = LowerOnDrop(&pending, 1);
             // SAFETY: a reclaimer runs a deferred callback once, after its grace period and
             // once no parked task references its range (the `Reclaim` contract).
             unsafe { free.run(&mem) };
