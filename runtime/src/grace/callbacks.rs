@@ -74,52 +74,7 @@ impl Callback {
         match self {
             Callback::Closure { ref code, .. } if code.referenced_by(refs) => (None, Some(self)),
             Callback::Closure { .. } => (Some(self), None),
-            Callback::Batch(mut b) => {
-                match catch_unwind(AssertUnwindSafe(|| {
-                    b.split_referenced(&mut |s, e| refs.hits(s, e))
-                })) {
-                    Ok(None) => (Some(Callback::Batch(b)), None),
-                    Ok(Some(held)) => {
-                        // Held back until asked whether anything is left: a panic there must
-                        // leak the held part, not drop it (the trait's contract).
-                        let held = ManuallyDrop::new(held);
-                        match catch_unwind(AssertUnwindSafe(|| b.is_empty())) {
-                            Ok(false) => (
-                                Some(Callback::Batch(b)),
-                                Some(Callback::Batch(ManuallyDrop::into_inner(held))),
-                            ),
-                            Ok(true) => {
-                                // Everything was held: the empty part is dropped here, not
-                                // run or counted.
-                                if catch_unwind(AssertUnwindSafe(move || drop(b))).is_err() {
-                                    tracing::error!(
-                                        target: "tramway::grace",
-                                        "an emptied callback batch panicked when dropped"
-                                    );
-                                }
-                                (None, Some(Callback::Batch(ManuallyDrop::into_inner(held))))
-                            }
-                            Err(_) => {
-                                std::mem::forget(b);
-                                tracing::error!(
-                                    target: "tramway::grace",
-                                    "a callback batch panicked in is_empty: it is leaked"
-                                );
-                                (None, None)
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        // Leaked before the log: a subscriber may panic in it.
-                        std::mem::forget(b);
-                        tracing::error!(
-                            target: "tramway::grace",
-                            "a callback batch panicked in split_referenced: it is leaked"
-                        );
-                        (None, None)
-                    }
-                }
-            }
+            Callback::Batch(b) => split_batch(b, refs),
         }
     }
 
@@ -132,6 +87,52 @@ impl Callback {
             Callback::Batch(b) => b.run(),
         }
     }
+}
+
+/// [`Callback::split_referenced`] for a batch. A batch that panics in `split_referenced` or
+/// `is_empty` is leaked with anything it split off (the `CallbackBatch` contract: a part held
+/// back may free code a parked task still runs in), before the log, as a subscriber may panic
+/// in it.
+fn split_batch(
+    mut b: Box<dyn CallbackBatch>,
+    refs: &crate::code::RefSet,
+) -> (Option<Callback>, Option<Callback>) {
+    let split = catch_unwind(AssertUnwindSafe(|| {
+        b.split_referenced(&mut |s, e| refs.hits(s, e))
+    }));
+    let Ok(held) = split else {
+        std::mem::forget(b);
+        tracing::error!(
+            target: "tramway::grace",
+            "a callback batch panicked in split_referenced: it is leaked"
+        );
+        return (None, None);
+    };
+    let Some(held) = held else {
+        return (Some(Callback::Batch(b)), None);
+    };
+    // Not dropped until the batch says whether anything is left in it.
+    let held = ManuallyDrop::new(held);
+    let Ok(emptied) = catch_unwind(AssertUnwindSafe(|| b.is_empty())) else {
+        std::mem::forget(b);
+        tracing::error!(
+            target: "tramway::grace",
+            "a callback batch panicked in is_empty: it is leaked"
+        );
+        return (None, None);
+    };
+    let held = Some(Callback::Batch(ManuallyDrop::into_inner(held)));
+    if !emptied {
+        return (Some(Callback::Batch(b)), held);
+    }
+    // Everything was held: the empty part is dropped here, not run or counted.
+    if catch_unwind(AssertUnwindSafe(move || drop(b))).is_err() {
+        tracing::error!(
+            target: "tramway::grace",
+            "an emptied callback batch panicked when dropped"
+        );
+    }
+    (None, held)
 }
 
 /// Fault injection for the open-batch control (`loom_tests.rs`): batches are sealed when
