@@ -129,6 +129,8 @@ pub(crate) mod fault_injection {
     std::thread_local! {
         static IGNORE_UNPARKS: Cell<bool> = const { Cell::new(false) };
         static DROP_WAKES: Cell<bool> = const { Cell::new(false) };
+        static DELAY_AFTER_TIMEOUT: Cell<std::time::Duration> =
+            const { Cell::new(std::time::Duration::ZERO) };
     }
 
     /// Makes this thread's [`park_expecting_unpark`](super::thread::park_expecting_unpark)
@@ -149,5 +151,19 @@ pub(crate) mod fault_injection {
 
     pub(crate) fn drops_wakes() -> bool {
         DROP_WAKES.with(Cell::get)
+    }
+
+    /// Makes this thread, as a grace period's waiter whose assured park ran into its
+    /// safety-net timeout, sleep `delay` before it re-checks its readers: a waiter whose
+    /// timeout fired but that got no CPU for that long (`grace/stall.rs`).
+    pub(crate) fn set_delay_after_timeout(delay: std::time::Duration) {
+        DELAY_AFTER_TIMEOUT.with(|c| c.set(delay));
+    }
+
+    pub(crate) fn delay_after_timeout() {
+        let delay = DELAY_AFTER_TIMEOUT.with(Cell::get);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Grace periods: synchronize from every kind of caller, deferred callbacks, batching,
 //! polled cookies, stalls and holdouts. Each test states the behaviour it pins down.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,14 +129,31 @@ fn a_grace_period_waits_for_an_online_registered_thread_until_it_reports_a_qs() 
 }
 
 /// A thread that reports all the time while a grace period waits for another one must not
-/// wake the waiter: only the late thread's report does. (Before, every report woke it; on
-/// two CPUs the waiter then kept taking the CPU the late reader needed, and cold grace
-/// periods with two readers took twice liburcu's time.)
+/// wake the waiter at every report: only the late thread's report ends the wait. (Before,
+/// every report woke it; on two CPUs the waiter then kept taking the CPU the late reader
+/// needed, and cold grace periods with two readers took twice liburcu's time.)
+///
+/// The busy thread may still wake the waiter a few times, and the bound is exact: at most
+/// once before it passes (a snapshot taken inside a report, between the cell's return to
+/// active and the report's re-check behind its fence, sees it late, and that re-check takes
+/// the request), and at most twice after (a request the waiter stores just after its last
+/// read of the busy cell, and one taken since; any later read sees the pass). A run under
+/// load showed the first case (two wake-ups), which a bound of one had reported as a
+/// failure. Nothing here is timed: the test waits for a stall report, which proves the GP
+/// waits and has asked for wake-ups, then for the busy thread's next 10 000 reports.
 #[test]
 fn only_the_reader_a_grace_period_waits_for_wakes_it() {
+    const REPORTS: u64 = 10_000;
     let rt = runtime(1);
-    let gp = domain(&rt, Flavor::Tasks);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall_seen = stalled.clone();
+    let config = GraceConfig::default()
+        .flavor(Flavor::Tasks)
+        .stall_timeout(Duration::from_millis(20))
+        .on_stall(move |_| stall_seen.store(true, Ordering::SeqCst));
+    let gp = GraceDomain::new(&rt, config).expect("grace domain");
     let stop = Arc::new(AtomicBool::new(false));
+    let reports = Arc::new(AtomicU64::new(0));
     let (release_late, late_rx) = std::sync::mpsc::channel::<()>();
     let (registered_tx, registered) = std::sync::mpsc::channel::<()>();
     let (rt_late, stop_late, tx) = (rt.clone(), stop.clone(), registered_tx.clone());
@@ -149,13 +166,13 @@ fn only_the_reader_a_grace_period_waits_for_wakes_it() {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
-    let (rt_busy, stop_busy) = (rt.clone(), stop.clone());
+    let (rt_busy, stop_busy, busy_reports) = (rt.clone(), stop.clone(), reports.clone());
     let busy = std::thread::spawn(move || {
         let reg = rt_busy.register_thread().unwrap();
         registered_tx.send(()).unwrap();
         while !stop_busy.load(Ordering::SeqCst) {
             reg.quiescent();
-            std::hint::spin_loop();
+            busy_reports.fetch_add(1, Ordering::SeqCst);
         }
     });
     registered.recv().unwrap();
@@ -163,16 +180,22 @@ fn only_the_reader_a_grace_period_waits_for_wakes_it() {
     let before = gp.stats();
     let waiter_gp = gp.clone();
     let waiter = std::thread::spawn(move || waiter_gp.synchronize());
-    std::thread::sleep(Duration::from_millis(100));
+    eventually("a stall report of the waiting grace period", || {
+        stalled.load(Ordering::SeqCst)
+    });
+    let from = reports.load(Ordering::SeqCst);
+    eventually("the busy thread's next reports", || {
+        reports.load(Ordering::SeqCst) >= from + REPORTS
+    });
     let while_late = gp.stats();
     assert_eq!(
         while_late.completed, before.completed,
         "the grace period ended while a registered thread was online without a report"
     );
+    let woke = while_late.reader_wakeups - before.reader_wakeups;
     assert!(
-        while_late.reader_wakeups - before.reader_wakeups <= 1,
-        "a reader the grace period no longer waited for woke it {} times in 100 ms",
-        while_late.reader_wakeups - before.reader_wakeups
+        woke <= 3,
+        "a thread that reported {REPORTS}+ times while the GP waited for another woke it {woke} times"
     );
     release_late.send(()).unwrap();
     waiter.join().unwrap();
@@ -332,8 +355,14 @@ fn callbacks_queued_before_a_gp_starts_share_it() {
     spinner.release();
     gp.barrier();
     assert_eq!(ran.load(Ordering::SeqCst), 1001);
+    // Two GPs, or one when the driver had not yet started GP #1 when the 1000 were queued
+    // (a loaded machine: the 20 ms above is no guarantee, and a test asserting exactly two
+    // failed once in ~60 loaded runs with one).
     let gps = gp.stats().completed - before;
-    assert_eq!(gps, 2, "1001 callbacks needed {gps} grace periods");
+    assert!(
+        (1..=2).contains(&gps),
+        "1001 callbacks needed {gps} grace periods"
+    );
 }
 
 #[test]

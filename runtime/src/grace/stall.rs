@@ -134,10 +134,11 @@ impl<'a> Backoff<'a> {
                 thread::spin_hint();
             }
         }
-        // The last park was an assured one that ran into its safety-net timeout.
-        let mut net_caught = false;
+        // The last park was an assured one that ran into its safety-net timeout, with the
+        // reader wake-up count it began with.
+        let mut net_caught = None;
         while let Some(mut now) = late(Ask::Check) {
-            net_caught = false;
+            net_caught = None;
             if self.expedited {
                 // Somebody is blocked on this GP: ask readers to unpark us on their next
                 // transition, then re-check so that a transition that happened before the
@@ -187,9 +188,14 @@ impl<'a> Backoff<'a> {
                 // has no timeout (a lost wake-up is a deadlock it reports), and the clock
                 // would make the model's operations depend on wall time (loom then fails
                 // with "unexpected exploration state" on a loaded machine).
-                net_caught = !cfg!(loom)
+                let timed_out = !cfg!(loom)
                     && parked.elapsed() >= sleep
                     && (registry.reader_wakes() == wakes_before || !registry.is_waiter_thread());
+                net_caught = timed_out.then_some(wakes_before);
+                #[cfg(all(test, not(loom)))]
+                if timed_out {
+                    crate::primitive::fault_injection::delay_after_timeout();
+                }
             } else {
                 thread::park_timeout(self.sleep);
             }
@@ -205,7 +211,13 @@ impl<'a> Backoff<'a> {
                 self.next_report = waited + self.engine.config.stall_timeout;
             }
         }
-        if net_caught {
+        // The re-check after the timed-out park found everybody passed. If a reader woke the
+        // waiters meanwhile (it reported after the timeout, before this thread, short of a
+        // CPU, got to re-check), the wake-up came, only late; otherwise it was lost.
+        let lost = net_caught.is_some_and(|wakes_before| {
+            registry.reader_wakes() == wakes_before || !registry.is_waiter_thread()
+        });
+        if lost {
             // Everybody had passed, yet nobody woke us: a wake-up the protocol owed was lost.
             self.engine
                 .counters
@@ -367,6 +379,23 @@ mod tests {
         attempts: usize,
         done: impl Fn(&GraceStats) -> bool,
     ) -> GraceStats {
+        wait_for_a_reader(
+            Duration::from_millis(2),
+            waiter_ignores_unparks,
+            reader_drops_wakes,
+            attempts,
+            done,
+        )
+    }
+
+    /// As [`wait_for_a_slow_reader`], for a reader that reports every `period`.
+    fn wait_for_a_reader(
+        period: Duration,
+        waiter_ignores_unparks: bool,
+        reader_drops_wakes: bool,
+        attempts: usize,
+        done: impl Fn(&GraceStats) -> bool,
+    ) -> GraceStats {
         let gp = GraceDomain::for_threads(GraceConfig::default()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (registered_tx, registered) = mpsc::channel();
@@ -377,7 +406,7 @@ mod tests {
                 fault_injection::set_drop_wakes(reader_drops_wakes);
                 registered_tx.send(()).unwrap();
                 while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(period);
                     reg.quiescent();
                 }
             }
@@ -409,6 +438,26 @@ mod tests {
         assert!(
             stats.reader_wakeups > 0,
             "the reader woke the parked waiters (the case under test happened)"
+        );
+        assert_eq!(stats.lost_wakeups, 0);
+    }
+
+    /// A reader that reports only after the waiter's safety-net timeout fired, while the
+    /// waiter has not yet run its re-check (it got no CPU), did wake the waiter: its report
+    /// took the request and counted the wake-up, only too late. Before the fix the re-check
+    /// then found everybody passed and counted a lost wake-up (a loaded CI machine showed one
+    /// in `grace.rs`'s two-domain test). The reader reports every 30 ms, longer than the
+    /// 10 ms net, and the waiter sleeps 40 ms after a timed-out park: a GP that begins more
+    /// than 10 ms before the next report (two in three) hits the case.
+    #[test]
+    fn a_reader_that_reports_after_the_timeout_but_before_the_recheck_was_not_lost() {
+        fault_injection::set_delay_after_timeout(Duration::from_millis(40));
+        let stats = wait_for_a_reader(Duration::from_millis(30), false, false, 8, |_| false);
+        fault_injection::set_delay_after_timeout(Duration::ZERO);
+        assert_eq!(stats.inline_grace_periods, 8);
+        assert!(
+            stats.reader_wakeups > 0,
+            "the reader's reports woke the waiters"
         );
         assert_eq!(stats.lost_wakeups, 0);
     }
