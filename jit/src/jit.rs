@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::arch;
 use crate::assembler::Assembler;
@@ -24,11 +25,13 @@ use crate::trampoline::{CodeData, Trampoline};
 pub const DEFAULT_RESERVATION: usize = 1 << 30;
 /// Default chunk size: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
-/// How many empty chunks each slot size class keeps mapped for reuse instead of unmapping
-/// them (a patch storm empties and refills chunks with every batch of frees). Spare chunks
-/// hold only traps, count in [`JitStats::mapped_bytes`] and are unmapped first when the
-/// reservation is full.
+/// How many empty chunks each slot size class keeps mapped for reuse whatever their age (a
+/// patch storm empties and refills chunks with every batch of frees). Further empty chunks
+/// stay mapped for [`JitBuilder::spare_chunk_decay`]. Spare chunks hold only traps, count in
+/// [`JitStats::mapped_bytes`] and are unmapped first when the reservation is full.
 pub const SPARE_CHUNKS_PER_CLASS: usize = 4;
+/// Default of [`JitBuilder::spare_chunk_decay`]: one second.
+pub const DEFAULT_SPARE_CHUNK_DECAY: Duration = Duration::from_secs(1);
 
 static NEXT_JIT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -104,9 +107,22 @@ impl JitBuilder {
 
     /// Size of a chunk in bytes (default 64 KiB): a multiple of the page size, at least two pages.
     /// It is also the largest code object. Up to [`SPARE_CHUNKS_PER_CLASS`] empty chunks per
-    /// slot size class stay mapped for reuse.
+    /// slot size class stay mapped for reuse, and more for a while
+    /// ([`spare_chunk_decay`](Self::spare_chunk_decay)).
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.cfg.chunk_size = bytes;
+        self
+    }
+
+    /// How long an empty chunk beyond the [`SPARE_CHUNKS_PER_CLASS`] a size class keeps stays
+    /// mapped for reuse (default [`DEFAULT_SPARE_CHUNK_DECAY`]). A grace period frees a patch
+    /// storm's whole backlog at once and the next emissions need as many chunks again;
+    /// unmapping them in between cost about a third of a retire's CPU. An older empty chunk
+    /// is unmapped at the next chunk event (a chunk of its class emptied, or any chunk
+    /// mapped), so the memory kept is at most what each class emptied within the last
+    /// `decay`. `Duration::ZERO` keeps only the fixed spares.
+    pub fn spare_chunk_decay(mut self, decay: Duration) -> Self {
+        self.cfg.spare_decay = decay;
         self
     }
 
@@ -193,6 +209,7 @@ impl Jit {
                 chunk_size: DEFAULT_CHUNK_SIZE,
                 force_fallback: false,
                 sync_core: false,
+                spare_decay: DEFAULT_SPARE_CHUNK_DECAY,
             },
             reclaimer: None,
             max_retired_bytes: DEFAULT_MAX_RETIRED_BYTES,

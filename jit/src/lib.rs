@@ -82,7 +82,8 @@ pub use crate::assembler::Assembler;
 pub use crate::error::JitError;
 pub use crate::forwarding::{ExitHook, ForwardingSpec, Hook, Target, MAX_STACK_ARG_BYTES};
 pub use crate::jit::{
-    Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION, SPARE_CHUNKS_PER_CLASS,
+    Jit, JitBuilder, DEFAULT_CHUNK_SIZE, DEFAULT_RESERVATION, DEFAULT_SPARE_CHUNK_DECAY,
+    SPARE_CHUNKS_PER_CLASS,
 };
 pub use crate::probe::{
     AttachTarget, Batch, FromReturn, Probe, ProbeError, ProbeHook, ProbeStats, ProbedSite,

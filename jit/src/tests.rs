@@ -1,6 +1,7 @@
 //! Unit tests of the crate as a whole (integration tests live in `jit/tests/`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::*;
 
@@ -240,14 +241,28 @@ fn trampoline_installed_in_two_sites_retires_with_the_last() {
     assert_eq!((s.live, s.retired), (2, 1));
 }
 
-#[test]
-fn empty_chunks_are_kept_as_spares_up_to_the_limit_and_the_rest_unmapped() {
+/// A `Jit` whose chunks are four pages, each chunk-sized object filling one, with empty
+/// chunks beyond the fixed spares kept for `decay`.
+fn jit_of_whole_chunk_objects(decay: Duration) -> (Jit, usize) {
     let page = 4096;
-    let spares = crate::SPARE_CHUNKS_PER_CLASS;
-    let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
+    let jit = Jit::builder()
+        .chunk_size(4 * page)
+        .spare_chunk_decay(decay)
+        .build()
+        .unwrap();
+    (jit, 4 * page)
+}
+
+fn whole_chunk(jit: &Jit, chunk: usize) -> Trampoline {
     // SAFETY: never executed.
-    let big = || unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, 4 * page))) };
-    let mut held: Vec<_> = (0..spares + 2).map(|_| big().unwrap()).collect();
+    unsafe { jit.custom(|ops| ops.extend(std::iter::repeat_n(0xCC, chunk))) }.unwrap()
+}
+
+#[test]
+fn without_a_decay_the_newest_empty_chunks_are_spares_and_older_ones_unmapped() {
+    let spares = crate::SPARE_CHUNKS_PER_CLASS;
+    let (jit, chunk) = jit_of_whole_chunk_objects(Duration::ZERO);
+    let mut held: Vec<_> = (0..spares + 2).map(|_| whole_chunk(&jit, chunk)).collect();
     assert_eq!(jit.stats().chunks, spares + 2);
     let addrs: Vec<_> = held.iter().map(|t| t.addr()).collect();
     held.drain(..spares).for_each(drop);
@@ -260,17 +275,46 @@ fn empty_chunks_are_kept_as_spares_up_to_the_limit_and_the_rest_unmapped() {
     assert_eq!(
         jit.stats().chunks,
         spares + 1,
-        "one more empty chunk is unmapped"
+        "one more empty chunk unmaps the oldest spare"
     );
-    let reused = big().unwrap();
+    let reused = whole_chunk(&jit, chunk);
     assert!(
-        addrs[..spares].contains(&reused.addr()),
+        addrs[1..=spares].contains(&reused.addr()),
         "a spare is reused before a chunk is mapped"
     );
     assert_eq!(jit.stats().chunks, spares + 1);
     drop((held, reused));
     assert_eq!(jit.stats().chunks, spares, "the spares stay mapped");
-    assert_eq!(jit.stats().mapped_bytes, spares * 4 * page);
+    assert_eq!(jit.stats().mapped_bytes, spares * chunk);
+}
+
+/// A grace period frees a whole backlog of chunks at once; they stay mapped for the next
+/// emissions (no chunk is mapped again), and once older than the decay the next chunk event
+/// gives back all but the fixed spares.
+#[test]
+fn empty_chunks_beyond_the_spares_stay_mapped_for_the_decay_then_go() {
+    let spares = crate::SPARE_CHUNKS_PER_CLASS;
+    let decay = Duration::from_millis(50);
+    let (jit, chunk) = jit_of_whole_chunk_objects(decay);
+    let backlog: Vec<_> = (0..spares + 6).map(|_| whole_chunk(&jit, chunk)).collect();
+    let addrs: Vec<_> = backlog.iter().map(|t| t.addr()).collect();
+    drop(backlog);
+    assert_eq!(jit.stats().chunks, spares + 6, "all kept within the decay");
+    let refill: Vec<_> = (0..spares + 6).map(|_| whole_chunk(&jit, chunk)).collect();
+    assert!(
+        refill.iter().all(|t| addrs.contains(&t.addr())),
+        "the refill reused every empty chunk"
+    );
+    assert_eq!(jit.stats().chunks, spares + 6, "and mapped none");
+    drop(refill);
+    std::thread::sleep(decay + Duration::from_millis(10));
+    // A chunk event after the decay: one more chunk empties.
+    drop(whole_chunk(&jit, chunk));
+    assert_eq!(
+        jit.stats().chunks,
+        spares,
+        "only the fixed spares outlive the decay"
+    );
 }
 
 #[test]

@@ -137,7 +137,12 @@ fn dropping_the_jit_unmaps_the_memfd_and_returns_mapped_bytes_to_zero() {
 #[test]
 fn last_freed_slot_unmaps_its_chunk() {
     let page = 4096;
-    let jit = Jit::builder().chunk_size(4 * page).build().unwrap();
+    // No decay: an empty chunk beyond the fixed spares is unmapped at once.
+    let jit = Jit::builder()
+        .chunk_size(4 * page)
+        .spare_chunk_decay(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
     let name = jit.memfd_name().unwrap();
     // A chunk-sized object has a chunk to itself, so freeing it empties that chunk.
     // SAFETY: the body is `mov rax, 5; ret` padded with int3; it is only called as `fn() -> u64`.
@@ -147,13 +152,12 @@ fn last_freed_slot_unmaps_its_chunk() {
             ops.extend(std::iter::repeat_n(0xCC, 4 * page - 11));
         })
     };
-    // The first chunks a class empties stay mapped as its spares: make them, so that the
-    // chunk below is one more (which is unmapped).
-    let spares: Vec<_> = (0..tramway_jit::SPARE_CHUNKS_PER_CLASS)
+    // A class keeps the chunks it emptied last as its spares: these empty after `big`'s, so
+    // that `big`'s is the oldest empty chunk and unmapped.
+    let newer: Vec<_> = (0..tramway_jit::SPARE_CHUNKS_PER_CLASS)
         .map(|_| big_code().unwrap())
         .collect();
     let big = big_code().unwrap();
-    drop(spares);
     let small = jit.constant_return(6).unwrap();
     let site = jit.site(SiteKind::Indirect, &big).unwrap();
     // SAFETY: both trampolines implement `fn() -> u64`.
@@ -170,6 +174,7 @@ fn last_freed_slot_unmaps_its_chunk() {
     );
     // SAFETY: no other thread calls the site.
     unsafe { retired.reclaim_now() };
+    drop(newer);
     let m = mapping_at(addr);
     assert_eq!(
         m.perms, "---p",

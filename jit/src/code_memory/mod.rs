@@ -39,14 +39,10 @@
 //! another core is executing, which x86 punishes as cross-modifying code. A chunk holds slots
 //! of one class; a chunk that becomes full stops being its class's current allocation chunk.
 //! When a chunk's last slot is freed and it is not current, it stays mapped as one of its
-//! class's **spares** while the class has fewer than `SPARE_CHUNKS_PER_CLASS`, and is unmapped
-//! otherwise (a spare is also unmapped when the reservation is full and another class needs
-//! a chunk): a patcher that retires as fast as it emits empties and refills chunks with every
-//! batch of frees, and without spares each batch paid a map, an unmap (a TLB shootdown on
-//! every core) and a page fault per page of fresh memory (a sixth of a retire's cost in the
-//! `urcu_compare` retire profile). In every build, freed slots are filled with traps and
-//! fresh chunks hold only traps before code is written, so a stale call faults at once, in a
-//! spare chunk too.
+//! class's **spares**, reused before any chunk is mapped; `spares.rs` gives the policy that
+//! unmaps them again (by number and age) and why a patch storm needs it. In every build,
+//! freed slots are filled with traps and fresh chunks hold only traps before code is written,
+//! so a stale call faults at once, in a spare chunk too.
 //!
 //! # Counters
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
@@ -54,9 +50,11 @@
 
 mod double_map;
 mod mprotect;
+mod spares;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use self::double_map::DoubleMap;
 use self::mprotect::Mprotect;
@@ -66,6 +64,7 @@ use crate::jit::SPARE_CHUNKS_PER_CLASS;
 use crate::lock;
 use crate::os;
 use crate::stats::{JitStatsHandle, StatCounters};
+use spares::{SparePolicy, Spares};
 
 /// Parameters of a [`CodeMemory`].
 #[derive(Clone, Debug)]
@@ -74,6 +73,8 @@ pub(crate) struct CodeMemoryConfig {
     pub chunk_size: usize,
     pub force_fallback: bool,
     pub sync_core: bool,
+    /// How long an empty chunk beyond [`SPARE_CHUNKS_PER_CLASS`] stays mapped (`spares.rs`).
+    pub spare_decay: std::time::Duration,
 }
 
 /// One allocated object: where it executes, where it is written, and its slot size.
@@ -157,8 +158,8 @@ struct Chunk {
 struct SizeClass {
     current: Option<usize>,
     available: BTreeSet<usize>,
-    /// Empty chunks kept mapped, at most [`SPARE_CHUNKS_PER_CLASS`] (module docs: "Slots").
-    spares: Vec<usize>,
+    /// Empty chunks kept mapped (`spares.rs`).
+    spares: Spares,
 }
 
 /// The allocator's mutable state, under one lock.
@@ -178,6 +179,7 @@ pub(crate) struct CodeMemory {
     chunk_size: usize,
     backend: Box<dyn CodeBackend>,
     sync_cores: SyncCorePolicy,
+    spare_policy: SparePolicy,
     state: Mutex<AllocState>,
     /// The slot size of each class, smallest first (read without the lock).
     class_sizes: Box<[usize]>,
@@ -251,7 +253,7 @@ impl CodeMemory {
             .map(|_| SizeClass {
                 current: None,
                 available: BTreeSet::new(),
-                spares: Vec::new(),
+                spares: Spares::default(),
             })
             .collect();
         Ok(CodeMemory {
@@ -261,6 +263,10 @@ impl CodeMemory {
             chunk_size,
             backend,
             sync_cores,
+            spare_policy: SparePolicy {
+                keep: SPARE_CHUNKS_PER_CLASS,
+                decay: cfg.spare_decay,
+            },
             state: Mutex::new(AllocState {
                 chunks: (0..reservation / chunk_size).map(|_| None).collect(),
                 free_indices: Vec::new(),
@@ -367,9 +373,7 @@ impl CodeMemory {
         let class = &mut st.classes[ci];
         // Only an empty chunk can be a spare.
         if was_empty {
-            if let Some(i) = class.spares.iter().position(|&c| c == idx) {
-                class.spares.swap_remove(i);
-            }
+            class.spares.take(idx);
         }
         // `available` holds exactly the class's chunks with room: a chunk leaves it when it
         // fills up here and comes back when a free makes room (`return_slot`).
@@ -404,10 +408,15 @@ impl CodeMemory {
     /// Maps a fresh chunk for class `ci` and returns its index.
     #[cold]
     fn map_chunk(&self, st: &mut AllocState, ci: usize) -> Result<usize, JitError> {
+        // A chunk event: give back every class's spares the policy no longer keeps.
+        let now = Instant::now();
+        for c in 0..st.classes.len() {
+            self.unmap_expired_spares(st, c, now);
+        }
         if st.free_indices.is_empty() && st.next_index == st.chunks.len() {
             // The reservation is full: spares are only a cache, give one back.
             if let Some(spare) = st.classes.iter_mut().find_map(|c| {
-                let spare = c.spares.pop()?;
+                let spare = c.spares.pop_oldest()?;
                 c.available.remove(&spare);
                 Some(spare)
             }) {
@@ -530,8 +539,8 @@ impl CodeMemory {
     }
 
     /// Returns a released slot to its chunk. A chunk that became empty and is not its class's
-    /// current chunk becomes one of the class's spares, or is unmapped if the class has as
-    /// many as it keeps.
+    /// current chunk becomes one of the class's spares, and the spares the policy no longer
+    /// keeps are unmapped (`spares.rs`).
     fn return_slot(&self, st: &mut AllocState, slot: &Slot) {
         let chunk = st.chunks[slot.chunk]
             .as_mut()
@@ -551,12 +560,17 @@ impl CodeMemory {
             class.available.insert(slot.chunk);
         }
         if empty && class.current != Some(slot.chunk) {
-            if class.spares.len() < SPARE_CHUNKS_PER_CLASS {
-                class.spares.push(slot.chunk);
-            } else {
-                class.available.remove(&slot.chunk);
-                self.unmap_chunk(st, slot.chunk);
-            }
+            let now = Instant::now();
+            class.spares.insert(slot.chunk, now);
+            self.unmap_expired_spares(st, ci, now);
+        }
+    }
+
+    /// Unmaps the spares of class `ci` that its policy no longer keeps at `now`.
+    fn unmap_expired_spares(&self, st: &mut AllocState, ci: usize, now: Instant) {
+        while let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) {
+            st.classes[ci].available.remove(&idx);
+            self.unmap_chunk(st, idx);
         }
     }
 }

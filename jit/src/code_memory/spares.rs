@@ -1,0 +1,121 @@
+//! Which empty chunks stay mapped: a size class's spares, kept for reuse and given back by age.
+//!
+//! A patcher that retires as fast as it emits empties and refills chunks with every batch of
+//! frees: a grace period frees its whole backlog at once (with the default 16 MiB bound on
+//! retired bytes, up to 256 chunks), and the next emissions need as many again. A chunk that
+//! is unmapped when it empties costs, at its next use, a map, an unmap (a TLB shootdown on
+//! every core) and a page fault per page of fresh memory: with the four spares kept before,
+//! that churn was about 30% of a retire's CPU in `benches/retire_path` (alternated runs,
+//! BENCHMARKS.md). So a class keeps:
+//! - its `keep` most recently emptied chunks for good ([`SPARE_CHUNKS_PER_CLASS`]), and
+//! - any further empty chunk while it was emptied less than `decay` ago
+//!   ([`JitBuilder::spare_chunk_decay`]). An older one is unmapped at the next chunk event
+//!   (a chunk of the class emptied, or any chunk mapped), oldest first.
+//!
+//! The memory kept beyond `keep` is therefore at most what the class emptied within the last
+//! `decay`: what it was using a moment before. A chunk is reused from its class's
+//! `available` set before any chunk is mapped, and when the reservation is full any class's
+//! oldest spare is unmapped to make room, so spares never cause `CodeSpaceExhausted`. Spares
+//! hold only traps (freed slots are trap-filled), so a stale call into one faults.
+//!
+//! Ordering: spares live under the allocator's lock (`AllocState`), like every other piece of
+//! chunk bookkeeping; nothing here is shared.
+//!
+//! [`SPARE_CHUNKS_PER_CLASS`]: crate::SPARE_CHUNKS_PER_CLASS
+//! [`JitBuilder::spare_chunk_decay`]: crate::JitBuilder::spare_chunk_decay
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How many empty chunks a class keeps, and for how long (module docs).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SparePolicy {
+    /// Empty chunks kept whatever their age.
+    pub(super) keep: usize,
+    /// How long a further empty chunk stays mapped.
+    pub(super) decay: Duration,
+}
+
+/// One size class's empty chunks, oldest first, each with when it emptied.
+#[derive(Debug, Default)]
+pub(super) struct Spares {
+    emptied: VecDeque<(usize, Instant)>,
+}
+
+impl Spares {
+    /// Chunk `idx` of this class has just emptied.
+    pub(super) fn insert(&mut self, idx: usize, now: Instant) {
+        self.emptied.push_back((idx, now));
+    }
+
+    /// Chunk `idx` is being allocated from again: it is no spare any more (if it was one).
+    pub(super) fn take(&mut self, idx: usize) {
+        if let Some(i) = self.emptied.iter().rposition(|&(c, _)| c == idx) {
+            self.emptied.remove(i);
+        }
+    }
+
+    /// The oldest spare, removed (for a full reservation that needs its room).
+    pub(super) fn pop_oldest(&mut self) -> Option<usize> {
+        self.emptied.pop_front().map(|(c, _)| c)
+    }
+
+    /// The oldest spare, removed, if the policy no longer keeps it at `now`.
+    pub(super) fn pop_expired(&mut self, policy: SparePolicy, now: Instant) -> Option<usize> {
+        let &(idx, emptied) = self.emptied.front()?;
+        let expired = self.emptied.len() > policy.keep
+            && now.saturating_duration_since(emptied) >= policy.decay;
+        expired.then(|| {
+            self.emptied.pop_front();
+            idx
+        })
+    }
+
+    /// Whether this class keeps chunk `idx` as a spare.
+    #[cfg(test)]
+    pub(super) fn contains(&self, idx: usize) -> bool {
+        self.emptied.iter().any(|&(c, _)| c == idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: SparePolicy = SparePolicy {
+        keep: 2,
+        decay: Duration::from_secs(1),
+    };
+
+    #[test]
+    fn the_newest_keep_stay_and_older_ones_expire_oldest_first() {
+        let t0 = Instant::now();
+        let mut s = Spares::default();
+        for idx in 0..4 {
+            s.insert(idx, t0 + Duration::from_millis(idx as u64));
+        }
+        assert_eq!(s.pop_expired(POLICY, t0 + Duration::from_millis(999)), None);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(s.pop_expired(POLICY, later), Some(0));
+        assert_eq!(s.pop_expired(POLICY, later), Some(1));
+        assert_eq!(s.pop_expired(POLICY, later), None, "two are kept for good");
+        assert!(s.contains(2) && s.contains(3));
+    }
+
+    #[test]
+    fn a_reused_chunk_is_no_spare_and_a_zero_decay_keeps_only_keep() {
+        let now = Instant::now();
+        let mut s = Spares::default();
+        (0..3).for_each(|idx| s.insert(idx, now));
+        s.take(1);
+        assert!(!s.contains(1));
+        let zero = SparePolicy {
+            keep: 1,
+            decay: Duration::ZERO,
+        };
+        assert_eq!(s.pop_expired(zero, now), Some(0));
+        assert_eq!(s.pop_expired(zero, now), None);
+        assert_eq!(s.pop_oldest(), Some(2));
+        assert_eq!(s.pop_oldest(), None);
+    }
+}
