@@ -117,10 +117,13 @@ impl JitBuilder {
     /// How long an empty chunk beyond the [`SPARE_CHUNKS_PER_CLASS`] a size class keeps stays
     /// mapped for reuse (default [`DEFAULT_SPARE_CHUNK_DECAY`]). A grace period frees a patch
     /// storm's whole backlog at once and the next emissions need as many chunks again;
-    /// unmapping them in between cost about a third of a retire's CPU. An older empty chunk
-    /// is unmapped at the next chunk event (a chunk of its class emptied, or any chunk
-    /// mapped), so the memory kept is at most what each class emptied within the last
-    /// `decay`. `Duration::ZERO` keeps only the fixed spares.
+    /// unmapping them in between cost about a fifth of a retire's CPU (BENCHMARKS.md). Older
+    /// empty chunks are unmapped at the allocator's next check (when a chunk empties or is
+    /// mapped, and every 64 allocations or groups of frees): while the `Jit` is used, what
+    /// stays mapped beyond the fixed spares is what it emptied within the last `decay`; a
+    /// `Jit` that neither emits nor frees keeps it until it does. `Duration::ZERO` keeps only
+    /// the fixed spares; `Duration::MAX` keeps every empty chunk until the reservation is
+    /// full (spares then give way, oldest first). See `jit/src/code_memory/spares.rs`.
     pub fn spare_chunk_decay(mut self, decay: Duration) -> Self {
         self.cfg.spare_decay = decay;
         self

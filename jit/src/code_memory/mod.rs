@@ -56,6 +56,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Allocations and groups of frees between two checks of every class's spares for age: the
+/// clock is read once per this many, not per allocation.
+const SPARE_CHECK_INTERVAL: u32 = 64;
+/// Spares of one class unmapped at most per check.
+const MAX_UNMAPS_PER_CHECK: usize = 8;
+
 use self::double_map::DoubleMap;
 use self::mprotect::Mprotect;
 use crate::arch::{self, StubMemory, SyncCorePolicy};
@@ -168,6 +174,9 @@ struct AllocState {
     free_indices: Vec<usize>,
     next_index: usize,
     classes: Vec<SizeClass>,
+    /// Allocations and groups of frees since every class's spares were last checked for age
+    /// (`spares.rs`).
+    since_spare_check: u32,
 }
 
 /// The reservation, its chunks and the slot allocator. Shared (`Arc`) by the `Jit`, its
@@ -272,6 +281,7 @@ impl CodeMemory {
                 free_indices: Vec::new(),
                 next_index: 0,
                 classes,
+                since_spare_check: 0,
             }),
             class_sizes: class_sizes.into_boxed_slice(),
             stats: Arc::new(StatCounters::default()),
@@ -351,6 +361,7 @@ impl CodeMemory {
     fn alloc_in(&self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
         let ci = self.class_of(len)?;
         let mut st = lock(&self.state);
+        self.tick_spare_check(&mut st);
         let size = self.class_sizes[ci];
         let class = &st.classes[ci];
         let (idx, fresh) = match class.current.or_else(|| class.available.first().copied()) {
@@ -409,17 +420,19 @@ impl CodeMemory {
     #[cold]
     fn map_chunk(&self, st: &mut AllocState, ci: usize) -> Result<usize, JitError> {
         // A chunk event: give back every class's spares the policy no longer keeps.
-        let now = Instant::now();
-        for c in 0..st.classes.len() {
-            self.unmap_expired_spares(st, c, now);
-        }
+        self.unmap_all_expired_spares(st);
         if st.free_indices.is_empty() && st.next_index == st.chunks.len() {
-            // The reservation is full: spares are only a cache, give one back.
-            if let Some(spare) = st.classes.iter_mut().find_map(|c| {
-                let spare = c.spares.pop_oldest()?;
-                c.available.remove(&spare);
-                Some(spare)
-            }) {
+            // The reservation is full: spares are only a cache, give back the one that has
+            // been empty longest, of any class.
+            let oldest = (st.classes.iter().enumerate())
+                .filter_map(|(c, class)| Some((class.spares.oldest()?, c)))
+                .min();
+            if let Some((_, c)) = oldest {
+                let spare = st.classes[c]
+                    .spares
+                    .pop_oldest()
+                    .expect("the class has a spare");
+                st.classes[c].available.remove(&spare);
                 self.unmap_chunk(st, spare);
             }
         }
@@ -459,7 +472,9 @@ impl CodeMemory {
     #[cold]
     fn unmap_chunk(&self, st: &mut AllocState, idx: usize) {
         let chunk = st.chunks[idx].take().expect("unmapping a mapped chunk");
-        // SAFETY: the views come from mapping this place, and its last slot was just freed.
+        debug_assert_eq!(chunk.used, 0, "unmapping a chunk with live slots");
+        // SAFETY: the views come from mapping this place, and the chunk is empty: every slot
+        // was freed after its grace period (and trap-filled), so nobody executes or reaches it.
         unsafe { self.backend.unmap_chunk(self.place(idx), chunk.views) };
         st.free_indices.push(idx);
         self.stats.chunk_unmapped(self.chunk_size);
@@ -530,6 +545,7 @@ impl CodeMemory {
                 }
             }
             let mut st = lock(&self.state);
+            self.tick_spare_check(&mut st);
             for (i, slot) in group.iter().enumerate() {
                 if released & (1 << i) != 0 {
                     self.return_slot(&mut st, slot);
@@ -566,9 +582,34 @@ impl CodeMemory {
         }
     }
 
-    /// Unmaps the spares of class `ci` that its policy no longer keeps at `now`.
+    /// Counts one allocation or group of frees, and every `SPARE_CHECK_INTERVAL` of them
+    /// gives back the spares of every class that the policy no longer keeps (so a class that
+    /// stopped emptying chunks still loses its old spares while any other class is used).
+    #[inline]
+    fn tick_spare_check(&self, st: &mut AllocState) {
+        st.since_spare_check += 1;
+        if st.since_spare_check >= SPARE_CHECK_INTERVAL {
+            self.unmap_all_expired_spares(st);
+        }
+    }
+
+    #[cold]
+    fn unmap_all_expired_spares(&self, st: &mut AllocState) {
+        st.since_spare_check = 0;
+        let now = Instant::now();
+        for c in 0..st.classes.len() {
+            self.unmap_expired_spares(st, c, now);
+        }
+    }
+
+    /// Unmaps the spares of class `ci` that its policy no longer keeps at `now`, at most
+    /// `MAX_UNMAPS_PER_CHECK` (each is a TLB shootdown under the allocator lock; the rest go
+    /// at later checks).
     fn unmap_expired_spares(&self, st: &mut AllocState, ci: usize, now: Instant) {
-        while let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) {
+        for _ in 0..MAX_UNMAPS_PER_CHECK {
+            let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) else {
+                return;
+            };
             st.classes[ci].available.remove(&idx);
             self.unmap_chunk(st, idx);
         }

@@ -4,19 +4,24 @@
 //! frees: a grace period frees its whole backlog at once (with the default 16 MiB bound on
 //! retired bytes, up to 256 chunks), and the next emissions need as many again. A chunk that
 //! is unmapped when it empties costs, at its next use, a map, an unmap (a TLB shootdown on
-//! every core) and a page fault per page of fresh memory: with the four spares kept before,
-//! that churn was about 30% of a retire's CPU in `benches/retire_path` (alternated runs,
-//! BENCHMARKS.md). So a class keeps:
+//! every core) and a page fault per page of fresh memory: with only four spares kept, that
+//! churn was about a fifth of a retire's CPU in `benches/retire_path` (122.8 -> 97.8 ns
+//! alone, alternated runs, BENCHMARKS.md). So a class keeps:
 //! - its `keep` most recently emptied chunks for good ([`SPARE_CHUNKS_PER_CLASS`]), and
-//! - any further empty chunk while it was emptied less than `decay` ago
-//!   ([`JitBuilder::spare_chunk_decay`]). An older one is unmapped at the next chunk event
-//!   (a chunk of the class emptied, or any chunk mapped), oldest first.
+//! - any further empty chunk while it emptied less than `decay` ago
+//!   ([`JitBuilder::spare_chunk_decay`]). Older ones are unmapped, oldest first, when the
+//!   class empties another chunk, when any chunk is mapped, and at every 64th allocation or
+//!   group of frees of any class (the clock is read there, not per allocation); at most 8 of
+//!   a class per check, as each unmap is a TLB shootdown under the allocator lock.
 //!
-//! The memory kept beyond `keep` is therefore at most what the class emptied within the last
-//! `decay`: what it was using a moment before. A chunk is reused from its class's
-//! `available` set before any chunk is mapped, and when the reservation is full any class's
-//! oldest spare is unmapped to make room, so spares never cause `CodeSpaceExhausted`. Spares
-//! hold only traps (freed slots are trap-filled), so a stale call into one faults.
+//! So the memory kept beyond `keep` is what the classes emptied within `decay` before the
+//! allocator's latest check (less what the 8-per-check cap has not yet unmapped): while the
+//! `Jit` emits or frees anything, at most `decay`'s worth of its recent use. A `Jit` that does neither keeps its spares until it does, or is
+//! dropped. A `decay` too long to reach (`Duration::MAX`) keeps every empty chunk until the
+//! reservation is full. A chunk is reused from its class's `available` set before any chunk
+//! is mapped, and when the reservation is full the spare that has been empty longest, of any
+//! class, is unmapped to make room, so spares never cause `CodeSpaceExhausted`. Spares hold
+//! only traps (freed slots are trap-filled), so a stale call into one faults.
 //!
 //! Ordering: spares live under the allocator's lock (`AllocState`), like every other piece of
 //! chunk bookkeeping; nothing here is shared.
@@ -53,6 +58,11 @@ impl Spares {
         if let Some(i) = self.emptied.iter().rposition(|&(c, _)| c == idx) {
             self.emptied.remove(i);
         }
+    }
+
+    /// When the oldest spare emptied.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        self.emptied.front().map(|&(_, emptied)| emptied)
     }
 
     /// The oldest spare, removed (for a full reservation that needs its room).

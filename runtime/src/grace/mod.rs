@@ -260,10 +260,11 @@ pub struct GraceStats {
     /// counted when a reader woke the registered waiters during it and the waiter is one of
     /// them (it was woken, but got no CPU before its timeout); so a lost wake-up goes
     /// uncounted when another wake-up (another reader's, or one meant for another domain over
-    /// the same readers) unparks the waiter during that park. A report that lands after the
-    /// timeout but before the waiter's re-check woke it, only late, and is not counted; one
-    /// whose reader is preempted between its cell store and its wake-up can still count
-    /// here, rarely.
+    /// the same readers) unparks the waiter during that park, or lands between the timeout
+    /// and the end of the wait (which may include a due stall report): a report that lands
+    /// after the timeout but before the waiter's re-check woke it, only late, and is not
+    /// counted. One whose reader is preempted between its cell store and its wake-up can
+    /// still count here, rarely.
     pub lost_wakeups: u64,
 }
 
