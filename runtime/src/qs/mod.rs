@@ -150,3 +150,5 @@ pub(crate) use transitions::{
 pub(crate) use transitions::{
     PUBLISH_CODE_REFS_LATE, SKIP_LATE_WAKE_CHECK, SKIP_OFFLINE_AT_UNREGISTER,
 };
+#[cfg(all(loom, test))]
+pub(crate) use waker::WAKE_ONLY_FIRST_WAITER;

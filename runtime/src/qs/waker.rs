@@ -29,6 +29,13 @@ use std::sync::atomic::Ordering;
 use super::cell::QsCell;
 use crate::primitive::{lock, thread, AtomicU64, AtomicUsize, Mutex};
 
+#[cfg(all(loom, test))]
+std::thread_local! {
+    /// Fault injection for a loom control: a wake unparks only the first registered waiter.
+    pub(crate) static WAKE_ONLY_FIRST_WAITER: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct GpWaker {
@@ -60,7 +67,12 @@ impl GpWaker {
             // Unpark outside the lock: an unpark is a system call when its thread sleeps,
             // and the first thing a woken inline runner does after its GP is to deregister
             // under this lock (it would block on the notifier, and wake it again on unlock).
-            let waiters = lock(&self.waiters).clone();
+            #[allow(unused_mut)]
+            let mut waiters = lock(&self.waiters).clone();
+            #[cfg(all(loom, test))]
+            if WAKE_ONLY_FIRST_WAITER.with(std::cell::Cell::get) {
+                waiters.truncate(1); // the injected bug
+            }
             for t in &waiters {
                 t.unpark();
             }

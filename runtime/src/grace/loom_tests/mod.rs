@@ -19,11 +19,15 @@
 //! lost wake-up is a deadlock loom reports (`wake.rs`, with a thread that reports
 //! `quiescent()`, goes `offline()`, blocks in an offline guard or unregisters; without the
 //! fence before `offline()` reads the request, or with an unregistration that does not go
-//! offline first, loom finds the deadlock too).
+//! offline first, loom finds the deadlock too). A two-domain variant has two updaters wait,
+//! each in its own domain's grace period over the same registry, for one thread that goes
+//! offline once: that one transition must wake both (with a wake that unparks only the first
+//! registered waiter, loom finds the deadlock).
 //!
 //! Controls inject a fault and must be caught: the thread's second read of a wake request
-//! dropped, and an unregistration that does not go offline (both in `qs/transitions.rs`;
-//! run in a child process, as loom aborts after reporting a deadlock), the reader's barrier dropped (in
+//! dropped, and an unregistration that does not go offline (both in `qs/transitions.rs`), a
+//! wake that unparks one waiter (`qs/waker.rs`; the three run in a child process, as loom
+//! aborts after reporting a deadlock), the reader's barrier dropped (in
 //! `qs/barrier.rs`), an open batch sealed when it runs instead of when its GP is claimed (in
 //! `callbacks.rs`), `synchronize` waiting for the grace period in progress instead of the
 //! next one (in `driver.rs`), the holdout wait skipped, an inactive cell trusted without the
@@ -153,11 +157,17 @@ pub(super) fn model_builder() -> loom::model::Builder {
 /// callback delay, and no stall report within a model.
 pub(super) fn model_domain(workers: usize) -> (Arc<QsRegistry>, GraceDomain) {
     let registry = Arc::new(QsRegistry::new(workers));
+    let engine = model_engine(&registry);
+    (registry, GraceDomain::start(engine).expect("driver"))
+}
+
+/// A grace-period engine over `registry` without a driver (its grace periods run only inline,
+/// in the OS threads that wait for them): no callback delay, and no stall report.
+pub(super) fn model_engine(registry: &Arc<QsRegistry>) -> Arc<Engine> {
     let config = GraceConfig::default()
         .callback_delay(Duration::ZERO)
         .stall_timeout(Duration::from_secs(3600));
-    let engine = Arc::new(Engine::new(Arc::clone(&registry), None, config));
-    (registry, GraceDomain::start(engine).expect("driver"))
+    Arc::new(Engine::new(Arc::clone(registry), None, config))
 }
 
 fn model(reader_kind: ReaderKind, free: Free) {

@@ -2,12 +2,14 @@
 //! registered thread's report wakes a grace period that waits for it. The grace period parks
 //! expecting the wake-up, a plain `park` under loom, so a lost wake-up is a deadlock loom
 //! reports. The thread ends the wait by `quiescent()`, `offline()`, an offline guard
-//! (`crate::offline`) or unregistering.
+//! (`crate::offline`) or unregistering; in the two-domain variant, one `offline()` ends the
+//! waits of two grace periods of two domains over the same readers.
 
 use std::sync::atomic::Ordering;
 
-use super::{model_builder, model_domain};
-use crate::primitive::{Arc, AtomicBool};
+use super::{model_builder, model_domain, model_engine};
+use crate::grace::waiters::Until;
+use crate::primitive::{Arc, AtomicBool, AtomicUsize};
 use crate::qs;
 
 std::thread_local! {
@@ -17,15 +19,30 @@ std::thread_local! {
 }
 
 loom::lazy_static! {
-    /// Set once the wake-up model's grace period has snapshotted the readers (fresh in every
-    /// execution).
-    static ref SNAPSHOT_TAKEN: AtomicBool = AtomicBool::new(false);
+    /// How many of the wake-up model's grace periods have snapshotted the readers (fresh in
+    /// every execution).
+    static ref SNAPSHOTS_TAKEN: AtomicUsize = AtomicUsize::new(0);
 }
 
 /// The hook `tasks::wait_for_readers` calls right after its reader snapshot.
 pub(in crate::grace) fn snapshot_taken() {
     if WAKE_MODEL.with(std::cell::Cell::get) {
-        SNAPSHOT_TAKEN.store(true, Ordering::Release);
+        SNAPSHOTS_TAKEN.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Spins (yielding to loom) until `n` grace periods have snapshotted the readers.
+fn wait_for_snapshots(n: usize) {
+    while SNAPSHOTS_TAKEN.load(Ordering::Acquire) < n {
+        loom::thread::yield_now();
+    }
+}
+
+/// Blocks until `done` is set.
+fn block_until(done: &(crate::primitive::Mutex<bool>, crate::primitive::Condvar)) {
+    let mut finished = crate::primitive::lock(&done.0);
+    while !*finished {
+        finished = crate::primitive::wait(&done.1, finished);
     }
 }
 
@@ -68,15 +85,8 @@ fn wake_model(report: Report) {
             loom::thread::spawn(move || {
                 let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
                 registered.store(true, Ordering::Release);
-                while !SNAPSHOT_TAKEN.load(Ordering::Acquire) {
-                    loom::thread::yield_now();
-                }
-                let block_until_done = || {
-                    let mut finished = crate::primitive::lock(&done.0);
-                    while !*finished {
-                        finished = crate::primitive::wait(&done.1, finished);
-                    }
-                };
+                wait_for_snapshots(1);
+                let block_until_done = || block_until(&done);
                 match report {
                     Report::Quiescent => {
                         reg.quiescent();
@@ -108,6 +118,79 @@ fn wake_model(report: Report) {
         reader.join().expect("reader");
         drop(domain);
     });
+}
+
+/// Two domains over one registry (the waker and its list of waiter threads are the
+/// registry's): each waits, in a grace period run inline by its own updater thread, for the
+/// same registered thread, which goes offline once. That one transition must wake both
+/// waiters, whichever of them registered with the waker first and whenever the other
+/// deregisters. Going offline needs no wait for the snapshots (a grace period that snapshots
+/// the thread offline does not wait for it), and neither domain has a driver (their grace
+/// periods run only inline): with spin-waits for the snapshots, or with the drivers, the model
+/// did not finish in ten minutes.
+fn two_domain_wake_model() {
+    WAKE_MODEL.with(|on| on.set(true));
+    let mut builder = model_builder();
+    builder.max_branches = 100_000;
+    builder.check(|| {
+        let registry = Arc::new(crate::qs::QsRegistry::new(0));
+        let (a, b) = (model_engine(&registry), model_engine(&registry));
+        let flag = || {
+            Arc::new((
+                crate::primitive::Mutex::new(false),
+                crate::primitive::Condvar::new(),
+            ))
+        };
+        let (registered, done) = (flag(), flag());
+        let set = |f: &(crate::primitive::Mutex<bool>, crate::primitive::Condvar)| {
+            *crate::primitive::lock(&f.0) = true;
+            f.1.notify_all();
+        };
+        let reader = {
+            let (registry, registered, done) = (
+                Arc::clone(&registry),
+                Arc::clone(&registered),
+                Arc::clone(&done),
+            );
+            loom::thread::spawn(move || {
+                let reg = crate::qs::ThreadRegistration::register(&registry).expect("register");
+                set(&registered);
+                reg.offline();
+                block_until(&done);
+                drop(reg);
+            })
+        };
+        block_until(&registered);
+        let second = {
+            let b = Arc::clone(&b);
+            loom::thread::spawn(move || b.wait_for(Until::Completed, |seq| seq.request_next()))
+        };
+        a.wait_for(Until::Completed, |seq| seq.request_next());
+        second.join().expect("second updater");
+        set(&done);
+        reader.join().expect("reader");
+        drop((a, b));
+    });
+}
+
+#[test]
+fn loom_one_report_wakes_the_grace_periods_of_two_domains() {
+    two_domain_wake_model();
+}
+
+/// The control for two domains: a wake that unparks only the first registered waiter
+/// leaves the other domain's grace period asleep for good.
+#[test]
+fn loom_control_a_wake_that_unparks_one_waiter_loses_the_other() {
+    expect_deadlock_in_child("grace::loom_tests::wake::faulty_two_domain_model_in_a_child_process");
+}
+
+/// The faulty model of the control above (run only as its child process).
+#[test]
+#[ignore = "run by loom_control_a_wake_that_unparks_one_waiter_loses_the_other"]
+fn faulty_two_domain_model_in_a_child_process() {
+    qs::WAKE_ONLY_FIRST_WAITER.with(|f| f.set(true));
+    two_domain_wake_model();
 }
 
 #[test]
