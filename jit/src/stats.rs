@@ -8,8 +8,8 @@
 //! the same trampoline too: every derived gauge (`live`, `retired`, `retired_bytes`) is then
 //! non-negative, and `emitted == live + retired + reclaimed` holds by construction. The
 //! patcher's events and the reclaimer's sit on different cache lines, so a patch storm and the
-//! grace-period thread freeing behind it do not contend. Mapped bytes, chunks, sites and
-//! unwind registrations are plain gauges.
+//! grace-period thread freeing behind it do not contend. Mapped bytes, chunks (and the spare
+//! ones among them), sites and unwind registrations are plain gauges.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,10 @@ pub struct JitStats {
     pub mapped_bytes: usize,
     /// Chunks currently mapped.
     pub chunks: usize,
+    /// Of those, empty chunks kept mapped for reuse (a size class's spares: the four it keeps
+    /// for good and those younger than
+    /// [`JitBuilder::spare_chunk_decay`](crate::JitBuilder::spare_chunk_decay)).
+    pub spare_chunks: usize,
     /// Trampolines emitted so far.
     pub emitted: u64,
     /// Trampolines emitted and not retired.
@@ -83,6 +87,7 @@ pub(crate) struct StatCounters {
     consumed: CachePadded<Consumed>,
     mapped_bytes: AtomicUsize,
     chunks: AtomicUsize,
+    spare_chunks: AtomicUsize,
     sites: AtomicU64,
     unwind_registered: AtomicU64,
 }
@@ -137,6 +142,18 @@ impl StatCounters {
     pub(crate) fn all_unmapped(&self) {
         self.mapped_bytes.store(0, Ordering::Relaxed);
         self.chunks.store(0, Ordering::Relaxed);
+        self.spare_chunks.store(0, Ordering::Relaxed);
+    }
+
+    /// A chunk became a spare (`+1`) or stopped being one (`-1`); changed under the
+    /// allocator's lock.
+    pub(crate) fn spare_chunks_changed(&self, by: isize) {
+        if by >= 0 {
+            self.spare_chunks.fetch_add(by as usize, Ordering::Relaxed);
+        } else {
+            self.spare_chunks
+                .fetch_sub(by.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn site_created(&self) {
@@ -182,6 +199,7 @@ impl StatCounters {
         JitStats {
             mapped_bytes: self.mapped_bytes.load(Ordering::Relaxed),
             chunks: self.chunks.load(Ordering::Relaxed),
+            spare_chunks: self.spare_chunks.load(Ordering::Relaxed),
             emitted,
             live: emitted.saturating_sub(retired + reclaimed_unretired),
             retired: retired.saturating_sub(reclaimed_retired),

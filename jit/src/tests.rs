@@ -285,6 +285,7 @@ fn without_a_decay_the_newest_empty_chunks_are_spares_and_older_ones_unmapped() 
     assert_eq!(jit.stats().chunks, spares + 1);
     drop((held, reused));
     assert_eq!(jit.stats().chunks, spares, "the spares stay mapped");
+    assert_eq!(jit.stats().spare_chunks, spares);
     assert_eq!(jit.stats().mapped_bytes, spares * chunk);
 }
 
@@ -299,12 +300,14 @@ fn empty_chunks_beyond_the_spares_stay_mapped_within_the_decay() {
     let addrs: Vec<_> = backlog.iter().map(|t| t.addr()).collect();
     drop(backlog);
     assert_eq!(jit.stats().chunks, spares + 6, "all kept within the decay");
+    assert_eq!(jit.stats().spare_chunks, spares + 6, "as spares");
     let refill: Vec<_> = (0..spares + 6).map(|_| whole_chunk(&jit, chunk)).collect();
     assert!(
         refill.iter().all(|t| addrs.contains(&t.addr())),
         "the refill reused every empty chunk"
     );
     assert_eq!(jit.stats().chunks, spares + 6, "and mapped none");
+    assert_eq!(jit.stats().spare_chunks, 0, "the refill took every spare");
 }
 
 /// Once older than the decay, empty chunks beyond the fixed spares go at the allocator's next
@@ -335,6 +338,7 @@ fn empty_chunks_older_than_the_decay_go_at_the_next_check() {
             1 + spares,
             "only the fixed spares outlive the decay (other class only: {other_class_only})"
         );
+        assert_eq!(jit.stats().spare_chunks, spares);
         drop(small);
     }
 }

@@ -56,12 +56,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Allocations and groups of frees between two checks of every class's spares for age: the
-/// clock is read once per this many, not per allocation.
-const SPARE_CHECK_INTERVAL: u32 = 64;
-/// Spares of one class unmapped at most per check.
-const MAX_UNMAPS_PER_CHECK: usize = 8;
-
 use self::double_map::DoubleMap;
 use self::mprotect::Mprotect;
 use crate::arch::{self, StubMemory, SyncCorePolicy};
@@ -383,8 +377,8 @@ impl CodeMemory {
         let write_addr = chunk.views.write_base + offset;
         let class = &mut st.classes[ci];
         // Only an empty chunk can be a spare.
-        if was_empty {
-            class.spares.take(idx);
+        if was_empty && class.spares.take(idx) {
+            self.stats.spare_chunks_changed(-1);
         }
         // `available` holds exactly the class's chunks with room: a chunk leaves it when it
         // fills up here and comes back when a free makes room (`return_slot`).
@@ -422,19 +416,8 @@ impl CodeMemory {
         // A chunk event: give back every class's spares the policy no longer keeps.
         self.unmap_all_expired_spares(st);
         if st.free_indices.is_empty() && st.next_index == st.chunks.len() {
-            // The reservation is full: spares are only a cache, give back the one that has
-            // been empty longest, of any class.
-            let oldest = (st.classes.iter().enumerate())
-                .filter_map(|(c, class)| Some((class.spares.oldest()?, c)))
-                .min();
-            if let Some((_, c)) = oldest {
-                let spare = st.classes[c]
-                    .spares
-                    .pop_oldest()
-                    .expect("the class has a spare");
-                st.classes[c].available.remove(&spare);
-                self.unmap_chunk(st, spare);
-            }
+            // The reservation is full: spares are only a cache.
+            self.unmap_oldest_spare(st);
         }
         let idx = match st.free_indices.pop() {
             Some(i) => i,
@@ -578,40 +561,8 @@ impl CodeMemory {
         if empty && class.current != Some(slot.chunk) {
             let now = Instant::now();
             class.spares.insert(slot.chunk, now);
+            self.stats.spare_chunks_changed(1);
             self.unmap_expired_spares(st, ci, now);
-        }
-    }
-
-    /// Counts one allocation or group of frees, and every `SPARE_CHECK_INTERVAL` of them
-    /// gives back the spares of every class that the policy no longer keeps (so a class that
-    /// stopped emptying chunks still loses its old spares while any other class is used).
-    #[inline]
-    fn tick_spare_check(&self, st: &mut AllocState) {
-        st.since_spare_check += 1;
-        if st.since_spare_check >= SPARE_CHECK_INTERVAL {
-            self.unmap_all_expired_spares(st);
-        }
-    }
-
-    #[cold]
-    fn unmap_all_expired_spares(&self, st: &mut AllocState) {
-        st.since_spare_check = 0;
-        let now = Instant::now();
-        for c in 0..st.classes.len() {
-            self.unmap_expired_spares(st, c, now);
-        }
-    }
-
-    /// Unmaps the spares of class `ci` that its policy no longer keeps at `now`, at most
-    /// `MAX_UNMAPS_PER_CHECK` (each is a TLB shootdown under the allocator lock; the rest go
-    /// at later checks).
-    fn unmap_expired_spares(&self, st: &mut AllocState, ci: usize, now: Instant) {
-        for _ in 0..MAX_UNMAPS_PER_CHECK {
-            let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) else {
-                return;
-            };
-            st.classes[ci].available.remove(&idx);
-            self.unmap_chunk(st, idx);
         }
     }
 }

@@ -32,6 +32,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::{AllocState, CodeMemory};
+
 /// How many empty chunks a class keeps, and for how long (module docs).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SparePolicy {
@@ -53,11 +55,13 @@ impl Spares {
         self.emptied.push_back((idx, now));
     }
 
-    /// Chunk `idx` is being allocated from again: it is no spare any more (if it was one).
-    pub(super) fn take(&mut self, idx: usize) {
-        if let Some(i) = self.emptied.iter().rposition(|&(c, _)| c == idx) {
+    /// Chunk `idx` is being allocated from again: it is no spare any more. Whether it was one.
+    pub(super) fn take(&mut self, idx: usize) -> bool {
+        let found = self.emptied.iter().rposition(|&(c, _)| c == idx);
+        if let Some(i) = found {
             self.emptied.remove(i);
         }
+        found.is_some()
     }
 
     /// When the oldest spare emptied.
@@ -85,6 +89,67 @@ impl Spares {
     #[cfg(test)]
     pub(super) fn contains(&self, idx: usize) -> bool {
         self.emptied.iter().any(|&(c, _)| c == idx)
+    }
+}
+
+/// Allocations and groups of frees between two checks of every class's spares for age: the
+/// clock is read once per this many, not per allocation.
+const SPARE_CHECK_INTERVAL: u32 = 64;
+/// Spares of one class unmapped at most per check.
+const MAX_UNMAPS_PER_CHECK: usize = 8;
+
+/// The allocator's side of the policy: when spares are checked and how they are unmapped.
+impl CodeMemory {
+    /// Counts one allocation or group of frees, and every `SPARE_CHECK_INTERVAL` of them
+    /// gives back the spares of every class that the policy no longer keeps (so a class that
+    /// stopped emptying chunks still loses its old spares while any other class is used).
+    #[inline]
+    pub(super) fn tick_spare_check(&self, st: &mut AllocState) {
+        st.since_spare_check += 1;
+        if st.since_spare_check >= SPARE_CHECK_INTERVAL {
+            self.unmap_all_expired_spares(st);
+        }
+    }
+
+    /// Gives back every class's spares that the policy no longer keeps (a check).
+    #[cold]
+    pub(super) fn unmap_all_expired_spares(&self, st: &mut AllocState) {
+        st.since_spare_check = 0;
+        let now = Instant::now();
+        for c in 0..st.classes.len() {
+            self.unmap_expired_spares(st, c, now);
+        }
+    }
+
+    /// Unmaps the spares of class `ci` that its policy no longer keeps at `now`, at most
+    /// `MAX_UNMAPS_PER_CHECK` (each is a TLB shootdown under the allocator lock; the rest go
+    /// at later checks).
+    pub(super) fn unmap_expired_spares(&self, st: &mut AllocState, ci: usize, now: Instant) {
+        for _ in 0..MAX_UNMAPS_PER_CHECK {
+            let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) else {
+                return;
+            };
+            st.classes[ci].available.remove(&idx);
+            self.stats.spare_chunks_changed(-1);
+            self.unmap_chunk(st, idx);
+        }
+    }
+
+    /// Unmaps the spare that has been empty longest, of any class (a full reservation needs
+    /// its room).
+    pub(super) fn unmap_oldest_spare(&self, st: &mut AllocState) {
+        let oldest = (st.classes.iter().enumerate())
+            .filter_map(|(c, class)| Some((class.spares.oldest()?, c)))
+            .min();
+        if let Some((_, c)) = oldest {
+            let spare = st.classes[c]
+                .spares
+                .pop_oldest()
+                .expect("the class has a spare");
+            st.classes[c].available.remove(&spare);
+            self.stats.spare_chunks_changed(-1);
+            self.unmap_chunk(st, spare);
+        }
     }
 }
 
