@@ -11,6 +11,7 @@ pub mod example_bin;
 pub mod probe_teardown;
 pub mod rng;
 pub mod spinner;
+pub mod stall_flag;
 pub mod torture;
 pub mod unsound;
 pub mod urcu;
