@@ -179,18 +179,12 @@ impl<'a> Backoff<'a> {
                 let parked = Instant::now();
                 let wakes_before = registry.reader_wakes();
                 thread::park_expecting_unpark(sleep);
-                // A timed-out park is a lost wake-up unless a reader woke the waiters
-                // meanwhile *and* this thread is one of them: a waiter that was unparked but
-                // got no CPU until after its timeout (two busy readers on two cores) slept as
-                // long, yet was woken; one missing from the waker's list (the bug the count
-                // first caught) was not. Only this thread changes its own registration, so
-                // what the list holds now it held during the park. Not under loom: its park
-                // has no timeout (a lost wake-up is a deadlock it reports), and the clock
-                // would make the model's operations depend on wall time (loom then fails
-                // with "unexpected exploration state" on a loaded machine).
-                let timed_out = !cfg!(loom)
-                    && parked.elapsed() >= sleep
-                    && (registry.reader_wakes() == wakes_before || !registry.is_waiter_thread());
+                // Whether the wake-up was lost is decided once the wait ends (below). Not
+                // under loom: its park has no timeout (a lost wake-up is a deadlock it
+                // reports), and the clock would make the model's operations depend on wall
+                // time (loom then fails with "unexpected exploration state" on a loaded
+                // machine).
+                let timed_out = !cfg!(loom) && parked.elapsed() >= sleep;
                 net_caught = timed_out.then_some(wakes_before);
                 #[cfg(all(test, not(loom)))]
                 if timed_out {
@@ -211,9 +205,13 @@ impl<'a> Backoff<'a> {
                 self.next_report = waited + self.engine.config.stall_timeout;
             }
         }
-        // The re-check after the timed-out park found everybody passed. If a reader woke the
-        // waiters meanwhile (it reported after the timeout, before this thread, short of a
-        // CPU, got to re-check), the wake-up came, only late; otherwise it was lost.
+        // The re-check after the timed-out park found everybody passed. That is a lost
+        // wake-up unless a reader woke the waiters since the park began *and* this thread is
+        // one of them: a waiter that was unparked but got no CPU until after its timeout (two
+        // busy readers on two cores), or whose reader reported after the timeout but before
+        // this thread, short of a CPU, got to re-check, was woken, only late; one missing from
+        // the waker's list (the bug the count first caught) was not. Only this thread changes
+        // its own registration, so what the list holds now it held during the park.
         let lost = net_caught.is_some_and(|wakes_before| {
             registry.reader_wakes() == wakes_before || !registry.is_waiter_thread()
         });
