@@ -16,9 +16,9 @@
 //!
 //! So the memory kept beyond `keep` is what the classes emptied within `decay` before the
 //! allocator's latest check (less what the 8-per-check cap has not yet unmapped): while the
-//! `Jit` emits or frees anything, at most `decay`'s worth of its recent use. A `Jit` that does neither keeps its spares until it does, or is
-//! dropped. A `decay` too long to reach (`Duration::MAX`) keeps every empty chunk until the
-//! reservation is full. A chunk is reused from its class's `available` set before any chunk
+//! `Jit` emits or frees anything, at most `decay`'s worth of its recent use. A `Jit` that does
+//! neither keeps its spares until it does, or is dropped. A `decay` too long to reach
+//! (`Duration::MAX`) keeps every empty chunk until the reservation is full. A chunk is reused from its class's `available` set before any chunk
 //! is mapped, and when the reservation is full the spare that has been empty longest, of any
 //! class, is unmapped to make room, so spares never cause `CodeSpaceExhausted`. Spares hold
 //! only traps (freed slots are trap-filled), so a stale call into one faults.
@@ -129,9 +129,7 @@ impl CodeMemory {
             let Some(idx) = st.classes[ci].spares.pop_expired(self.spare_policy, now) else {
                 return;
             };
-            st.classes[ci].available.remove(&idx);
-            self.stats.spare_chunks_changed(-1);
-            self.unmap_chunk(st, idx);
+            self.unmap_spare(st, ci, idx);
         }
     }
 
@@ -146,10 +144,15 @@ impl CodeMemory {
                 .spares
                 .pop_oldest()
                 .expect("the class has a spare");
-            st.classes[c].available.remove(&spare);
-            self.stats.spare_chunks_changed(-1);
-            self.unmap_chunk(st, spare);
+            self.unmap_spare(st, c, spare);
         }
+    }
+
+    /// Unmaps chunk `idx`, a spare of class `ci` just taken off its list.
+    fn unmap_spare(&self, st: &mut AllocState, ci: usize, idx: usize) {
+        st.classes[ci].available.remove(&idx);
+        self.stats.spare_chunks_changed(-1);
+        self.unmap_chunk(st, idx);
     }
 }
 
