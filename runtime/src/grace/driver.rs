@@ -47,6 +47,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
 
 use super::callbacks::{Callback, HeldCallbacks, PendingCallbacks};
+use super::tasks::SnapshotBuffers;
 use super::waiters::{TaskWaiter, Until};
 use super::{rude, stall, tasks, Flavor, GraceConfig, GraceStats};
 use crate::primitive::{
@@ -86,6 +87,9 @@ pub(super) struct SeqState {
     /// the lock the claim holds anyway, rather than with one more atomic add per GP.
     pub(super) inline_grace_periods: u64,
     pub(super) shutdown: bool,
+    /// The vectors the next GP snapshots its readers into: the claim takes them, `finish`
+    /// gives them back.
+    snapshot: SnapshotBuffers,
 }
 
 impl SeqState {
@@ -137,6 +141,7 @@ pub(super) struct ClaimedGp {
     gp: u64,
     batch: Vec<Callback>,
     seal_panics: u64,
+    snapshot: SnapshotBuffers,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -272,6 +277,7 @@ impl Engine {
             gp: seq.started,
             batch,
             seal_panics,
+            snapshot: std::mem::take(&mut seq.snapshot),
         }
     }
 
@@ -286,6 +292,7 @@ impl Engine {
             gp,
             batch,
             seal_panics,
+            mut snapshot,
         } = claimed;
         /// Releases the claim if the GP unwinds (nothing of ours in it should; the stall
         /// callback's panics are caught, but a tracing subscriber's hooks run in it on the
@@ -332,7 +339,7 @@ impl Engine {
         // The clock is read only for a listener (a disabled check is one relaxed load).
         let start = tracing::enabled!(target: "tramway::grace", tracing::Level::DEBUG)
             .then(std::time::Instant::now);
-        self.run_grace_period(gp, expedited);
+        self.run_grace_period(gp, expedited, &mut snapshot);
         let batch = claim
             .batch
             .as_mut()
@@ -357,7 +364,7 @@ impl Engine {
         // this function then does not take the lock that `finish` returns.
         let batch = claim.batch.take().unwrap_or_default();
         let held = claim.held.take().unwrap_or_default();
-        self.finish(gp, batch, held)
+        self.finish(gp, batch, held, snapshot)
     }
 
     /// Ends GP `gp`: stores `completed`, releases its waiters, hands its batch on (module docs)
@@ -367,11 +374,13 @@ impl Engine {
         gp: u64,
         batch: Vec<Callback>,
         (held, version): (Vec<Callback>, u64),
+        snapshot: SnapshotBuffers,
     ) -> MutexGuard<'_, SeqState> {
         // Stored before the lock is taken: a waiter either sees it or is registered and woken.
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
         seq.running = false;
+        seq.snapshot = snapshot;
         let newly_held = !held.is_empty();
         seq.held.add(held, version);
         if newly_held {
@@ -503,15 +512,15 @@ impl Engine {
         seq
     }
 
-    fn run_grace_period(&self, gp: u64, expedited: bool) {
+    fn run_grace_period(&self, gp: u64, expedited: bool, snapshot: &mut SnapshotBuffers) {
         let mut backoff = stall::Backoff::new(self, gp, expedited);
         match self.config.flavor {
-            Flavor::Tasks => tasks::wait_for_readers(&mut backoff, &self.registry),
+            Flavor::Tasks => tasks::wait_for_readers(&mut backoff, &self.registry, snapshot),
             Flavor::Rude => {
                 if let Some(runtime) = &self.runtime {
                     rude::force_every_worker_through_scheduler(&mut backoff, runtime);
                 }
-                tasks::wait_for_threads(&mut backoff, &self.registry);
+                tasks::wait_for_threads(&mut backoff, &self.registry, snapshot);
             }
         }
     }

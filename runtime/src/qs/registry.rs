@@ -193,14 +193,17 @@ impl QsRegistry {
 
     // ---- grace periods: snapshots and checks -------------------------------------------
 
-    /// Snapshots of every worker that is running a task now (the others are quiescent).
-    pub(crate) fn active_workers(&self) -> Vec<(usize, QsSnapshot)> {
-        self.workers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (i, w.cell.snapshot()))
-            .filter(|(_, s)| s.was_active())
-            .collect()
+    /// Snapshots of every worker that is running a task now (the others are quiescent), into
+    /// `into` (emptied first).
+    pub(crate) fn active_workers_into(&self, into: &mut Vec<(usize, QsSnapshot)>) {
+        into.clear();
+        into.extend(
+            self.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (i, w.cell.snapshot()))
+                .filter(|(_, s)| s.was_active()),
+        );
     }
 
     #[cfg_attr(all(loom, not(test)), allow(dead_code))]
@@ -227,13 +230,16 @@ impl QsRegistry {
         self.workers[index].current_task.load(Ordering::Relaxed)
     }
 
-    /// Snapshots of every registered thread that is online now.
-    pub(crate) fn online_threads(&self) -> Vec<(Arc<ThreadReader>, QsSnapshot)> {
-        lock(&self.threads)
-            .iter()
-            .map(|t| (Arc::clone(t), t.cell.snapshot()))
-            .filter(|(_, s)| s.was_active())
-            .collect()
+    /// Snapshots of every registered thread that is online now, into `into` (emptied
+    /// first; a handle is cloned only for a thread that is online).
+    pub(crate) fn online_threads_into(&self, into: &mut Vec<(Arc<ThreadReader>, QsSnapshot)>) {
+        into.clear();
+        for t in lock(&self.threads).iter() {
+            let snap = t.cell.snapshot();
+            if snap.was_active() {
+                into.push((Arc::clone(t), snap));
+            }
+        }
     }
 
     /// The holdout set with each holdout's voluntary-yield count, read after every reader

@@ -427,7 +427,9 @@ fn asleep_model(check_asleep: bool) {
         // The grace period: the heavy barrier's fence, then the skip decision and the check.
         crate::primitive::fence(Ordering::SeqCst);
         let skip_membarrier = !check_asleep || !registry.any_worker_awake();
-        if skip_membarrier && registry.active_workers().is_empty() {
+        let mut active = Vec::new();
+        registry.active_workers_into(&mut active);
+        if skip_membarrier && active.is_empty() {
             freed.store(true, Ordering::Release); // nobody to wait for: the GP ends at once
         }
         reader.join().expect("reader");
