@@ -178,11 +178,15 @@ impl StatCounters {
         }
     }
 
-    /// Retired bytes awaiting reclamation, cheaply (the backlog throttle's check).
-    pub(crate) fn retired_bytes(&self) -> usize {
-        let out = self.consumed.retired_bytes.load(Ordering::Acquire);
-        let into = self.produced.retired_bytes.load(Ordering::Acquire);
-        into.saturating_sub(out) as usize
+    /// Bytes of code retired so far (a patcher's own counter line: the backlog throttle's
+    /// per-swap read).
+    pub(crate) fn retired_bytes_produced(&self) -> u64 {
+        self.produced.retired_bytes.load(Ordering::Acquire)
+    }
+
+    /// Bytes of retired code reclaimed (or leaked) so far.
+    pub(crate) fn retired_bytes_consumed(&self) -> u64 {
+        self.consumed.retired_bytes.load(Ordering::Acquire)
     }
 
     /// A snapshot: later events first (module docs).

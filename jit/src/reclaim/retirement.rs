@@ -31,7 +31,13 @@ const MAX_THROTTLE_ROUNDS: usize = 2;
 pub(crate) struct Retirement {
     reclaimer: Arc<dyn Reclaim>,
     /// Backlog bound; see `JitBuilder::max_retired_bytes`.
-    max_retired_bytes: usize,
+    max_retired_bytes: u64,
+    /// Whether the backlog throttle may wait (`Reclaim::barrier_waits_for_grace_period`,
+    /// asked once).
+    throttles: bool,
+    /// The reclaimed retired bytes (`StatCounters::retired_bytes_consumed`) as the backlog
+    /// throttle last read them: a lower bound of the count (see `throttle_backlog`).
+    consumed_seen: AtomicU64,
     /// Frees handed to the reclaimer that have not run yet.
     pending_frees: Arc<AtomicU64>,
     /// What the frees free into; `retired_bytes` is read from its counters.
@@ -55,8 +61,10 @@ impl Retirement {
             .keeps_batches_open()
             .then(|| Arc::new(Mutex::new(OpenFrees::default())));
         Retirement {
+            throttles: reclaimer.barrier_waits_for_grace_period(),
             reclaimer,
-            max_retired_bytes,
+            max_retired_bytes: max_retired_bytes as u64,
+            consumed_seen: AtomicU64::new(0),
             pending_frees: Arc::new(AtomicU64::new(0)),
             mem,
             open,
@@ -159,12 +167,32 @@ impl Retirement {
 
     /// Blocks the patcher while retired code exceeds the bound (only with a grace-period
     /// reclaimer, whose barrier is safe while callers run).
+    ///
+    /// The backlog is the retired bytes less the reclaimed ones, and the reclaimed count only
+    /// grows: while the retired count stays within the bound of a reclaimed count read
+    /// earlier (`consumed_seen`), so does the backlog. So a swap
+    /// reads only the retired count, which its own retire just wrote, and the reclaimed one
+    /// (which the driver writes) only when that check fails: about once per
+    /// `max_retired_bytes` of retired code, or per swap while the backlog is near the bound.
+    #[inline]
     pub(crate) fn throttle_backlog(&self) {
-        if !self.reclaimer.barrier_waits_for_grace_period() {
+        let retired = self.mem.stats().retired_bytes_produced();
+        let consumed_seen = self.consumed_seen.load(Ordering::Relaxed);
+        if !self.throttles || retired.saturating_sub(consumed_seen) <= self.max_retired_bytes {
             return;
         }
+        self.throttle_backlog_slow();
+    }
+
+    #[cold]
+    fn throttle_backlog_slow(&self) {
+        let stats = self.mem.stats();
         for round in 0..MAX_THROTTLE_ROUNDS {
-            let retired = self.mem.stats().retired_bytes();
+            // Consumed first: the retired count read after it is at least as new, so the
+            // difference never undercounts the backlog at the second read.
+            let consumed = stats.retired_bytes_consumed();
+            self.consumed_seen.fetch_max(consumed, Ordering::Relaxed);
+            let retired = stats.retired_bytes_produced().saturating_sub(consumed);
             if retired <= self.max_retired_bytes {
                 return;
             }
