@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tramway::jit::SiteKind;
+use tramway_harness::bench::line_transfer;
 use tramway_harness::bench::rounds::{cell, clock_ns, loadavg, machine_before, RoundArgs};
 use tramway_harness::bench::workload::emit_body;
 
@@ -110,7 +111,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let retires = if opts.quick { RETIRES / 10 } else { RETIRES };
-    println!("retire_path: {}", machine_before());
+    println!(
+        "retire_path: {}; {}",
+        machine_before(),
+        line_transfer::describe()
+    );
     println!(
         "{} rounds of {retires} retires (emit + swap + drop) and a barrier; cell: median [min-max]\n",
         opts.rounds
@@ -124,6 +129,6 @@ fn main() -> ExitCode {
         let (wall, cpu) = run(reader, opts.rounds, retires);
         println!("| {id} | {} | {} |", cell(&wall, 1), cell(&cpu, 1));
     }
-    println!("\nload after: {}", loadavg());
+    println!("\nload after: {}; {}", loadavg(), line_transfer::describe());
     ExitCode::SUCCESS
 }

@@ -64,7 +64,12 @@
 //! readers afresh, waits until they run, warms up, then measures for the round's length.
 //! A cell is the median of the round values, with their range. The ratio is
 //! tramway / liburcu: below 1 tramway is faster for latencies and CPU, above 1 for rates.
-//! The load average is printed before and after; nothing here asserts a time.
+//! The load average and the host's cross-core line-transfer time are printed before and
+//! after; nothing here asserts a time. The retire rows also get a table of their per-pair
+//! updater-CPU ratios split by the transfer time measured around each round pair
+//! (`host.rs`): on the 2-vCPU guests this runs on, that time switches between about 30 and
+//! about 160 ns every few seconds, and a retire with a reader costs both sides several times
+//! more in the slow state.
 //!
 //! Without liburcu (`harness/build.rs` found none, or `TRAMWAY_NO_URCU=1` at build time) the
 //! bench prints one line saying so and how to install it, and exits 0. Under `cargo test`
@@ -82,15 +87,18 @@ use tramway::jit::dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use tramway::jit::{ForwardingSpec, Jit, Site, SiteKind, Target, Trampoline};
 use tramway::runtime::ThreadRegistration;
 use tramway::Tramway;
+use tramway_harness::bench::line_transfer;
 use tramway_harness::bench::rounds::{clock_ns, loadavg};
 use tramway_harness::bench::workload::emit_body;
 use tramway_harness::urcu::{self, FnSlot, RetireSlot, Urcu};
 
 mod forwarder;
+mod host;
 mod report;
 mod sides;
 
 use forwarder::*;
+use host::*;
 use report::*;
 use sides::*;
 
@@ -401,7 +409,7 @@ struct Row {
 
 fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
     let started = Instant::now();
-    let load_before = loadavg();
+    let load_before = format!("{}; {}", loadavg(), line_transfer::describe());
     let tw = tramway::Builder::new()
         .workers(1)
         .build()
@@ -423,6 +431,7 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
     };
 
     let mut rows = Vec::new();
+    let mut retire_states = Vec::new();
     let mut ticks_per_ns = None;
     for s in chosen {
         eprintln!("urcu_compare: {} ...", s.id);
@@ -478,7 +487,7 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
                 readers,
                 reader_uses_retired,
             } => {
-                let (a, b) = interleave(opts, |side, _| match side {
+                let (a, b, transfers) = interleave_with_transfers(opts, |side, _| match side {
                     Which::Tramway => t.retire_round(opts, readers, reader_uses_retired),
                     Which::Liburcu => u.retire_round(opts, readers, reader_uses_retired),
                 });
@@ -496,6 +505,15 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
                     col(&a, |s| s.per_sec),
                     col(&b, |s| s.per_sec),
                 ));
+                retire_states.push(RetireStates {
+                    label: reader.to_string(),
+                    ratios: a
+                        .iter()
+                        .zip(&b)
+                        .map(|(t, u)| t.updater_cpu_ns / u.updater_cpu_ns)
+                        .collect(),
+                    transfers,
+                });
                 rows.push(Row::pair(
                     format!("updater CPU per retire ({reader})"),
                     Unit::Ns,
@@ -531,7 +549,7 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
             }
         }
     }
-    let load_after = loadavg();
+    let load_after = format!("{}; {}", loadavg(), line_transfer::describe());
     print_report(
         opts,
         &rows,
@@ -539,6 +557,7 @@ fn run(urcu: Urcu, opts: &Opts, chosen: &[&Scenario]) {
         &load_after,
         ticks_per_ns,
         started,
+        &retire_states,
     );
     // The safety net of waits for registered threads (grace/stall.rs) must never be what ends
     // one: a non-zero count is a lost wake-up, a bug.

@@ -49,6 +49,7 @@ pub(super) fn print_report(
     load_after: &str,
     ticks_per_ns: Option<f64>,
     started: Instant,
+    retire_states: &[RetireStates],
 ) {
     let mut out = String::new();
     let cmd: Vec<String> = std::env::args().collect();
@@ -60,7 +61,7 @@ pub(super) fn print_report(
     );
     let _ = writeln!(out, "- command: `{}`", cmd.join(" "));
     let _ = writeln!(out, "- machine: nproc {nproc}, {}", cpu_model());
-    let _ = writeln!(out, "- load average before: {load_before}");
+    let _ = writeln!(out, "- before: load average {load_before}");
     let _ = writeln!(
         out,
         "- {} rounds of {} ms per cell and side, interleaved (order alternating); cell: median \
@@ -94,7 +95,7 @@ pub(super) fn print_report(
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "- load average after: {load_after}");
+    let _ = writeln!(out, "- after: load average {load_after}");
     let gp_rows: Vec<_> = rows
         .iter()
         .filter_map(|r| r.gps.as_ref().map(|g| (&r.label, g)))
@@ -122,6 +123,7 @@ pub(super) fn print_report(
         }
         let _ = writeln!(out);
     }
+    write_retire_states(&mut out, retire_states);
     if let Some(t) = ticks_per_ns {
         let _ = writeln!(
             out,

@@ -10,8 +10,11 @@
 //! * [`histogram`]: a lock-free log-linear histogram for grace-period latencies.
 //! * [`rounds`]: medians, ranges, the load average and CPU-time clocks for the interleaved-round
 //!   benches.
+//! * [`line_transfer`]: how long a cache line takes to move between two cores now (a host
+//!   fact the cross-thread benches print beside their results).
 
 pub mod histogram;
+pub mod line_transfer;
 pub mod patcher;
 pub mod refcount;
 pub mod rounds;

@@ -1,0 +1,119 @@
+//! The host's cross-core line-transfer time around each retire round pair, and the retire
+//! rows' updater-CPU ratio split by it.
+//!
+//! A retire with a reader moves cache lines between three threads on every retire, and on
+//! the 2-vCPU guests this bench runs on a line transfer takes about 30 ns at times and about
+//! 160-190 ns at others (`tramway_harness::bench::line_transfer`). The two sides of a round
+//! pair run back to back, so they mostly see the same state, but a run's median mixes pairs
+//! of both. Here every retire round pair is bracketed by two measurements, and a pair whose
+//! two agree (both below [`FAST_BELOW_NS`], or both at or above it) is counted in that
+//! state; the ratio of each pair (tramway's updater CPU per retire over liburcu's) is then
+//! summarized per state.
+
+use tramway_harness::bench::line_transfer::cross_core_transfer_ns;
+
+use super::*;
+
+/// A transfer below this is the fast state, at or above it the slow one (the two states
+/// measured on the project's hosts are about 30 and 160-190 ns).
+pub(super) const FAST_BELOW_NS: f64 = 80.0;
+
+/// The transfer times measured before and after one round pair (`None`: the probe gave up).
+#[derive(Clone, Copy)]
+pub(super) struct PairTransfers {
+    before: Option<f64>,
+    after: Option<f64>,
+}
+
+impl PairTransfers {
+    /// `Some(true)` for the fast state, `Some(false)` for the slow one, `None` when the two
+    /// measurements disagree or one is missing.
+    fn fast(&self) -> Option<bool> {
+        let (a, b) = (self.before?, self.after?);
+        let fast = a < FAST_BELOW_NS;
+        (fast == (b < FAST_BELOW_NS)).then_some(fast)
+    }
+}
+
+/// [`interleave`], with the transfer time measured before and after each round pair.
+pub(super) fn interleave_with_transfers<T>(
+    opts: &Opts,
+    mut round: impl FnMut(Which, usize) -> T,
+) -> (Vec<T>, Vec<T>, Vec<PairTransfers>) {
+    let mut transfers = Vec::with_capacity(opts.rounds);
+    let mut before = cross_core_transfer_ns();
+    let (a, b) = interleave(opts, |side, r| {
+        let value = round(side, r);
+        // The second side of pair `r` has run: close it, and open the next.
+        if transfers.len() == r && (r % 2 == 0) == matches!(side, Which::Liburcu) {
+            let after = cross_core_transfer_ns();
+            transfers.push(PairTransfers { before, after });
+            before = after;
+        }
+        value
+    });
+    (a, b, transfers)
+}
+
+/// One retire scenario's per-pair updater-CPU ratios and their transfer states.
+pub(super) struct RetireStates {
+    pub(super) label: String,
+    pub(super) ratios: Vec<f64>,
+    pub(super) transfers: Vec<PairTransfers>,
+}
+
+/// Appends the per-state summary of every retire scenario to `out`.
+pub(super) fn write_retire_states(out: &mut String, states: &[RetireStates]) {
+    if states.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nUpdater CPU per retire, tramway / liburcu, by the host's cross-core line-transfer \
+         time around each round pair (fast: both measurements below {FAST_BELOW_NS:.0} ns; see \
+         benches/urcu_compare/host.rs):\n"
+    );
+    let _ = writeln!(out, "| scenario | fast pairs | slow pairs | mixed pairs |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for s in states {
+        let pick = |want: Option<bool>| -> Vec<f64> {
+            s.ratios
+                .iter()
+                .zip(&s.transfers)
+                .filter(|(_, t)| t.fast() == want)
+                .map(|(r, _)| *r)
+                .collect()
+        };
+        let times = |want: Option<bool>| -> Vec<f64> {
+            s.transfers
+                .iter()
+                .filter(|t| t.fast() == want)
+                .flat_map(|t| [t.before, t.after])
+                .flatten()
+                .collect()
+        };
+        let cell = |want: Option<bool>| -> String {
+            let (mut r, t) = (pick(want), times(want));
+            if r.is_empty() {
+                return "none".into();
+            }
+            let range = if t.is_empty() {
+                String::new()
+            } else {
+                let lo = t.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = t.iter().copied().fold(0.0, f64::max);
+                format!(", {lo:.0}-{hi:.0} ns")
+            };
+            let n = r.len();
+            format!("{:.2}x ({n} pairs{range})", median(&mut r))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            s.label,
+            cell(Some(true)),
+            cell(Some(false)),
+            cell(None)
+        );
+    }
+}
