@@ -116,7 +116,8 @@ pub unsafe trait Reclaim: Send + Sync + 'static {
     /// of the `Jit`, i.e. whether it only runs callbacks whose grace period has ended. True for
     /// grace-period reclaimers; false (the default) for [`LeakUntilDrop`], whose barrier does
     /// nothing. A `Jit` only throttles patchers (see
-    /// [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes)) when it is true.
+    /// [`JitBuilder::max_retired_bytes`](crate::JitBuilder::max_retired_bytes)) when it is true,
+    /// and asks once, when it is built: the answer is a property of the reclaimer.
     fn barrier_waits_for_grace_period(&self) -> bool {
         false
     }
