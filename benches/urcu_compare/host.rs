@@ -5,10 +5,10 @@
 //! the 2-vCPU guests this bench runs on a line transfer takes about 30 ns at times and about
 //! 160-190 ns at others (`tramway_harness::bench::line_transfer`). The two sides of a round
 //! pair run back to back, so they mostly see the same state, but a run's median mixes pairs
-//! of both. Here every retire round pair is bracketed by two measurements, and a pair whose
-//! two agree (both below [`FAST_BELOW_NS`], or both at or above it) is counted in that
-//! state; the ratio of each pair (tramway's updater CPU per retire over liburcu's) is then
-//! summarized per state.
+//! of both. Here every retire round pair is bracketed by two measurements: a pair whose two
+//! agree (both below [`FAST_BELOW_NS`], or both at or above it) is counted in that state, one
+//! whose two disagree is mixed, and one a probe gave up on is unknown; the ratio of each
+//! pair (tramway's updater CPU per retire over liburcu's) is then summarized per state.
 
 use tramway_harness::bench::line_transfer::cross_core_transfer_ns;
 
@@ -25,27 +25,45 @@ pub(super) struct PairTransfers {
     after: Option<f64>,
 }
 
+/// The host's state around one round pair, as its two measurements say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostState {
+    /// Both below [`FAST_BELOW_NS`].
+    Fast,
+    /// Both at or above it.
+    Slow,
+    /// One below, one at or above: the state changed during the pair.
+    Mixed,
+    /// A probe gave up (module docs of `tramway_harness::bench::line_transfer`).
+    Unknown,
+}
+
 impl PairTransfers {
-    /// `Some(true)` for the fast state, `Some(false)` for the slow one, `None` when the two
-    /// measurements disagree or one is missing.
-    fn fast(&self) -> Option<bool> {
-        let (a, b) = (self.before?, self.after?);
-        let fast = a < FAST_BELOW_NS;
-        (fast == (b < FAST_BELOW_NS)).then_some(fast)
+    fn state(&self) -> HostState {
+        match (self.before, self.after) {
+            (Some(a), Some(b)) => match (a < FAST_BELOW_NS, b < FAST_BELOW_NS) {
+                (true, true) => HostState::Fast,
+                (false, false) => HostState::Slow,
+                _ => HostState::Mixed,
+            },
+            _ => HostState::Unknown,
+        }
     }
 }
 
-/// [`interleave`], with the transfer time measured before and after each round pair.
+/// [`interleave`], with the transfer time measured before the first round and after every
+/// second call of `round` (the end of a round pair, whichever side ran second).
 pub(super) fn interleave_with_transfers<T>(
     opts: &Opts,
     mut round: impl FnMut(Which, usize) -> T,
 ) -> (Vec<T>, Vec<T>, Vec<PairTransfers>) {
     let mut transfers = Vec::with_capacity(opts.rounds);
     let mut before = cross_core_transfer_ns();
+    let mut calls = 0usize;
     let (a, b) = interleave(opts, |side, r| {
         let value = round(side, r);
-        // The second side of pair `r` has run: close it, and open the next.
-        if transfers.len() == r && (r % 2 == 0) == matches!(side, Which::Liburcu) {
+        calls += 1;
+        if calls % 2 == 0 {
             let after = cross_core_transfer_ns();
             transfers.push(PairTransfers { before, after });
             before = after;
@@ -57,8 +75,11 @@ pub(super) fn interleave_with_transfers<T>(
 
 /// One retire scenario's per-pair updater-CPU ratios and their transfer states.
 pub(super) struct RetireStates {
+    /// Which retire scenario (its reader, as the rows name it).
     pub(super) label: String,
+    /// Per round pair: tramway's updater CPU per retire over liburcu's.
     pub(super) ratios: Vec<f64>,
+    /// Per round pair: the transfer times around it.
     pub(super) transfers: Vec<PairTransfers>,
 }
 
@@ -70,29 +91,33 @@ pub(super) fn write_retire_states(out: &mut String, states: &[RetireStates]) {
     let _ = writeln!(
         out,
         "\nUpdater CPU per retire, tramway / liburcu, by the host's cross-core line-transfer \
-         time around each round pair (fast: both measurements below {FAST_BELOW_NS:.0} ns; see \
+         time measured before and after each round pair (fast: both below {FAST_BELOW_NS:.0} \
+         ns; slow: both at or above; mixed: one of each; unknown: a probe gave up; see \
          benches/urcu_compare/host.rs):\n"
     );
-    let _ = writeln!(out, "| scenario | fast pairs | slow pairs | mixed pairs |");
-    let _ = writeln!(out, "|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| scenario | fast pairs | slow pairs | mixed pairs | unknown |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
     for s in states {
-        let pick = |want: Option<bool>| -> Vec<f64> {
+        let pick = |want: HostState| -> Vec<f64> {
             s.ratios
                 .iter()
                 .zip(&s.transfers)
-                .filter(|(_, t)| t.fast() == want)
+                .filter(|(_, t)| t.state() == want)
                 .map(|(r, _)| *r)
                 .collect()
         };
-        let times = |want: Option<bool>| -> Vec<f64> {
+        let times = |want: HostState| -> Vec<f64> {
             s.transfers
                 .iter()
-                .filter(|t| t.fast() == want)
+                .filter(|t| t.state() == want)
                 .flat_map(|t| [t.before, t.after])
                 .flatten()
                 .collect()
         };
-        let cell = |want: Option<bool>| -> String {
+        let cell = |want: HostState| -> String {
             let (mut r, t) = (pick(want), times(want));
             if r.is_empty() {
                 return "none".into();
@@ -109,11 +134,12 @@ pub(super) fn write_retire_states(out: &mut String, states: &[RetireStates]) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             s.label,
-            cell(Some(true)),
-            cell(Some(false)),
-            cell(None)
+            cell(HostState::Fast),
+            cell(HostState::Slow),
+            cell(HostState::Mixed),
+            cell(HostState::Unknown)
         );
     }
 }

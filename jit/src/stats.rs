@@ -178,8 +178,8 @@ impl StatCounters {
         }
     }
 
-    /// Bytes of code retired so far (a patcher's own counter line: the backlog throttle's
-    /// per-swap read).
+    /// Bytes of code retired so far (on the patchers' counter line, not the reclaimer's: the
+    /// backlog throttle's per-swap read).
     pub(crate) fn retired_bytes_produced(&self) -> u64 {
         self.produced.retired_bytes.load(Ordering::Acquire)
     }

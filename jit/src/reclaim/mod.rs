@@ -96,7 +96,8 @@ pub type Deferred = Box<dyn FnOnce() + Send>;
 ///   before the seal does not count), and runs once after it, without the frees that a
 ///   parked task references (those are split off, and run once it no longer does);
 /// - [`barrier_waits_for_grace_period`](Reclaim::barrier_waits_for_grace_period) returns true
-///   only if [`barrier`](Reclaim::barrier) runs nothing early;
+///   only if [`barrier`](Reclaim::barrier) runs nothing early, and then for the reclaimer's
+///   whole life (a `Jit` asks once, when it is built);
 /// - [`tracks_current_thread`](Reclaim::tracks_current_thread) returns true only for a calling
 ///   thread that every later grace period waits for while it is inside JIT code;
 /// - [`barrier`](Reclaim::barrier) also waits for batches queued before it.

@@ -34,7 +34,7 @@ pub(crate) struct Retirement {
     max_retired_bytes: u64,
     /// Whether the backlog throttle may wait (`Reclaim::barrier_waits_for_grace_period`,
     /// asked once).
-    throttles: bool,
+    may_throttle: bool,
     /// The reclaimed retired bytes (`StatCounters::retired_bytes_consumed`) as the backlog
     /// throttle last read them: a lower bound of the count (see `throttle_backlog`).
     consumed_seen: AtomicU64,
@@ -61,7 +61,7 @@ impl Retirement {
             .keeps_batches_open()
             .then(|| Arc::new(Mutex::new(OpenFrees::default())));
         Retirement {
-            throttles: reclaimer.barrier_waits_for_grace_period(),
+            may_throttle: reclaimer.barrier_waits_for_grace_period(),
             reclaimer,
             max_retired_bytes: max_retired_bytes as u64,
             consumed_seen: AtomicU64::new(0),
@@ -172,13 +172,17 @@ impl Retirement {
     /// grows: while the retired count stays within the bound of a reclaimed count read
     /// earlier (`consumed_seen`), so does the backlog. So a swap
     /// reads only the retired count, which its own retire just wrote, and the reclaimed one
-    /// (which the driver writes) only when that check fails: about once per
-    /// `max_retired_bytes` of retired code, or per swap while the backlog is near the bound.
+    /// (which the driver writes) only when that check fails: after the room that was left
+    /// under the bound at the last such read has been retired, or on every swap while the
+    /// backlog is at the bound.
     #[inline]
     pub(crate) fn throttle_backlog(&self) {
+        if !self.may_throttle {
+            return;
+        }
         let retired = self.mem.stats().retired_bytes_produced();
         let consumed_seen = self.consumed_seen.load(Ordering::Relaxed);
-        if !self.throttles || retired.saturating_sub(consumed_seen) <= self.max_retired_bytes {
+        if retired.saturating_sub(consumed_seen) <= self.max_retired_bytes {
             return;
         }
         self.throttle_backlog_slow();
@@ -191,14 +195,16 @@ impl Retirement {
             // Consumed first: the retired count read after it is at least as new, so the
             // difference never undercounts the backlog at the second read.
             let consumed = stats.retired_bytes_consumed();
-            self.consumed_seen.fetch_max(consumed, Ordering::Relaxed);
-            let retired = stats.retired_bytes_produced().saturating_sub(consumed);
-            if retired <= self.max_retired_bytes {
+            if consumed > self.consumed_seen.load(Ordering::Relaxed) {
+                self.consumed_seen.fetch_max(consumed, Ordering::Relaxed);
+            }
+            let backlog = stats.retired_bytes_produced().saturating_sub(consumed);
+            if backlog <= self.max_retired_bytes {
                 return;
             }
             tracing::debug!(
                 target: "tramway::jit",
-                retired_bytes = retired,
+                retired_bytes = backlog,
                 max_retired_bytes = self.max_retired_bytes,
                 round,
                 "backlog throttle: waiting for reclamation"

@@ -136,7 +136,8 @@ pub(super) struct Counters {
 }
 
 /// A GP claimed by [`Engine::claim`], for [`Engine::run_claimed`]: its number, its callback
-/// batch, and how many open batches panicked in `seal` (leaked; the runner logs them).
+/// batch, how many open batches panicked in `seal` (leaked; the runner logs them), and the
+/// engine's snapshot buffers (`tasks.rs`), which `finish` puts back.
 pub(super) struct ClaimedGp {
     gp: u64,
     batch: Vec<Callback>,
@@ -247,7 +248,8 @@ impl Engine {
         }
     }
 
-    /// Claims the next GP (no GP may be running): its number and its callback batch.
+    /// Claims the next GP (no GP may be running): its number, its callback batch and the
+    /// snapshot buffers.
     pub(super) fn claim(&self, seq: &mut SeqState) -> ClaimedGp {
         debug_assert!(!seq.running);
         seq.running = true;
