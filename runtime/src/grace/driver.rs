@@ -89,7 +89,7 @@ pub(super) struct SeqState {
     pub(super) shutdown: bool,
     /// The vectors the next GP snapshots its readers into: the claim takes them, `finish`
     /// gives them back.
-    snapshot: SnapshotBuffers,
+    snapshot: Option<Box<SnapshotBuffers>>,
 }
 
 impl SeqState {
@@ -142,7 +142,9 @@ pub(super) struct ClaimedGp {
     gp: u64,
     batch: Vec<Callback>,
     seal_panics: u64,
-    snapshot: SnapshotBuffers,
+    /// Boxed, so that handing the buffers from the state to the runner and back moves one
+    /// pointer (moving the vectors themselves cost a GP with nothing to wait for a fifth).
+    snapshot: Option<Box<SnapshotBuffers>>,
 }
 
 /// A domain's engine: its readers, configuration, sequencing state and counters.
@@ -279,7 +281,7 @@ impl Engine {
             gp: seq.started,
             batch,
             seal_panics,
-            snapshot: std::mem::take(&mut seq.snapshot),
+            snapshot: seq.snapshot.take(),
         }
     }
 
@@ -294,8 +296,10 @@ impl Engine {
             gp,
             batch,
             seal_panics,
-            mut snapshot,
+            snapshot,
         } = claimed;
+        // Only the first GP (or the first after one that unwound) allocates the box.
+        let mut snapshot = snapshot.unwrap_or_default();
         /// Releases the claim if the GP unwinds (nothing of ours in it should; the stall
         /// callback's panics are caught, but a tracing subscriber's hooks run in it on the
         /// caller's thread, up to the end of its span), so that later GPs are not blocked
@@ -376,13 +380,13 @@ impl Engine {
         gp: u64,
         batch: Vec<Callback>,
         (held, version): (Vec<Callback>, u64),
-        snapshot: SnapshotBuffers,
+        snapshot: Box<SnapshotBuffers>,
     ) -> MutexGuard<'_, SeqState> {
         // Stored before the lock is taken: a waiter either sees it or is registered and woken.
         self.completed.store(gp, Ordering::Release);
         let mut seq = self.lock();
         seq.running = false;
-        seq.snapshot = snapshot;
+        seq.snapshot = Some(snapshot);
         let newly_held = !held.is_empty();
         seq.held.add(held, version);
         if newly_held {
