@@ -38,11 +38,28 @@ fn wait_for_snapshots(n: usize) {
     }
 }
 
-/// Blocks until `done` is set.
-fn block_until(done: &(crate::primitive::Mutex<bool>, crate::primitive::Condvar)) {
-    let mut finished = crate::primitive::lock(&done.0);
+/// A one-way handshake between the models' threads: set once, waited for by blocking.
+type Flag = (crate::primitive::Mutex<bool>, crate::primitive::Condvar);
+
+/// A flag not set yet.
+fn flag() -> Arc<Flag> {
+    Arc::new((
+        crate::primitive::Mutex::new(false),
+        crate::primitive::Condvar::new(),
+    ))
+}
+
+/// Sets `flag` and wakes whoever blocks on it.
+fn set(flag: &Flag) {
+    *crate::primitive::lock(&flag.0) = true;
+    flag.1.notify_all();
+}
+
+/// Blocks until `flag` is set.
+fn block_until(flag: &Flag) {
+    let mut finished = crate::primitive::lock(&flag.0);
     while !*finished {
-        finished = crate::primitive::wait(&done.1, finished);
+        finished = crate::primitive::wait(&flag.1, finished);
     }
 }
 
@@ -72,10 +89,7 @@ fn wake_model(report: Report) {
     builder.check(move || {
         let (registry, domain) = model_domain(1);
         let registered = Arc::new(AtomicBool::new(false));
-        let done = Arc::new((
-            crate::primitive::Mutex::new(false),
-            crate::primitive::Condvar::new(),
-        ));
+        let done = flag();
         let reader = {
             let (registry, registered, done) = (
                 Arc::clone(&registry),
@@ -113,8 +127,7 @@ fn wake_model(report: Report) {
             loom::thread::yield_now();
         }
         domain.synchronize();
-        *crate::primitive::lock(&done.0) = true;
-        done.1.notify_all();
+        set(&done);
         reader.join().expect("reader");
         drop(domain);
     });
@@ -135,17 +148,7 @@ fn two_domain_wake_model() {
     builder.check(|| {
         let registry = Arc::new(crate::qs::QsRegistry::new(0));
         let (a, b) = (model_engine(&registry), model_engine(&registry));
-        let flag = || {
-            Arc::new((
-                crate::primitive::Mutex::new(false),
-                crate::primitive::Condvar::new(),
-            ))
-        };
         let (registered, done) = (flag(), flag());
-        let set = |f: &(crate::primitive::Mutex<bool>, crate::primitive::Condvar)| {
-            *crate::primitive::lock(&f.0) = true;
-            f.1.notify_all();
-        };
         let reader = {
             let (registry, registered, done) = (
                 Arc::clone(&registry),
