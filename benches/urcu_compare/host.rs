@@ -101,36 +101,28 @@ pub(super) fn write_retire_states(out: &mut String, states: &[RetireStates]) {
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
     for s in states {
-        let pick = |want: HostState| -> Vec<f64> {
-            s.ratios
-                .iter()
-                .zip(&s.transfers)
-                .filter(|(_, t)| t.state() == want)
-                .map(|(r, _)| *r)
-                .collect()
-        };
-        let times = |want: HostState| -> Vec<f64> {
-            s.transfers
-                .iter()
-                .filter(|t| t.state() == want)
-                .flat_map(|t| [t.before, t.after])
-                .flatten()
-                .collect()
-        };
         let cell = |want: HostState| -> String {
-            let (mut r, t) = (pick(want), times(want));
-            if r.is_empty() {
+            let pairs: Vec<_> = (s.ratios.iter().zip(&s.transfers))
+                .filter(|(_, t)| t.state() == want)
+                .collect();
+            if pairs.is_empty() {
                 return "none".into();
             }
-            let range = if t.is_empty() {
-                String::new()
-            } else {
-                let lo = t.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = t.iter().copied().fold(0.0, f64::max);
-                format!(", {lo:.0}-{hi:.0} ns")
-            };
-            let n = r.len();
-            format!("{:.2}x ({n} pairs{range})", median(&mut r))
+            let times = pairs
+                .iter()
+                .flat_map(|(_, t)| [t.before, t.after])
+                .flatten();
+            let range = times
+                .fold(None, |range: Option<(f64, f64)>, ns| {
+                    Some(range.map_or((ns, ns), |(lo, hi)| (lo.min(ns), hi.max(ns))))
+                })
+                .map_or(String::new(), |(lo, hi)| format!(", {lo:.0}-{hi:.0} ns"));
+            let mut ratios: Vec<f64> = pairs.iter().map(|(r, _)| **r).collect();
+            format!(
+                "{:.2}x ({} pairs{range})",
+                median(&mut ratios),
+                ratios.len()
+            )
         };
         let _ = writeln!(
             out,

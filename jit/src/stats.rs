@@ -145,15 +145,14 @@ impl StatCounters {
         self.spare_chunks.store(0, Ordering::Relaxed);
     }
 
-    /// A chunk became a spare (`+1`) or stopped being one (`-1`); changed under the
-    /// allocator's lock.
-    pub(crate) fn spare_chunks_changed(&self, by: isize) {
-        if by >= 0 {
-            self.spare_chunks.fetch_add(by as usize, Ordering::Relaxed);
-        } else {
-            self.spare_chunks
-                .fetch_sub(by.unsigned_abs(), Ordering::Relaxed);
-        }
+    /// An empty chunk became a spare (under the allocator's lock).
+    pub(crate) fn spare_added(&self) {
+        self.spare_chunks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A spare was reused or unmapped (under the allocator's lock).
+    pub(crate) fn spare_removed(&self) {
+        self.spare_chunks.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn site_created(&self) {

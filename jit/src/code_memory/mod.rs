@@ -378,7 +378,7 @@ impl CodeMemory {
         let class = &mut st.classes[ci];
         // Only an empty chunk can be a spare.
         if was_empty && class.spares.take(idx) {
-            self.stats.spare_chunks_changed(-1);
+            self.stats.spare_removed();
         }
         // `available` holds exactly the class's chunks with room: a chunk leaves it when it
         // fills up here and comes back when a free makes room (`return_slot`).
@@ -561,7 +561,7 @@ impl CodeMemory {
         if empty && class.current != Some(slot.chunk) {
             let now = Instant::now();
             class.spares.insert(slot.chunk, now);
-            self.stats.spare_chunks_changed(1);
+            self.stats.spare_added();
             self.unmap_expired_spares(st, ci, now);
         }
     }

@@ -18,10 +18,11 @@
 //! allocator's latest check (less what the 8-per-check cap has not yet unmapped): while the
 //! `Jit` emits or frees anything, at most `decay`'s worth of its recent use. A `Jit` that does
 //! neither keeps its spares until it does, or is dropped. A `decay` too long to reach
-//! (`Duration::MAX`) keeps every empty chunk until the reservation is full. A chunk is reused from its class's `available` set before any chunk
-//! is mapped, and when the reservation is full the spare that has been empty longest, of any
-//! class, is unmapped to make room, so spares never cause `CodeSpaceExhausted`. Spares hold
-//! only traps (freed slots are trap-filled), so a stale call into one faults.
+//! (`Duration::MAX`) keeps every empty chunk until the reservation is full. A chunk is reused
+//! from its class's `available` set before any chunk is mapped, and when the reservation is
+//! full the spare that has been empty longest, of any class, is unmapped to make room, so
+//! spares never cause `CodeSpaceExhausted`. Spares hold only traps (freed slots are
+//! trap-filled), so a stale call into one faults.
 //!
 //! Ordering: spares live under the allocator's lock (`AllocState`), like every other piece of
 //! chunk bookkeeping; nothing here is shared.
@@ -151,7 +152,7 @@ impl CodeMemory {
     /// Unmaps chunk `idx`, a spare of class `ci` just taken off its list.
     fn unmap_spare(&self, st: &mut AllocState, ci: usize, idx: usize) {
         st.classes[ci].available.remove(&idx);
-        self.stats.spare_chunks_changed(-1);
+        self.stats.spare_removed();
         self.unmap_chunk(st, idx);
     }
 }
