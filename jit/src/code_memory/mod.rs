@@ -33,7 +33,7 @@
 //! [`CodeMemory::stub_memory`].
 //!
 //! # Slots
-//! Objects are placed in size classes (64, 128, ... bytes up to the chunk size; one page
+//! Objects are placed in size classes (`classes.rs`: 64, 128, ... bytes up to the chunk size; one page
 //! upwards in fallback mode). The smallest class is a cache line, so that no two objects
 //! share one: writing new code (or trap-filling freed code) never stores into a line that
 //! another core is executing, which x86 punishes as cross-modifying code. A chunk holds slots
@@ -48,6 +48,7 @@
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
 //! trampoline lifecycle in `trampoline.rs`.
 
+mod classes;
 mod double_map;
 mod mprotect;
 mod spares;
@@ -56,6 +57,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use self::classes::SizeClasses;
 use self::double_map::DoubleMap;
 use self::mprotect::Mprotect;
 use crate::arch::{self, StubMemory, SyncCorePolicy};
@@ -154,7 +156,7 @@ struct Chunk {
     used: usize,
 }
 
-/// One size class's chunks (its slot size is in `CodeMemory::class_sizes`).
+/// One size class's chunks (its slot size is in `CodeMemory::classes`).
 struct SizeClass {
     current: Option<usize>,
     available: BTreeSet<usize>,
@@ -184,8 +186,8 @@ pub(crate) struct CodeMemory {
     sync_cores: SyncCorePolicy,
     spare_policy: SparePolicy,
     state: Mutex<AllocState>,
-    /// The slot size of each class, smallest first (read without the lock).
-    class_sizes: Box<[usize]>,
+    /// The slot size of each class (read without the lock).
+    classes: SizeClasses,
     stats: Arc<StatCounters>,
     /// The reservation registered as JIT code with the runtime (`tramway_runtime::code`):
     /// where a task may be preempted, and what a parked task's stack scan looks for. `None`
@@ -244,15 +246,8 @@ impl CodeMemory {
                 return Err(e.into());
             }
         };
-        let mut class_sizes = Vec::new();
-        let mut size = backend.min_slot_size();
-        while size < chunk_size {
-            class_sizes.push(size);
-            size *= 2;
-        }
-        class_sizes.push(chunk_size);
-        let classes = class_sizes
-            .iter()
+        let size_classes = SizeClasses::new(backend.min_slot_size(), chunk_size);
+        let classes = (0..size_classes.count())
             .map(|_| SizeClass {
                 current: None,
                 available: BTreeSet::new(),
@@ -277,7 +272,7 @@ impl CodeMemory {
                 classes,
                 since_spare_check: 0,
             }),
-            class_sizes: class_sizes.into_boxed_slice(),
+            classes: size_classes,
             stats: Arc::new(StatCounters::default()),
             registered: Some(registered),
         })
@@ -325,18 +320,15 @@ impl CodeMemory {
 
     /// The size class (its index) of an object of `len` bytes, or `CodeTooLarge`.
     fn class_of(&self, len: usize) -> Result<usize, JitError> {
-        self.class_sizes
-            .iter()
-            .position(|&size| size >= len.max(1))
-            .ok_or(JitError::CodeTooLarge {
-                len,
-                max: self.chunk_size,
-            })
+        self.classes.of(len).ok_or(JitError::CodeTooLarge {
+            len,
+            max: self.chunk_size,
+        })
     }
 
     /// The size of the slot [`alloc`](Self::alloc) gives an object of `len` bytes.
     pub(crate) fn slot_size(&self, len: usize) -> Result<usize, JitError> {
-        Ok(self.class_sizes[self.class_of(len)?])
+        Ok(self.classes.size(self.class_of(len)?))
     }
 
     /// Allocates a slot for an object of `len` bytes.
@@ -356,7 +348,7 @@ impl CodeMemory {
         let ci = self.class_of(len)?;
         let mut st = lock(&self.state);
         self.tick_spare_check(&mut st);
-        let size = self.class_sizes[ci];
+        let size = self.classes.size(ci);
         let class = &st.classes[ci];
         let (idx, fresh) = match class.current.or_else(|| class.available.first().copied()) {
             Some(idx) => (idx, false),

@@ -211,9 +211,17 @@ fn direct_word(entry: usize, target: usize) -> Option<u64> {
     ]))
 }
 
-/// Fills freed code with traps: `ud2` at the start, `int3` after it.
+/// Fills freed code with traps: `ud2` at the start, `int3` after it. Most slots are one line
+/// (the smallest size class), which is filled with a few constant-size stores: the `memset`
+/// call a run-time length takes was about 11 of the driver's instructions per free under
+/// callgrind (`benches/retire_path.rs`).
 pub(crate) fn fill_traps(buf: &mut [u8]) {
-    buf.fill(INT3);
+    const LINE: usize = 64;
+    if let Ok(line) = <&mut [u8; LINE]>::try_from(&mut *buf) {
+        *line = [INT3; LINE];
+    } else {
+        buf.fill(INT3);
+    }
     if buf.len() >= UD2.len() {
         buf[..UD2.len()].copy_from_slice(&UD2);
     }
@@ -302,5 +310,14 @@ mod tests {
         let mut b = [0u8; 5];
         fill_traps(&mut b);
         assert_eq!(b, [0x0F, 0x0B, 0xCC, 0xCC, 0xCC]);
+        // A one-line slot takes the constant-size fill, a page the other one.
+        let mut line = [0u8; 64];
+        fill_traps(&mut line);
+        assert_eq!(line[..2], [0x0F, 0x0B]);
+        assert!(line[2..].iter().all(|&b| b == INT3));
+        let mut page = vec![0u8; 4096];
+        fill_traps(&mut page);
+        assert_eq!(page[..2], [0x0F, 0x0B]);
+        assert!(page[2..].iter().all(|&b| b == INT3));
     }
 }
