@@ -338,14 +338,18 @@ mod tests {
             ; .arch x64
             ; ret
         );
-        ops.commit().expect("nothing of the failed emission is left");
+        ops.commit()
+            .expect("nothing of the failed emission is left");
         assert_eq!(ops.code(), [0xC3]);
         ops.rebase(0x3000);
         dynasm!(ops
             ; .arch x64
             ; jmp >missing
         );
-        assert!(ops.commit().is_err(), "a reference after label-free code is resolved");
+        assert!(
+            ops.commit().is_err(),
+            "a reference after label-free code is resolved"
+        );
         ops.rebase(0x4000);
         dynasm!(ops
             ; .arch x64
