@@ -54,9 +54,10 @@ pub struct Assembler {
     relocs: RelocRegistry<Relocation>,
     /// The first error a label or relocation hit while emitting, reported by `commit`.
     error: Option<DynasmError>,
-    /// Whether a label or a relocation was recorded since the last rebase. Most trampolines
-    /// use neither, and then rebasing and committing skip the label and relocation tables
-    /// (33 of an emission's 570 instructions under callgrind: `benches/retire_path.rs`).
+    /// Whether a label was created or defined, or a label reference recorded, since the last
+    /// rebase. Most trampolines do none of these, and then rebasing and committing skip the
+    /// label and relocation tables (33 of an emission's 570 instructions under callgrind:
+    /// `benches/retire_path.rs`).
     labelled: bool,
 }
 

@@ -33,16 +33,16 @@
 //! [`CodeMemory::stub_memory`].
 //!
 //! # Slots
-//! Objects are placed in size classes (`classes.rs`: 64, 128, ... bytes up to the chunk size; one page
-//! upwards in fallback mode). The smallest class is a cache line, so that no two objects
-//! share one: writing new code (or trap-filling freed code) never stores into a line that
-//! another core is executing, which x86 punishes as cross-modifying code. A chunk holds slots
-//! of one class; a chunk that becomes full stops being its class's current allocation chunk.
-//! When a chunk's last slot is freed and it is not current, it stays mapped as one of its
-//! class's **spares**, reused before any chunk is mapped; `spares.rs` gives the policy that
-//! unmaps them again (by number and age) and why a patch storm needs it. In every build,
-//! freed slots are filled with traps and fresh chunks hold only traps before code is written,
-//! so a stale call faults at once, in a spare chunk too.
+//! Objects are placed in size classes (`classes.rs`: 64, 128, ... bytes up to the chunk
+//! size; one page upwards in fallback mode). The smallest class is a cache line, so that no
+//! two objects share one: writing new code (or trap-filling freed code) never stores into a
+//! line that another core is executing, which x86 punishes as cross-modifying code. A chunk
+//! holds slots of one class; a chunk that becomes full stops being its class's current
+//! allocation chunk. When a chunk's last slot is freed and it is not current, it stays mapped
+//! as one of its class's **spares**, reused before any chunk is mapped; `spares.rs` gives the
+//! policy that unmaps them again (by number and age) and why a patch storm needs it. In every
+//! build, freed slots are filled with traps and fresh chunks hold only traps before code is
+//! written, so a stale call faults at once, in a spare chunk too.
 //!
 //! # Counters
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
@@ -237,6 +237,8 @@ impl CodeMemory {
             Some(d) => Box::new(d),
             None => Box::new(Mprotect::new(page_size)),
         };
+        // Before the reservation, so that nothing is left to release if it panics.
+        let size_classes = SizeClasses::new(backend.min_slot_size(), chunk_size);
         let base = os::reserve(reservation)?;
         let registered = match tramway_runtime::code::CodeRange::register(base, reservation) {
             Ok(r) => r,
@@ -246,7 +248,6 @@ impl CodeMemory {
                 return Err(e.into());
             }
         };
-        let size_classes = SizeClasses::new(backend.min_slot_size(), chunk_size);
         let classes = (0..size_classes.count())
             .map(|_| SizeClass {
                 current: None,

@@ -211,14 +211,13 @@ fn direct_word(entry: usize, target: usize) -> Option<u64> {
     ]))
 }
 
-/// Fills freed code with traps: `ud2` at the start, `int3` after it. Most slots are one line
-/// (the smallest size class), which is filled with a few constant-size stores: the `memset`
-/// call a run-time length takes was about 11 of the driver's instructions per free under
-/// callgrind (`benches/retire_path.rs`).
+/// Fills freed code with traps: `ud2` at the start, `int3` after it. With the double mapping
+/// most slots are one line (its smallest size class), which is filled with a few constant-size
+/// stores: the `memset` call a run-time length takes was about 9 of the driver's instructions
+/// per free under callgrind (`benches/retire_path.rs`).
 pub(crate) fn fill_traps(buf: &mut [u8]) {
-    const LINE: usize = 64;
-    if let Ok(line) = <&mut [u8; LINE]>::try_from(&mut *buf) {
-        *line = [INT3; LINE];
+    if let Ok(line) = <&mut [u8; CACHE_LINE]>::try_from(&mut *buf) {
+        *line = [INT3; CACHE_LINE];
     } else {
         buf.fill(INT3);
     }
