@@ -1,25 +1,15 @@
 //! The assembler every emit closure writes into: dynasm's labels and relocations over one byte
 //! buffer that a `Jit` reuses from one emission to the next.
 //!
-//! # Algorithm
-//! An emission takes the `Jit`'s idle assembler from its [`AssemblerCache`] (one atomic swap;
-//! a fresh assembler if another emission holds it), [rebases](Assembler::rebase) it to the
-//! address the code will run at (which empties it), runs the emit closure on it,
-//! [commits](Assembler::commit) (resolves the relocations against the base and returns the
-//! bytes), copies the bytes into the slot and puts the assembler back (one more swap; if
-//! another emission put one back meanwhile, this one is dropped). Nothing is allocated once
-//! the buffer and the label tables have grown to the largest code emitted: dynasmrt's
-//! `VecAssembler`, which this replaces, fixes its base address when it is created, so it had
-//! to be created, and its buffer and label tables allocated and freed, for every trampoline
-//! (about 260 of 1460 instructions per retire under callgrind: `benches/retire_path.rs`).
-//!
-//! # Ordering and migration
-//! The cache is a single `AtomicCell` slot, so it is correct under any interleaving: a
-//! swap hands the assembler to exactly one emission. It holds no thread-local state, so an
-//! emit closure that runs on a green thread and migrates between workers keeps nothing that
-//! belongs to the worker it started on. An emit closure that unwinds drops the assembler it
-//! held (the next emission makes a new one); one that emits again from inside itself finds
-//! the slot empty and uses an assembler of its own.
+//! # Reuse
+//! An emission [rebases](Assembler::rebase) the assembler to the address the code will run at
+//! (which empties it), runs the emit closure on it, [commits](Assembler::commit) (resolves the
+//! relocations against the base and returns the bytes), and leaves it, buffer and label tables
+//! grown, for the next emission (`emitter.rs` caches it per `Jit`). Nothing is allocated once
+//! they have grown to the largest code emitted: dynasmrt's `VecAssembler`, which this
+//! replaces, fixes its base address when it is created, so it had to be created, and its
+//! buffer and label tables allocated and freed, for every trampoline (about 260 of 1460
+//! instructions per retire under callgrind: `benches/retire_path.rs`).
 //!
 //! # Relocations
 //! Like `VecAssembler`, `extern` references (absolute targets) are patched as they are
@@ -29,7 +19,6 @@
 //!
 //! [`commit`]: Assembler::commit
 
-use crossbeam_utils::atomic::AtomicCell;
 use dynasmrt::components::{LabelRegistry, PatchLoc, RelocRegistry, StaticLabel};
 use dynasmrt::{
     AssemblyOffset, DynamicLabel, DynasmApi, DynasmError, DynasmLabelApi, LabelKind, TargetKind,
@@ -72,6 +61,11 @@ impl Assembler {
             error: None,
             labelled: false,
         }
+    }
+
+    /// The capacity of the code buffer it keeps.
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.ops.capacity()
     }
 
     /// Empties the assembler (keeping its allocations) for code that will run at `base`.
@@ -266,29 +260,6 @@ impl DynasmLabelApi for Assembler {
         let range = loc.range(0);
         if loc.patch(&mut self.ops[range], self.base, value).is_err() {
             self.fail(DynasmError::ImpossibleRelocation(TargetKind::Value(value)));
-        }
-    }
-}
-
-/// The largest code buffer an idle assembler keeps: trampolines are tens of bytes, and one
-/// large custom body should not hold its buffer for the life of the `Jit`.
-const RETAINED_BYTES: usize = 16 << 10;
-
-/// A `Jit`'s idle assembler (see the module docs).
-#[derive(Default)]
-pub(crate) struct AssemblerCache(AtomicCell<Option<Box<Assembler>>>);
-
-impl AssemblerCache {
-    /// The idle assembler, or a new one (to be [rebased](Assembler::rebase) before use).
-    pub(crate) fn take(&self) -> Box<Assembler> {
-        self.0.take().unwrap_or_else(|| Box::new(Assembler::new(0)))
-    }
-
-    /// Keeps `ops` for the next emission, unless its buffer grew past [`RETAINED_BYTES`]
-    /// (dropping whichever assembler loses a race with another emission).
-    pub(crate) fn put(&self, ops: Box<Assembler>) {
-        if ops.ops.capacity() <= RETAINED_BYTES {
-            drop(self.0.swap(Some(ops)));
         }
     }
 }

@@ -119,7 +119,8 @@ impl JitBuilder {
     /// storm's whole backlog at once and the next emissions need as many chunks again;
     /// unmapping them in between cost about a fifth of a retire's CPU (BENCHMARKS.md). Older
     /// empty chunks are unmapped at the allocator's next check (when a chunk empties or is
-    /// mapped, and every 64 allocations or groups of frees): while the `Jit` is used, what
+    /// mapped, and every 64 allocations or groups of frees, where emissions of small code
+    /// allocate a run of up to 16 slots at once): while the `Jit` is used, what
     /// stays mapped beyond the fixed spares is what it emptied within the last `decay`; a
     /// `Jit` that neither emits nor frees keeps it until it does. `Duration::ZERO` keeps only
     /// the fixed spares; `Duration::MAX` keeps every empty chunk until the reservation is

@@ -10,8 +10,8 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use crate::assembler::AssemblerCache;
 use crate::code_memory::CodeMemory;
+use crate::emitter::EmitterCache;
 use crate::profiling::Profiling;
 use crate::reclaim::Retirement;
 
@@ -28,8 +28,8 @@ pub(crate) struct JitCore {
     /// The length of the last custom code emitted: the slot size `Trampoline::emit`
     /// guesses for the next one (a hint, so relaxed and racy by design).
     pub(crate) custom_len_hint: AtomicUsize,
-    /// The assembler emissions reuse (`assembler.rs`).
-    pub(crate) assembler: AssemblerCache,
+    /// The assembler and slot run emissions reuse (`emitter.rs`).
+    pub(crate) emitter: EmitterCache,
 }
 
 impl JitCore {
@@ -45,7 +45,7 @@ impl JitCore {
             profiling,
             unwind_info,
             custom_len_hint: AtomicUsize::new(0),
-            assembler: AssemblerCache::default(),
+            emitter: EmitterCache::default(),
         }
     }
 

@@ -33,6 +33,8 @@
 //! - `arch/`: every byte of machine code behind one contract (`arch/mod.rs`), one file per
 //!   architecture; `os/`: every system call, one file per OS.
 //! - `code_memory/`: the allocator over two W^X backends (memfd double mapping, mprotect).
+//! - `assembler.rs`: the assembler emit closures write into; `emitter.rs`: it and a run of
+//!   free slots, reused from one emission to the next.
 //! - `jit_core.rs`: the state every handle shares; `jit.rs`: the builder and facade;
 //!   `profiling.rs`: naming code for perf (perf map, jitdump); `unwind.rs`: DWARF unwind
 //!   information for hook-calling trampolines, so backtraces walk through them (opt-in).
@@ -62,6 +64,7 @@
 mod arch;
 mod assembler;
 mod code_memory;
+mod emitter;
 mod error;
 pub mod forwarding;
 mod jit;

@@ -27,7 +27,8 @@ use std::thread::LocalKey;
 
 use crate::arch::{self, FrameRows};
 use crate::assembler::Assembler;
-use crate::code_memory::Slot;
+use crate::code_memory::{Slot, SlotRun};
+use crate::emitter::Emitter;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
 use crate::reclaim::CodeFree;
@@ -141,15 +142,16 @@ impl Trampoline {
         data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
-        // Back in the cache once the code is in its slot (`assembler.rs`); dropped if a pass
+        // Back in the cache once the code is in its slot (`emitter.rs`); dropped if a pass
         // unwinds.
-        let mut ops = core.assembler.take();
-        let made = Self::emit_with(core, &mut ops, emit, len, data, keepalive);
-        core.assembler.put(ops);
+        let mut emitter = core.emitter.take(&core.mem);
+        let Emitter { ops, slots } = &mut *emitter;
+        let made = Self::emit_with(core, ops, slots, emit, len, data, keepalive);
+        core.emitter.put(emitter);
         made
     }
 
-    /// [`emit`](Self::emit) with the assembler `ops`. It and [`finish`](Self::finish) are
+    /// [`emit`](Self::emit) with the assembler `ops`, taking the slot from `slots`. It and [`finish`](Self::finish) are
     /// inlined into `emit`, so that the slot, the result and the handle's fields are not
     /// passed between functions in memory: such a copy reads with wide loads what was just
     /// written with narrow stores, and stalls on store-to-load forwarding (before, those
@@ -158,6 +160,7 @@ impl Trampoline {
     fn emit_with(
         core: &Arc<JitCore>,
         ops: &mut Assembler,
+        slots: &mut SlotRun,
         emit: &dyn Fn(&mut Assembler, usize, &mut Option<FrameRows>),
         len: Option<usize>,
         data: CodeData,
@@ -180,7 +183,7 @@ impl Trampoline {
         let first = match len {
             Some(len) => len,
             None => {
-                let len = match mem.alloc_mapped(core.custom_len_hint.load(Ordering::Relaxed)) {
+                let len = match slots.alloc_mapped(core.custom_len_hint.load(Ordering::Relaxed)) {
                     // Custom code, assembled at a guessed slot: kept if its size class fits.
                     Some(slot) => {
                         unfinished.1 = Some(slot);
@@ -206,7 +209,7 @@ impl Trampoline {
                 len
             }
         };
-        let slot = mem.alloc(first)?;
+        let slot = slots.alloc(first)?;
         unfinished.replace(Some(slot));
         let second = assemble(slot.addr)?;
         if second != first {

@@ -44,6 +44,11 @@
 //! build, freed slots are filled with traps and fresh chunks hold only traps before code is
 //! written, so a stale call faults at once, in a spare chunk too.
 //!
+//! Emissions take the slots of the smaller classes a run at a time (`run.rs`: one lock and one
+//! round of bookkeeping for up to 16 slots), the rest of the crate one slot at a time
+//! ([`CodeMemory::alloc`]); a run's slots count as used until they are handed out or given
+//! back.
+//!
 //! # Counters
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
 //! trampoline lifecycle in `trampoline.rs`.
@@ -51,6 +56,7 @@
 mod classes;
 mod double_map;
 mod mprotect;
+mod run;
 mod spares;
 
 use std::collections::BTreeSet;
@@ -66,6 +72,7 @@ use crate::jit::SPARE_CHUNKS_PER_CLASS;
 use crate::lock;
 use crate::os;
 use crate::stats::{JitStatsHandle, StatCounters};
+pub(crate) use run::SlotRun;
 use spares::{SparePolicy, Spares};
 
 /// Parameters of a [`CodeMemory`].
@@ -90,6 +97,17 @@ pub(crate) struct Slot {
     /// Size of the slot (its class), at least the object's length.
     pub size: usize,
     chunk: usize,
+}
+
+/// Where [`CodeMemory::take_slots`] took its slots: one chunk, through both views.
+struct TakenSlots {
+    chunk: usize,
+    /// The chunk's first byte in the executable view.
+    exec_base: usize,
+    /// The chunk's first byte where it is written.
+    write_base: usize,
+    /// How many offsets were written.
+    count: usize,
 }
 
 /// Where a chunk lies: in the reservation, and in the backing file (same offset).
@@ -170,7 +188,7 @@ struct AllocState {
     free_indices: Vec<usize>,
     next_index: usize,
     classes: Vec<SizeClass>,
-    /// Allocations and groups of frees since every class's spares were last checked for age
+    /// Allocations (or runs of slots) and groups of frees since every class's spares were last checked for age
     /// (`spares.rs`).
     since_spare_check: u32,
 }
@@ -188,6 +206,8 @@ pub(crate) struct CodeMemory {
     state: Mutex<AllocState>,
     /// The slot size of each class (read without the lock).
     classes: SizeClasses,
+    /// How many of the smallest classes are taken a run at a time (`run.rs`).
+    run_classes: usize,
     stats: Arc<StatCounters>,
     /// The reservation registered as JIT code with the runtime (`tramway_runtime::code`):
     /// where a task may be preempted, and what a parked task's stack scan looks for. `None`
@@ -273,6 +293,9 @@ impl CodeMemory {
                 classes,
                 since_spare_check: 0,
             }),
+            run_classes: (0..size_classes.count())
+                .take_while(|&ci| chunk_size / size_classes.size(ci) >= run::MIN_SLOTS_PER_CHUNK)
+                .count(),
             classes: size_classes,
             stats: Arc::new(StatCounters::default()),
             registered: Some(registered),
@@ -338,36 +361,73 @@ impl CodeMemory {
             .map(|slot| slot.expect("allowed to map a chunk"))
     }
 
-    /// [`alloc`](Self::alloc), but only from a chunk that is mapped already: `None` when
-    /// the class has no room without mapping one, or `len` is too large (for a speculative
-    /// slot, which must not map memory nobody may use).
-    pub(crate) fn alloc_mapped(&self, len: usize) -> Option<Slot> {
-        self.alloc_in(len, false).ok().flatten()
-    }
-
+    /// [`alloc`](Self::alloc), or with `may_map` unset only from a chunk that is mapped
+    /// already (`None` when the class has no room without mapping one).
     fn alloc_in(&self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
         let ci = self.class_of(len)?;
+        let mut offset = [0];
         let mut st = lock(&self.state);
-        self.tick_spare_check(&mut st);
+        let Some(taken) = self.take_slots(&mut st, ci, may_map, &mut offset)? else {
+            return Ok(None);
+        };
+        drop(st);
+        let write_addr = taken.write_base + offset[0] as usize;
+        // The slot is written next (after the code is assembled), and its line was last
+        // written by the thread that trap-filled it when it was freed: start moving it here.
+        arch::prefetch_for_write(write_addr);
+        Ok(Some(Slot {
+            addr: taken.exec_base + offset[0] as usize,
+            write_addr,
+            size: self.classes.size(ci),
+            chunk: taken.chunk,
+        }))
+    }
+
+    /// Takes free slots of class `ci` from one chunk, as many as `offsets` holds or the chunk
+    /// has (at least one), and writes their offsets in the chunk into `offsets`: from the
+    /// class's current chunk, else one with room, else (if `may_map`) a fresh one. `None`
+    /// when the class has no room without mapping a chunk. The slots count as used until each
+    /// is returned (`return_slot`).
+    fn take_slots(
+        &self,
+        st: &mut AllocState,
+        ci: usize,
+        may_map: bool,
+        offsets: &mut [u32],
+    ) -> Result<Option<TakenSlots>, JitError> {
+        self.tick_spare_check(st);
         let size = self.classes.size(ci);
         let class = &st.classes[ci];
         let (idx, fresh) = match class.current.or_else(|| class.available.first().copied()) {
             Some(idx) => (idx, false),
-            None if may_map => (self.map_chunk(&mut st, ci)?, true),
+            None if may_map => (self.map_chunk(st, ci)?, true),
             None => return Ok(None),
         };
         let chunk = st.chunks[idx]
             .as_mut()
             .expect("available chunks are mapped");
-        let offset = chunk.free.pop().unwrap_or_else(|| {
-            let o = chunk.bump;
-            chunk.bump += size;
-            o
-        });
+        let mut count = 0;
+        for out in offsets.iter_mut() {
+            let offset = match chunk.free.pop() {
+                Some(offset) => offset,
+                None if chunk.bump + size <= self.chunk_size => {
+                    chunk.bump += size;
+                    chunk.bump - size
+                }
+                None => break,
+            };
+            // Offsets are below the chunk size, and the reservation is at most 2 GiB.
+            *out = offset as u32;
+            count += 1;
+        }
+        debug_assert!(
+            count > 0,
+            "a class's current and available chunks have room"
+        );
         let was_empty = chunk.used == 0;
-        chunk.used += 1;
+        chunk.used += count;
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
-        let write_addr = chunk.views.write_base + offset;
+        let write_base = chunk.views.write_base;
         let class = &mut st.classes[ci];
         // Only an empty chunk can be a spare.
         if was_empty && class.spares.take(idx) {
@@ -384,14 +444,11 @@ impl CodeMemory {
             }
             class.current = Some(idx);
         }
-        // The slot is written next (after the code is assembled), and its line was last
-        // written by the thread that trap-filled it when it was freed: start moving it here.
-        arch::prefetch_for_write(write_addr);
-        Ok(Some(Slot {
-            addr: self.base + idx * self.chunk_size + offset,
-            write_addr,
-            size,
+        Ok(Some(TakenSlots {
             chunk: idx,
+            exec_base: self.base + idx * self.chunk_size,
+            write_base,
+            count,
         }))
     }
 
@@ -533,6 +590,7 @@ impl CodeMemory {
     /// Returns a released slot to its chunk. A chunk that became empty and is not its class's
     /// current chunk becomes one of the class's spares, and the spares the policy no longer
     /// keeps are unmapped (`spares.rs`).
+    #[inline(always)] // into `free_all`'s loop: the driver's per-free cost
     fn return_slot(&self, st: &mut AllocState, slot: &Slot) {
         let chunk = st.chunks[slot.chunk]
             .as_mut()

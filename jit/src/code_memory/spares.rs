@@ -10,8 +10,8 @@
 //! - its `keep` most recently emptied chunks for good ([`SPARE_CHUNKS_PER_CLASS`]), and
 //! - any further empty chunk while it emptied less than `decay` ago
 //!   ([`JitBuilder::spare_chunk_decay`]). Older ones are unmapped, oldest first, when the
-//!   class empties another chunk, when any chunk is mapped, and at every 64th allocation or
-//!   group of frees of any class (the clock is read there, not per allocation); at most 8 of
+//!   class empties another chunk, when any chunk is mapped, and at every 64th allocation (a
+//!   run of slots, `run.rs`, counts as one) or group of frees of any class (the clock is read there, not per allocation); at most 8 of
 //!   a class per check, as each unmap is a TLB shootdown under the allocator lock.
 //!
 //! So the memory kept beyond `keep` is what the classes emptied within `decay` before the
@@ -93,7 +93,7 @@ impl Spares {
     }
 }
 
-/// Allocations and groups of frees between two checks of every class's spares for age: the
+/// Allocations (a run of slots counts as one) and groups of frees between two checks of every class's spares for age: the
 /// clock is read once per this many, not per allocation.
 const SPARE_CHECK_INTERVAL: u32 = 64;
 /// Spares of one class unmapped at most per check.
