@@ -1,4 +1,5 @@
-//! An emission's reusable state, cached per `Jit`: the assembler and a run of free slots.
+//! An emission's reusable state, cached per `Jit`: the assembler, a run of free slots and a
+//! block of trampoline ids.
 //!
 //! # Algorithm
 //! An emission takes the `Jit`'s idle [`Emitter`] from its [`EmitterCache`] (one atomic swap;
@@ -23,6 +24,7 @@ use crossbeam_utils::atomic::AtomicCell;
 
 use crate::assembler::Assembler;
 use crate::code_memory::{CodeMemory, SlotRun};
+use crate::trampoline::TrampolineIds;
 
 /// The largest code buffer an idle emitter keeps: trampolines are tens of bytes, and one
 /// large custom body should not hold its buffer for the life of the `Jit`.
@@ -34,6 +36,8 @@ pub(crate) struct Emitter {
     pub(crate) ops: Assembler,
     /// Free slots of the class last emitted.
     pub(crate) slots: SlotRun,
+    /// The ids the emitter gives its trampolines.
+    pub(crate) ids: TrampolineIds,
 }
 
 /// A `Jit`'s idle emitter (see the module docs).
@@ -48,6 +52,7 @@ impl EmitterCache {
             Box::new(Emitter {
                 ops: Assembler::new(0),
                 slots: SlotRun::new(Arc::clone(mem)),
+                ids: TrampolineIds::default(),
             })
         })
     }

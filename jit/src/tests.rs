@@ -554,8 +554,9 @@ fn a_barrier_waits_for_a_batch_another_thread_opened_and_has_not_queued_yet() {
 
 #[test]
 fn trampoline_ids_are_unique_across_threads_and_blocks() {
-    // Each thread takes ids in blocks (`trampoline::next_id`); emit more than one block per
-    // thread, on several threads at once, and keep every handle so no id could be reused.
+    // Each emitter takes ids in blocks (`trampoline::TrampolineIds`); emit more than one block
+    // per thread, on several threads at once (so several emitters exist), and keep every
+    // handle so no id could be reused.
     let jit = Arc::new(Jit::new().unwrap());
     let per_thread = 1500;
     let threads: Vec<_> = (0..3)

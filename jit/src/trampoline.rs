@@ -19,7 +19,6 @@
 //! (or its site drops from) the last site it was installed in; a retired trampoline can never be
 //! installed or targeted again ([`JitError::Retired`]). Counters move `live -> retired -> reclaimed`.
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use std::thread::LocalKey;
 
 use crate::arch::{self, FrameRows};
 use crate::assembler::Assembler;
-use crate::code_memory::{Slot, SlotRun};
+use crate::code_memory::Slot;
 use crate::emitter::Emitter;
 use crate::error::JitError;
 use crate::jit_core::JitCore;
@@ -46,33 +45,35 @@ const RECLAIM_NOW: u64 = 1 << 60;
 /// Number of sites the trampoline is installed in.
 const INSTALLS: u64 = RECLAIM_NOW - 1;
 
-/// The next unused block of trampoline ids (see [`next_id`]).
+/// The next unused block of trampoline ids (see [`TrampolineIds`]).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-/// How many ids a thread takes from [`NEXT_ID`] at a time.
+/// How many ids an emitter takes from [`NEXT_ID`] at a time.
 const ID_BLOCK: u64 = 1024;
 
-thread_local! {
-    /// This thread's block of ids: `(next, end)`.
-    static ID_RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+/// A block of process-unique trampoline ids, owned by one emitter (`emitter.rs`). Ids come
+/// from the global counter [`ID_BLOCK`] at a time, so an emission does not pay a locked add
+/// on a line every emitting thread writes (about 3 ns on the retire path, measured in
+/// BENCHMARKS.md). Ids are therefore unique but not ordered across emitters.
+///
+/// Owned by the emitter (the block was a thread-local before), it is no thread-local state
+/// that a green thread migrating in the middle of an emission could keep, and an emission
+/// skips the thread-local's state check.
+#[derive(Default)]
+pub(crate) struct TrampolineIds {
+    next: u64,
+    end: u64,
 }
 
-/// A process-unique trampoline id. Each thread takes ids from the global counter in blocks of
-/// [`ID_BLOCK`], so an emission does not pay a locked add on a line every emitting thread
-/// writes (about 3 ns on the retire path, measured in BENCHMARKS.md). Ids are therefore unique
-/// but not ordered across threads. The thread-local is read and written with no yield point
-/// in between, so a green thread that migrates later keeps no stale address.
-fn next_id() -> u64 {
-    let from_block = ID_RANGE.try_with(|range| {
-        let (mut next, mut end) = range.get();
-        if next == end {
-            next = NEXT_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
-            end = next + ID_BLOCK;
+impl TrampolineIds {
+    /// The next id (never 0).
+    fn take(&mut self) -> u64 {
+        if self.next == self.end {
+            self.next = NEXT_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            self.end = self.next + ID_BLOCK;
         }
-        range.set((next + 1, end));
-        next
-    });
-    // A thread whose thread-locals are being destroyed takes a single id.
-    from_block.unwrap_or_else(|_| NEXT_ID.fetch_add(1, Ordering::Relaxed))
+        self.next += 1;
+        self.next - 1
+    }
 }
 
 /// Heap memory a trampoline's code references by address. It is freed together with the
@@ -145,13 +146,12 @@ impl Trampoline {
         // Back in the cache once the code is in its slot (`emitter.rs`); dropped if a pass
         // unwinds.
         let mut emitter = core.emitter.take(&core.mem);
-        let Emitter { ops, slots } = &mut *emitter;
-        let made = Self::emit_with(core, ops, slots, emit, len, data, keepalive);
+        let made = Self::emit_with(core, &mut emitter, emit, len, data, keepalive);
         core.emitter.put(emitter);
         made
     }
 
-    /// [`emit`](Self::emit) with the assembler `ops`, taking the slot from `slots`. It and [`finish`](Self::finish) are
+    /// [`emit`](Self::emit) with `emitter`'s assembler, slot run and ids. It and [`finish`](Self::finish) are
     /// inlined into `emit`, so that the slot, the result and the handle's fields are not
     /// passed between functions in memory: such a copy reads with wide loads what was just
     /// written with narrow stores, and stalls on store-to-load forwarding (before, those
@@ -159,13 +159,13 @@ impl Trampoline {
     #[inline(always)]
     fn emit_with(
         core: &Arc<JitCore>,
-        ops: &mut Assembler,
-        slots: &mut SlotRun,
+        emitter: &mut Emitter,
         emit: &dyn Fn(&mut Assembler, usize, &mut Option<FrameRows>),
         len: Option<usize>,
         data: CodeData,
         keepalive: Option<Trampoline>,
     ) -> Result<Trampoline, JitError> {
+        let Emitter { ops, slots, ids } = emitter;
         let mem = &core.mem;
         // The frame rows of the last pass, written in place: returned by value, the mostly
         // empty `Option` was copied whole, and the copy's wide loads of narrow stores cost
@@ -191,6 +191,7 @@ impl Trampoline {
                         if mem.slot_size(len)? == slot.size {
                             return Self::finish(
                                 core,
+                                ids,
                                 unfinished,
                                 ops.code(),
                                 rows.as_ref(),
@@ -215,7 +216,15 @@ impl Trampoline {
         if second != first {
             return Err(JitError::EmitLengthChanged { first, second });
         }
-        Self::finish(core, unfinished, ops.code(), rows.as_ref(), data, keepalive)
+        Self::finish(
+            core,
+            ids,
+            unfinished,
+            ops.code(),
+            rows.as_ref(),
+            data,
+            keepalive,
+        )
     }
 
     /// Writes the assembled `bytes` into the slot `unfinished` holds, registers their unwind
@@ -223,6 +232,7 @@ impl Trampoline {
     #[inline(always)]
     fn finish(
         core: &Arc<JitCore>,
+        ids: &mut TrampolineIds,
         mut unfinished: Unfinished<'_>,
         bytes: &[u8],
         rows: Option<&FrameRows>,
@@ -250,7 +260,7 @@ impl Trampoline {
             mem.stats().unwind_registered();
         }
         mem.stats().emitted();
-        let id = next_id();
+        let id = ids.take();
         core.profiling.code_loaded("code", id, slot.addr, bytes);
         Ok(Trampoline {
             inner: Recycled::new(TrampolineInner {
@@ -297,8 +307,8 @@ impl Trampoline {
         self.inner.state.load(Ordering::Acquire) & RETIRED != 0
     }
 
-    /// A process-unique id (never 0). Ids are unique but not ordered by emission across threads:
-    /// each thread takes them in blocks.
+    /// A process-unique id (never 0). Ids are unique but not ordered by emission across
+    /// concurrent emissions: each emitter takes them in blocks.
     pub fn id(&self) -> u64 {
         self.inner.id
     }
