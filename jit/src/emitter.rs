@@ -4,10 +4,11 @@
 //! # Algorithm
 //! An emission takes the `Jit`'s idle [`Emitter`] from its [`EmitterCache`] (one atomic swap;
 //! a fresh emitter if another emission holds it), assembles into its [`Assembler`], takes its
-//! slot from the emitter's [`SlotRun`] (`code_memory/run.rs`: the allocator lock once per run
+//! slot from the emitter's [`SlotRuns`] (`code_memory/run.rs`: the allocator lock once per run
 //! of slots, not per slot), copies the bytes in and puts the emitter back (one more swap; if
-//! another emission put one back meanwhile, this one is dropped, and its run's slots go back
-//! to their chunk).
+//! another emission put one back meanwhile, that one is dropped, and its runs' slots go back
+//! to their chunks). A cache miss therefore costs more than an assembler: concurrent
+//! emissions each take runs of their own, and the loser of the race gives its back.
 //!
 //! # Ordering and migration
 //! The cache is a single `AtomicCell` slot, so it is correct under any interleaving: a swap
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use crossbeam_utils::atomic::AtomicCell;
 
 use crate::assembler::Assembler;
-use crate::code_memory::{CodeMemory, SlotRun};
+use crate::code_memory::{CodeMemory, SlotRuns};
 use crate::trampoline::TrampolineIds;
 
 /// The largest code buffer an idle emitter keeps: trampolines are tens of bytes, and one
@@ -34,8 +35,8 @@ const RETAINED_BYTES: usize = 16 << 10;
 pub(crate) struct Emitter {
     /// The assembler the emit closure writes into.
     pub(crate) ops: Assembler,
-    /// Free slots of the class last emitted.
-    pub(crate) slots: SlotRun,
+    /// Runs of free slots, one per small size class.
+    pub(crate) slots: SlotRuns,
     /// The ids the emitter gives its trampolines.
     pub(crate) ids: TrampolineIds,
 }
@@ -51,17 +52,19 @@ impl EmitterCache {
         self.0.take().unwrap_or_else(|| {
             Box::new(Emitter {
                 ops: Assembler::new(0),
-                slots: SlotRun::new(Arc::clone(mem)),
+                slots: SlotRuns::new(Arc::clone(mem)),
                 ids: TrampolineIds::default(),
             })
         })
     }
 
-    /// Keeps `emitter` for the next emission, unless its code buffer grew past
-    /// [`RETAINED_BYTES`] (dropping whichever emitter loses a race with another emission).
-    pub(crate) fn put(&self, emitter: Box<Emitter>) {
-        if emitter.ops.buffer_capacity() <= RETAINED_BYTES {
-            drop(self.0.swap(Some(emitter)));
+    /// Keeps `emitter` for the next emission, with a fresh assembler if its code buffer grew
+    /// past [`RETAINED_BYTES`] (dropping the emitter another emission put back meanwhile, if
+    /// any).
+    pub(crate) fn put(&self, mut emitter: Box<Emitter>) {
+        if emitter.ops.buffer_capacity() > RETAINED_BYTES {
+            emitter.ops = Assembler::new(0);
         }
+        drop(self.0.swap(Some(emitter)));
     }
 }

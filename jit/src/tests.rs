@@ -328,7 +328,8 @@ fn empty_chunks_older_than_the_decay_go_at_the_next_check() {
         // (How many are still mapped now depends on this thread's speed: not asserted.)
         std::thread::sleep(decay + Duration::from_millis(10));
         if other_class_only {
-            // Emissions and frees of small code only: 64 allocations make a check.
+            // Emissions and frees of small code only: the 64 frees make a check (the
+            // emissions take runs of 16 slots, each counted once).
             (0..64).for_each(|i| drop(jit.constant_return(i).unwrap()));
         } else {
             drop(whole_chunk(&jit, chunk)); // one more chunk of the class empties

@@ -45,9 +45,9 @@
 //! written, so a stale call faults at once, in a spare chunk too.
 //!
 //! Emissions take the slots of the smaller classes a run at a time (`run.rs`: one lock and one
-//! round of bookkeeping for up to 16 slots), the rest of the crate one slot at a time
-//! ([`CodeMemory::alloc`]); a run's slots count as used until they are handed out or given
-//! back.
+//! round of bookkeeping for up to 16 slots, one run per class), the rest of the crate one slot
+//! at a time ([`CodeMemory::alloc`]); a run's slots count as used until they are handed out or
+//! given back.
 //!
 //! # Counters
 //! [`StatCounters`] (lock-free event counters, `stats.rs`) counts mapped chunks here and the
@@ -72,7 +72,7 @@ use crate::jit::SPARE_CHUNKS_PER_CLASS;
 use crate::lock;
 use crate::os;
 use crate::stats::{JitStatsHandle, StatCounters};
-pub(crate) use run::SlotRun;
+pub(crate) use run::SlotRuns;
 use spares::{SparePolicy, Spares};
 
 /// Parameters of a [`CodeMemory`].
@@ -188,8 +188,8 @@ struct AllocState {
     free_indices: Vec<usize>,
     next_index: usize,
     classes: Vec<SizeClass>,
-    /// Allocations (or runs of slots) and groups of frees since every class's spares were last checked for age
-    /// (`spares.rs`).
+    /// Allocations (or runs of slots) and groups of frees since every class's spares were
+    /// last checked for age (`spares.rs`).
     since_spare_check: u32,
 }
 
@@ -420,10 +420,9 @@ impl CodeMemory {
             *out = offset as u32;
             count += 1;
         }
-        debug_assert!(
-            count > 0,
-            "a class's current and available chunks have room"
-        );
+        // Checked in every build: with none taken, the caller would hand out offset 0, which
+        // may be live. A class's current and available chunks have room, a fresh one is empty.
+        assert!(count > 0, "a chunk without room in its class's rotation");
         let was_empty = chunk.used == 0;
         chunk.used += count;
         let full = chunk.free.is_empty() && chunk.bump + size > self.chunk_size;
@@ -522,7 +521,8 @@ impl CodeMemory {
     /// ordering these writes before it).
     ///
     /// # Safety
-    /// `slot` must come from [`alloc`](Self::alloc) on `self`, not yet freed, and no thread may
+    /// `slot` must come from [`alloc`](Self::alloc) (or a [`SlotRuns`]) on `self`, not yet
+    /// freed, and no thread may
     /// be executing it (it is not reachable from any site yet).
     pub(crate) unsafe fn write(
         &self,
@@ -553,7 +553,8 @@ impl CodeMemory {
     /// one of its class's spares, or be unmapped: module docs, "Slots").
     ///
     /// # Safety
-    /// `slot` must come from [`alloc`](Self::alloc) on `self`, be freed only once, and no thread may
+    /// `slot` must come from [`alloc`](Self::alloc) (or a [`SlotRuns`]) on `self`, be freed
+    /// only once, and no thread may
     /// be executing it or be able to reach it (a grace period has passed since it became unreachable).
     pub(crate) unsafe fn free(&self, slot: Slot) {
         // SAFETY: the caller's contract.

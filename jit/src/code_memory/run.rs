@@ -1,29 +1,32 @@
-//! Runs of free slots: an emitter takes the slots of its size class several at a time.
+//! Runs of free slots: an emitter takes the slots of each small size class several at a time.
 //!
 //! # Algorithm
-//! An allocation under the allocator lock costs about 120 instructions (of a retire's 780
+//! An allocation under the allocator lock costs about 120 instructions (of a retire's 760
 //! under callgrind, `benches/retire_path.rs`), and most of it does not depend on how many
 //! slots are taken: the lock, the class's chunk choice, the full check, the spare and
-//! `available` bookkeeping. A [`SlotRun`] therefore takes up to [`RUN_SLOTS`] free slots of one
-//! class from one chunk under one lock ([`CodeMemory::take_slots`]: each slot popped from the
-//! chunk's free list or bumped, `used` raised once) and hands them out one by one from a plain
-//! array. When it is empty, or asked for another class, it gives back what it holds and takes
-//! a new run, under the same lock.
+//! `available` bookkeeping. [`SlotRuns`] therefore keeps, per *run class*, a run: up to
+//! [`RUN_SLOTS`] free slots of that class from one chunk, taken under one lock
+//! ([`CodeMemory::take_slots`]: each slot popped from the chunk's free list or bumped, `used`
+//! raised once) and handed out one by one from a plain array. An empty run is refilled; runs
+//! of different classes do not disturb each other, so code that alternates between classes
+//! (a forwarder, then a body) refills each run once per [`RUN_SLOTS`] of its emissions.
 //!
 //! A slot in a run counts as used, so a run pins its chunk: the chunk cannot empty, become a
-//! spare or be unmapped while the run holds part of it. Runs are only taken in classes whose
+//! spare or be unmapped while the run holds part of it. The run classes are those whose
 //! chunks hold at least [`MIN_SLOTS_PER_CHUNK`] slots, so a run holds at most a quarter of a
-//! chunk (and a class of chunk-sized objects, whose every chunk is one object, never pins
-//! one). The slots of a run hold traps (freshly mapped, or trap-filled when they were freed),
-//! and no site or handle refers to them, so handing them out later, or giving them back
-//! unwritten, is what allocating and freeing them at once would have done.
+//! chunk (a class of chunk-sized objects, whose every chunk is one object, never pins one);
+//! with the default 64 KiB chunks they are the 64- to 1024-byte classes. Where the reservation
+//! is full, an allocation that fails gives every run back and tries once more, so runs never
+//! cause `CodeSpaceExhausted`. The slots of a run hold traps (freshly mapped, or trap-filled
+//! when they were freed), and no site or handle refers to them, so handing them out later, or
+//! giving them back unwritten, is what allocating and freeing them at once would have done.
 //!
 //! # Ownership and ordering
-//! A run is plain data owned by one emitter at a time (`emitter.rs`: the `Jit`'s cached
+//! Runs are plain data owned by one emitter at a time (`emitter.rs`: the `Jit`'s cached
 //! emitter is handed to exactly one emission by an atomic swap), so handing out a slot needs
 //! no synchronization; taking and giving back runs happen under the allocator lock like every
-//! other slot movement. A run holds an `Arc` of its code memory and gives its slots back when
-//! it drops: whether its emitter loses a race to be cached, is dropped by an emission that
+//! other slot movement. [`SlotRuns`] holds an `Arc` of its code memory and gives its slots back
+//! when it drops: whether its emitter loses a race to be cached, is dropped by an emission that
 //! unwinds, or goes with the `Jit`. Nothing is thread-local, so an emission on a green thread
 //! that migrates keeps nothing of the worker it started on.
 
@@ -39,16 +42,14 @@ pub(crate) const RUN_SLOTS: usize = 16;
 /// The fewest slots per chunk of a class in which runs are taken (module docs).
 pub(super) const MIN_SLOTS_PER_CHUNK: usize = 4 * RUN_SLOTS;
 
-/// Free slots of one class in one chunk, handed out one at a time (module docs).
-pub(crate) struct SlotRun {
-    mem: Arc<CodeMemory>,
-    /// The class the slots belong to (meaningless while `len` is 0).
-    class: usize,
+/// Free slots of one class in one chunk (module docs).
+#[derive(Clone, Copy, Default)]
+struct Run {
     chunk: usize,
     /// The chunk's first byte in the executable view and where it is written.
     exec_base: usize,
     write_base: usize,
-    /// The slot size of `class`.
+    /// The class's slot size.
     size: usize,
     /// How many of `offsets` are held; the next slot handed out is `offsets[len - 1]`.
     len: usize,
@@ -56,22 +57,21 @@ pub(crate) struct SlotRun {
     offsets: [u32; RUN_SLOTS],
 }
 
-impl SlotRun {
-    /// An empty run over `mem`.
-    pub(crate) fn new(mem: Arc<CodeMemory>) -> SlotRun {
-        SlotRun {
-            mem,
-            class: 0,
-            chunk: 0,
-            exec_base: 0,
-            write_base: 0,
-            size: 0,
-            len: 0,
-            offsets: [0; RUN_SLOTS],
-        }
+/// One run per run class of a code memory (module docs).
+pub(crate) struct SlotRuns {
+    mem: Arc<CodeMemory>,
+    /// Indexed by class; as many as the memory has run classes.
+    runs: Box<[Run]>,
+}
+
+impl SlotRuns {
+    /// Empty runs over `mem`.
+    pub(crate) fn new(mem: Arc<CodeMemory>) -> SlotRuns {
+        let runs = vec![Run::default(); mem.run_classes].into_boxed_slice();
+        SlotRuns { mem, runs }
     }
 
-    /// [`CodeMemory::alloc`], from this run where it holds a slot of the class.
+    /// [`CodeMemory::alloc`], from the run of the object's class where it has one.
     #[inline]
     pub(crate) fn alloc(&mut self, len: usize) -> Result<Slot, JitError> {
         self.alloc_in(len, true)
@@ -86,74 +86,104 @@ impl SlotRun {
         self.alloc_in(len, false).ok().flatten()
     }
 
-    #[inline]
+    #[inline(always)] // into both callers: the run's pop is a few instructions
     fn alloc_in(&mut self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
         let ci = self.mem.class_of(len)?;
-        if self.len == 0 || self.class != ci {
-            if ci >= self.mem.run_classes {
-                return self.mem.alloc_in(len, may_map);
-            }
-            if !self.refill(ci, may_map)? {
-                return Ok(None);
-            }
+        if ci >= self.runs.len() {
+            return self.alloc_alone(len, may_map);
         }
-        self.len -= 1;
-        let slot = self.slot(self.len);
+        if self.runs[ci].len == 0 && !self.refill(ci, may_map)? {
+            return Ok(None);
+        }
+        let run = &mut self.runs[ci];
+        run.len -= 1;
+        let offset = run.offsets[run.len] as usize;
+        let write_addr = run.write_base + offset;
         // As in `CodeMemory::alloc_in`: the slot is written next.
-        arch::prefetch_for_write(slot.write_addr);
-        Ok(Some(slot))
+        arch::prefetch_for_write(write_addr);
+        Ok(Some(Slot {
+            addr: run.exec_base + offset,
+            write_addr,
+            size: run.size,
+            chunk: run.chunk,
+        }))
     }
 
-    /// The `i`th held slot.
-    fn slot(&self, i: usize) -> Slot {
-        let offset = self.offsets[i] as usize;
-        Slot {
-            addr: self.exec_base + offset,
-            write_addr: self.write_base + offset,
-            size: self.size,
-            chunk: self.chunk,
+    /// A slot outside the runs; if the reservation is full, once more after giving every run
+    /// back (their slots may be what the allocator needs).
+    fn alloc_alone(&mut self, len: usize, may_map: bool) -> Result<Option<Slot>, JitError> {
+        match self.mem.alloc_in(len, may_map) {
+            Err(JitError::CodeSpaceExhausted { .. }) => {
+                self.give_all_back();
+                self.mem.alloc_in(len, may_map)
+            }
+            other => other,
         }
     }
 
-    /// Gives back what the run holds and takes a run of class `ci`; false if the class has
-    /// no room without mapping a chunk and `may_map` is not set.
+    /// Takes a run of class `ci` (whose run is empty); false if the class has no room without
+    /// mapping a chunk and `may_map` is not set.
     #[inline(never)]
     fn refill(&mut self, ci: usize, may_map: bool) -> Result<bool, JitError> {
-        let mem = Arc::clone(&self.mem);
-        let mut st = lock(&mem.state);
-        self.give_back(&mut st);
-        let Some(taken) = mem.take_slots(&mut st, ci, may_map, &mut self.offsets)? else {
+        let taken = {
+            let mut st = lock(&self.mem.state);
+            match self
+                .mem
+                .take_slots(&mut st, ci, may_map, &mut self.runs[ci].offsets)
+            {
+                Err(JitError::CodeSpaceExhausted { .. }) => {
+                    // The other runs' slots may be what the allocator needs: give them back
+                    // and try once more.
+                    give_back(&self.mem, &mut self.runs, &mut st);
+                    self.mem
+                        .take_slots(&mut st, ci, may_map, &mut self.runs[ci].offsets)?
+                }
+                other => other?,
+            }
+        };
+        let Some(taken) = taken else {
             return Ok(false);
         };
-        drop(st);
-        self.class = ci;
-        self.chunk = taken.chunk;
-        self.exec_base = taken.exec_base;
-        self.write_base = taken.write_base;
-        self.size = mem.classes.size(ci);
+        let run = &mut self.runs[ci];
+        run.chunk = taken.chunk;
+        run.exec_base = taken.exec_base;
+        run.write_base = taken.write_base;
+        run.size = self.mem.classes.size(ci);
         // Handed out from the end: in the order the chunk gave them.
-        self.offsets[..taken.count].reverse();
-        self.len = taken.count;
+        run.offsets[..taken.count].reverse();
+        run.len = taken.count;
         Ok(true)
     }
 
-    /// Returns every held slot to its chunk (unwritten: they still hold traps).
-    fn give_back(&mut self, st: &mut AllocState) {
-        while self.len > 0 {
-            self.len -= 1;
-            let slot = self.slot(self.len);
-            self.mem.return_slot(st, &slot);
+    /// [`give_back`], taking the lock if any run holds a slot.
+    fn give_all_back(&mut self) {
+        if self.runs.iter().any(|run| run.len > 0) {
+            let mut st = lock(&self.mem.state);
+            give_back(&self.mem, &mut self.runs, &mut st);
         }
     }
 }
 
-impl Drop for SlotRun {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            let mem = Arc::clone(&self.mem);
-            let mut st = lock(&mem.state);
-            self.give_back(&mut st);
+/// Returns every held slot of every run to its chunk (unwritten: they still hold traps).
+fn give_back(mem: &CodeMemory, runs: &mut [Run], st: &mut AllocState) {
+    for run in runs.iter_mut() {
+        while run.len > 0 {
+            run.len -= 1;
+            let offset = run.offsets[run.len] as usize;
+            let slot = Slot {
+                addr: run.exec_base + offset,
+                write_addr: run.write_base + offset,
+                size: run.size,
+                chunk: run.chunk,
+            };
+            mem.return_slot(st, &slot);
         }
+    }
+}
+
+impl Drop for SlotRuns {
+    fn drop(&mut self) {
+        self.give_all_back();
     }
 }
 
@@ -164,9 +194,9 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    fn memory(chunk_size: usize) -> Arc<CodeMemory> {
+    fn memory(chunk_size: usize, chunks: usize) -> Arc<CodeMemory> {
         let cfg = CodeMemoryConfig {
-            reservation: 64 * chunk_size,
+            reservation: chunks * chunk_size,
             chunk_size,
             force_fallback: false,
             sync_core: false,
@@ -180,19 +210,19 @@ mod tests {
         lock(&mem.state).chunks[idx].as_ref().map_or(0, |c| c.used)
     }
 
-    /// A run and the allocator's own path, interleaved with frees, never hand out a slot
-    /// that is live, and the chunk counts the run's unissued slots as used.
+    /// Runs and the allocator's own path, interleaved with frees, never hand out a slot that
+    /// is live, and the chunk counts the run's unissued slots as used.
     #[test]
     fn runs_and_single_allocations_never_share_a_live_slot() {
-        let mem = memory(1 << 16);
-        let mut run = SlotRun::new(mem.clone());
+        let mem = memory(1 << 16, 64);
+        let mut runs = SlotRuns::new(mem.clone());
         let mut live: Vec<Slot> = Vec::new();
         let mut addrs = HashSet::new();
         for i in 0..10 * RUN_SLOTS {
             let slot = if i % 3 == 0 {
                 mem.alloc(40).unwrap()
             } else {
-                run.alloc(40).unwrap()
+                runs.alloc(40).unwrap()
             };
             assert_eq!(slot.size, 64);
             assert!(
@@ -213,33 +243,43 @@ mod tests {
             live.iter().all(|s| s.chunk == chunk),
             "one chunk holds them all"
         );
-        assert_eq!(used(&mem, chunk), live.len() + run.len);
+        assert_eq!(used(&mem, chunk), live.len() + runs.runs[0].len);
         // SAFETY: as above.
         unsafe { mem.free_all(&live) };
-        assert_eq!(used(&mem, chunk), run.len, "only the run's slots are left");
-        drop(run);
-        assert_eq!(used(&mem, chunk), 0, "a dropped run gives its slots back");
+        assert_eq!(
+            used(&mem, chunk),
+            runs.runs[0].len,
+            "only the run's slots are left"
+        );
+        drop(runs);
+        assert_eq!(used(&mem, chunk), 0, "dropped runs give their slots back");
     }
 
-    /// A run asked for another class gives back the first class's slots; classes with few
-    /// slots per chunk are never taken as runs.
+    /// Each run class has a run of its own, kept while another class is used; classes with
+    /// few slots per chunk are never taken as runs.
     #[test]
-    fn another_class_gives_the_run_back_and_large_classes_take_no_run() {
-        let mem = memory(1 << 16);
-        let mut run = SlotRun::new(mem.clone());
-        let small = run.alloc(10).unwrap();
-        assert_eq!(run.len, RUN_SLOTS - 1);
-        let larger = run.alloc(100).unwrap();
+    fn classes_keep_their_own_runs_and_large_classes_take_none() {
+        let mem = memory(1 << 16, 64);
+        let mut runs = SlotRuns::new(mem.clone());
+        let small = runs.alloc(10).unwrap();
+        let larger = runs.alloc(100).unwrap();
         assert_eq!(larger.size, 128);
-        assert_eq!(used(&mem, small.chunk), 1, "the 64-byte run went back");
-        assert_eq!(run.len, RUN_SLOTS - 1);
+        let small_again = runs.alloc(10).unwrap();
+        assert_eq!(small_again.chunk, small.chunk);
+        assert_eq!(
+            used(&mem, small.chunk),
+            RUN_SLOTS,
+            "one run of 64-byte slots"
+        );
+        assert_eq!(used(&mem, larger.chunk), RUN_SLOTS, "one of 128-byte slots");
         // 2 KiB slots: 32 per 64 KiB chunk, fewer than a run needs.
-        let big = run.alloc(2000).unwrap();
+        let big = runs.alloc(2000).unwrap();
         assert_eq!(big.size, 2048);
         assert_eq!(used(&mem, big.chunk), 1, "taken alone");
-        assert_eq!(run.len, RUN_SLOTS - 1, "the 128-byte run is kept");
         // SAFETY: never written or reachable.
-        unsafe { mem.free_all(&[small, larger, big]) };
+        unsafe { mem.free_all(&[small, larger, small_again, big]) };
+        drop(runs);
+        assert_eq!(used(&mem, small.chunk) + used(&mem, larger.chunk), 0);
     }
 
     /// A run takes what its chunk has left (a partial run) and the chunk then leaves the
@@ -248,22 +288,22 @@ mod tests {
     fn a_run_takes_a_chunks_last_slots_and_alloc_mapped_maps_none() {
         // 128-byte slots, exactly `MIN_SLOTS_PER_CHUNK` per chunk of two pages.
         const LEN: usize = 100;
-        let mem = memory(MIN_SLOTS_PER_CHUNK * 128);
-        let mut run = SlotRun::new(mem.clone());
-        assert!(run.alloc_mapped(LEN).is_none(), "no chunk is mapped yet");
+        let mem = memory(MIN_SLOTS_PER_CHUNK * 128, 64);
+        let mut runs = SlotRuns::new(mem.clone());
+        assert!(runs.alloc_mapped(LEN).is_none(), "no chunk is mapped yet");
         let first: Vec<_> = (0..MIN_SLOTS_PER_CHUNK - 3)
             .map(|_| mem.alloc(LEN).unwrap())
             .collect();
-        let a = run
+        let a = runs
             .alloc_mapped(LEN)
             .expect("the chunk has three slots left");
-        assert_eq!(run.len, 2, "a partial run of three");
-        let rest = [run.alloc(LEN).unwrap(), run.alloc(LEN).unwrap()];
+        assert_eq!(runs.runs[1].len, 2, "a partial run of three");
+        let rest = [runs.alloc(LEN).unwrap(), runs.alloc(LEN).unwrap()];
         assert!(
-            run.alloc_mapped(LEN).is_none(),
+            runs.alloc_mapped(LEN).is_none(),
             "the chunk is full, none is mapped"
         );
-        let b = run.alloc(LEN).unwrap();
+        let b = runs.alloc(LEN).unwrap();
         assert_ne!(b.chunk, a.chunk, "a fresh chunk");
         assert_eq!(used(&mem, a.chunk), MIN_SLOTS_PER_CHUNK);
         // SAFETY: never written or reachable.
@@ -272,5 +312,40 @@ mod tests {
             mem.free_all(&rest);
             mem.free_all(&[a, b]);
         }
+    }
+
+    /// In a full reservation the slots runs hold are given back rather than reported as
+    /// exhausted: a chunk that only a run keeps from emptying becomes a spare, and the spare
+    /// gives way.
+    #[test]
+    fn a_full_reservation_takes_the_slots_runs_hold() {
+        const CHUNK: usize = 1 << 16;
+        let mem = memory(CHUNK, 2);
+        let mut runs = SlotRuns::new(mem.clone());
+        // Chunk 0 filled with 64-byte slots, its last 16 taken as a run (so it is no longer
+        // its class's current chunk), then everything but the run freed.
+        let singles: Vec<_> = (0..CHUNK / 64 - RUN_SLOTS)
+            .map(|_| mem.alloc(10).unwrap())
+            .collect();
+        let from_run = runs.alloc(10).unwrap();
+        assert_eq!(from_run.chunk, singles[0].chunk);
+        // SAFETY: never written or reachable.
+        unsafe {
+            mem.free_all(&singles);
+            mem.free(from_run);
+        }
+        assert_eq!(used(&mem, from_run.chunk), RUN_SLOTS - 1, "only the run's");
+        // Chunk 1: a whole-chunk object; no chunk is left for a second one but chunk 0.
+        let whole = runs.alloc(CHUNK).unwrap();
+        let second = runs.alloc(CHUNK).expect("the run's chunk is reclaimed");
+        assert_eq!(second.chunk, from_run.chunk);
+        assert_eq!(runs.runs[0].len, 0, "the run was given back");
+        // A 128-byte run now finds no room either, and says so.
+        assert!(matches!(
+            runs.alloc(100),
+            Err(JitError::CodeSpaceExhausted { .. })
+        ));
+        // SAFETY: never written or reachable.
+        unsafe { mem.free_all(&[whole, second]) };
     }
 }

@@ -10,9 +10,10 @@
 //! - its `keep` most recently emptied chunks for good ([`SPARE_CHUNKS_PER_CLASS`]), and
 //! - any further empty chunk while it emptied less than `decay` ago
 //!   ([`JitBuilder::spare_chunk_decay`]). Older ones are unmapped, oldest first, when the
-//!   class empties another chunk, when any chunk is mapped, and at every 64th allocation (a
-//!   run of slots, `run.rs`, counts as one) or group of frees of any class (the clock is read there, not per allocation); at most 8 of
-//!   a class per check, as each unmap is a TLB shootdown under the allocator lock.
+//!   class empties another chunk, when any chunk is mapped, and at every 64th allocation
+//!   (a run of slots, `run.rs`, counts as one) or group of frees of any class (the clock is
+//!   read there, not per allocation); at most 8 of a class per check, as each unmap is a
+//!   TLB shootdown under the allocator lock.
 //!
 //! So the memory kept beyond `keep` is what the classes emptied within `decay` before the
 //! allocator's latest check (less what the 8-per-check cap has not yet unmapped): while the
@@ -93,8 +94,8 @@ impl Spares {
     }
 }
 
-/// Allocations (a run of slots counts as one) and groups of frees between two checks of every class's spares for age: the
-/// clock is read once per this many, not per allocation.
+/// Allocations (a run of slots counts as one) and groups of frees between two checks of
+/// every class's spares for age: the clock is read once per this many, not per allocation.
 const SPARE_CHECK_INTERVAL: u32 = 64;
 /// Spares of one class unmapped at most per check.
 const MAX_UNMAPS_PER_CHECK: usize = 8;
