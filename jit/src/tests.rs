@@ -554,7 +554,7 @@ fn a_barrier_waits_for_a_batch_another_thread_opened_and_has_not_queued_yet() {
 }
 
 #[test]
-fn trampoline_ids_are_unique_across_threads_and_blocks() {
+fn trampoline_ids_and_slots_are_unique_across_threads_and_blocks() {
     // Each emitter takes ids in blocks (`trampoline::TrampolineIds`); emit more than one block
     // per thread, on several threads at once (so several emitters exist), and keep every
     // handle so no id could be reused.
@@ -577,4 +577,8 @@ fn trampoline_ids_are_unique_across_threads_and_blocks() {
     let ids: std::collections::HashSet<u64> = all.iter().map(Trampoline::id).collect();
     assert_eq!(ids.len(), all.len(), "two trampolines got the same id");
     assert!(!ids.contains(&0), "ids start at 1");
+    // Concurrent emitters each take runs of slots (`code_memory/run.rs`): no two live
+    // trampolines may share one.
+    let addrs: std::collections::HashSet<usize> = all.iter().map(|t| t.addr() as usize).collect();
+    assert_eq!(addrs.len(), all.len(), "two live trampolines share a slot");
 }
