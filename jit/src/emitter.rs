@@ -1,4 +1,4 @@
-//! An emission's reusable state, cached per `Jit`: the assembler, a run of free slots and a
+//! An emission's reusable state, cached per `Jit`: the assembler, runs of free slots and a
 //! block of trampoline ids.
 //!
 //! # Algorithm
@@ -12,10 +12,10 @@
 //!
 //! # Ordering and migration
 //! The cache is a single `AtomicCell` slot, so it is correct under any interleaving: a swap
-//! hands the emitter to exactly one emission, which then owns the assembler and the run
+//! hands the emitter to exactly one emission, which then owns the assembler and the runs
 //! without further synchronization. Nothing is thread-local, so an emit closure that runs on
 //! a green thread and migrates between workers keeps nothing that belongs to the worker it
-//! started on. An emit closure that unwinds drops the emitter it held (its run gives its slots
+//! started on. An emit closure that unwinds drops the emitter it held (its runs give their slots
 //! back; the next emission makes a new emitter); one that emits again from inside itself
 //! finds the cache empty and uses an emitter of its own.
 

@@ -28,7 +28,7 @@ pub(crate) struct JitCore {
     /// The length of the last custom code emitted: the slot size `Trampoline::emit`
     /// guesses for the next one (a hint, so relaxed and racy by design).
     pub(crate) custom_len_hint: AtomicUsize,
-    /// The assembler and slot run emissions reuse (`emitter.rs`).
+    /// The assembler, slot runs and ids emissions reuse (`emitter.rs`).
     pub(crate) emitter: EmitterCache,
 }
 

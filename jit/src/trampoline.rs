@@ -151,8 +151,8 @@ impl Trampoline {
         made
     }
 
-    /// [`emit`](Self::emit) with `emitter`'s assembler, slot run and ids. It and [`finish`](Self::finish) are
-    /// inlined into `emit`, so that the slot, the result and the handle's fields are not
+    /// [`emit`](Self::emit) with `emitter`'s assembler, slot runs and ids. It and
+    /// [`finish`](Self::finish) are inlined into `emit`, so that the slot, the result and the handle's fields are not
     /// passed between functions in memory: such a copy reads with wide loads what was just
     /// written with narrow stores, and stalls on store-to-load forwarding (before, those
     /// copies were the hottest instructions of an emission under `perf`).

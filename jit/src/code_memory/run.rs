@@ -32,6 +32,7 @@
 
 use std::sync::Arc;
 
+use super::slots::ChunkBases;
 use super::{AllocState, CodeMemory, Slot};
 use crate::arch;
 use crate::error::JitError;
@@ -45,10 +46,8 @@ pub(super) const MIN_SLOTS_PER_CHUNK: usize = 4 * RUN_SLOTS;
 /// Free slots of one class in one chunk (module docs).
 #[derive(Clone, Copy, Default)]
 struct Run {
-    chunk: usize,
-    /// The chunk's first byte in the executable view and where it is written.
-    exec_base: usize,
-    write_base: usize,
+    /// The chunk the slots are in.
+    bases: ChunkBases,
     /// The class's slot size.
     size: usize,
     /// How many of `offsets` are held; the next slot handed out is `offsets[len - 1]`.
@@ -97,16 +96,10 @@ impl SlotRuns {
         }
         let run = &mut self.runs[ci];
         run.len -= 1;
-        let offset = run.offsets[run.len] as usize;
-        let write_addr = run.write_base + offset;
+        let slot = run.bases.slot(run.offsets[run.len], run.size);
         // As in `CodeMemory::alloc_in`: the slot is written next.
-        arch::prefetch_for_write(write_addr);
-        Ok(Some(Slot {
-            addr: run.exec_base + offset,
-            write_addr,
-            size: run.size,
-            chunk: run.chunk,
-        }))
+        arch::prefetch_for_write(slot.write_addr);
+        Ok(Some(slot))
     }
 
     /// A slot outside the runs; if the reservation is full, once more after giving every run
@@ -145,9 +138,7 @@ impl SlotRuns {
             return Ok(false);
         };
         let run = &mut self.runs[ci];
-        run.chunk = taken.chunk;
-        run.exec_base = taken.exec_base;
-        run.write_base = taken.write_base;
+        run.bases = taken.bases;
         run.size = self.mem.classes.size(ci);
         // Handed out from the end: in the order the chunk gave them.
         run.offsets[..taken.count].reverse();
@@ -169,13 +160,7 @@ fn give_back(mem: &CodeMemory, runs: &mut [Run], st: &mut AllocState) {
     for run in runs.iter_mut() {
         while run.len > 0 {
             run.len -= 1;
-            let offset = run.offsets[run.len] as usize;
-            let slot = Slot {
-                addr: run.exec_base + offset,
-                write_addr: run.write_base + offset,
-                size: run.size,
-                chunk: run.chunk,
-            };
+            let slot = run.bases.slot(run.offsets[run.len], run.size);
             mem.return_slot(st, &slot);
         }
     }

@@ -32,13 +32,32 @@ use crate::arch;
 use crate::error::JitError;
 use crate::lock;
 
-/// Where [`CodeMemory::take_slots`] took its slots: one chunk, through both views.
-pub(super) struct TakenSlots {
-    pub(super) chunk: usize,
+/// A chunk's index and its first byte in both views: what turns an offset into a [`Slot`].
+#[derive(Clone, Copy, Default)]
+pub(super) struct ChunkBases {
+    chunk: usize,
     /// The chunk's first byte in the executable view.
-    pub(super) exec_base: usize,
+    exec_base: usize,
     /// The chunk's first byte where it is written.
-    pub(super) write_base: usize,
+    write_base: usize,
+}
+
+impl ChunkBases {
+    /// The slot of `size` bytes at `offset` in the chunk.
+    #[inline]
+    pub(super) fn slot(&self, offset: u32, size: usize) -> Slot {
+        Slot {
+            addr: self.exec_base + offset as usize,
+            write_addr: self.write_base + offset as usize,
+            size,
+            chunk: self.chunk,
+        }
+    }
+}
+
+/// Where [`CodeMemory::take_slots`] took its slots: one chunk, and how many.
+pub(super) struct TakenSlots {
+    pub(super) bases: ChunkBases,
     /// How many offsets were written.
     pub(super) count: usize,
 }
@@ -73,16 +92,11 @@ impl CodeMemory {
             return Ok(None);
         };
         drop(st);
-        let write_addr = taken.write_base + offset[0] as usize;
+        let slot = taken.bases.slot(offset[0], self.classes.size(ci));
         // The slot is written next (after the code is assembled), and its line was last
         // written by the thread that trap-filled it when it was freed: start moving it here.
-        arch::prefetch_for_write(write_addr);
-        Ok(Some(Slot {
-            addr: taken.exec_base + offset[0] as usize,
-            write_addr,
-            size: self.classes.size(ci),
-            chunk: taken.chunk,
-        }))
+        arch::prefetch_for_write(slot.write_addr);
+        Ok(Some(slot))
     }
 
     /// Takes free slots of class `ci` from one chunk, as many as `offsets` holds or the chunk
@@ -146,9 +160,11 @@ impl CodeMemory {
             class.current = Some(idx);
         }
         Ok(Some(TakenSlots {
-            chunk: idx,
-            exec_base: self.base + idx * self.chunk_size,
-            write_base,
+            bases: ChunkBases {
+                chunk: idx,
+                exec_base: self.base + idx * self.chunk_size,
+                write_base,
+            },
             count,
         }))
     }
